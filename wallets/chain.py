@@ -1,0 +1,120 @@
+"""Open a chain for library code: configured, the home's devnet, or a throw-away anvil.
+
+``async with open_chain(home, config) as chain`` resolves the chain in this order:
+
+1. ``chain.rpc_url`` in the config (any EVM JSON-RPC URL; on an anvil without an
+   agentmesh deployment, the suite is deployed with the dev key);
+2. the devnet that ``agentmesh devnet up`` keeps running for this home;
+3. a throw-away anvil on a free loopback port, deployed and funded, stopped on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eth_typing import ChecksumAddress
+from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.contract import AsyncContract
+
+from agentmesh.chain.deployment import Deployment
+from agentmesh.chain.devnet import AnvilProcess, start_anvil
+from agentmesh.chain.home import DevnetPaths, running_devnet
+from agentmesh.config import Config
+from agentmesh.contracts import load_artifact
+from agentmesh.errors import DevnetError
+from agentmesh.wallets.deployer import (
+    deploy_suite,
+    dev_deployer,
+    fund_dev_accounts,
+    suite_is_deployed,
+)
+from agentmesh.wallets.wallet import guard_rpc
+
+
+def connect(rpc_url: str, timeout: float = 30.0) -> AsyncWeb3[Any]:
+    """An AsyncWeb3 on ``rpc_url``."""
+    return AsyncWeb3(AsyncHTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
+
+
+@dataclass
+class Chain:
+    """A connection plus the agentmesh deployment on it."""
+
+    w3: AsyncWeb3[Any]
+    rpc_url: str
+    deployment: Deployment
+    source: str  # "configured", "devnet" or "embedded"
+    anvil: AnvilProcess | None = None
+
+    def contract(self, name: str, address: str | None = None) -> AsyncContract:
+        """A contract object for ``name`` at its deployed (or the given) address."""
+        target = address or self.deployment.address(name)
+        return self.w3.eth.contract(
+            address=AsyncWeb3.to_checksum_address(target), abi=load_artifact(name).abi
+        )
+
+    @property
+    def token_address(self) -> ChecksumAddress:
+        return AsyncWeb3.to_checksum_address(self.deployment.address("MeshUSD"))
+
+
+async def _deploy_fresh(w3: AsyncWeb3[Any], rpc_url: str, musd: int) -> Deployment:
+    deployer = dev_deployer(w3)
+    deployment = await deploy_suite(w3, rpc_url, deployer)
+    await fund_dev_accounts(w3, deployment, deployer, musd)
+    return deployment
+
+
+async def ensure_deployment(
+    w3: AsyncWeb3[Any], rpc_url: str, path: Path, musd: int
+) -> Deployment:
+    """The deployment recorded at ``path`` if it is live on ``w3``, else a fresh one."""
+    if path.exists():
+        recorded = Deployment.load(path)
+        if await guard_rpc(suite_is_deployed(w3, recorded), rpc_url):
+            if recorded.rpc_url != rpc_url:
+                recorded = recorded.model_copy(update={"rpc_url": rpc_url})
+                recorded.save(path)
+            return recorded
+    client = str(await guard_rpc(w3.client_version, rpc_url)).lower()
+    if "anvil" not in client:
+        raise DevnetError(
+            f"no agentmesh deployment for {rpc_url} in {path}, and the chain is not an "
+            "anvil devnet that agentmesh could deploy to"
+        )
+    deployment = await _deploy_fresh(w3, rpc_url, musd)
+    deployment.save(path)
+    return deployment
+
+
+@contextlib.asynccontextmanager
+async def open_chain(home: Path, config: Config) -> AsyncIterator[Chain]:
+    """Resolve, connect to and (for a throw-away devnet) own a chain; see module doc."""
+    timeout = config.chain.confirmations_timeout
+    musd = config.devnet.dev_account_musd
+    if config.chain.rpc_url:
+        url = config.chain.rpc_url
+        w3 = connect(url, timeout)
+        chain_id = int(await guard_rpc(w3.eth.chain_id, url))
+        path = home / "deployments" / f"{chain_id}.json"
+        yield Chain(w3, url, await ensure_deployment(w3, url, path, musd), "configured")
+        return
+    record = running_devnet(home)
+    if record is not None:
+        w3 = connect(record.rpc_url, timeout)
+        path = DevnetPaths.of(home).deployment
+        deployment = await ensure_deployment(w3, record.rpc_url, path, musd)
+        yield Chain(w3, record.rpc_url, deployment, "devnet")
+        return
+    anvil = start_anvil(config.devnet)
+    try:
+        w3 = connect(anvil.rpc_url, timeout)
+        deployment = await _deploy_fresh(w3, anvil.rpc_url, musd)
+        yield Chain(w3, anvil.rpc_url, deployment, "embedded", anvil)
+    finally:
+        anvil.stop()
+        anvil.log_path.unlink(missing_ok=True)

@@ -1,0 +1,68 @@
+"""Deploy the agentmesh contract suite and fund dev accounts on a devnet."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eth_account import Account
+from web3 import AsyncWeb3
+
+from agentmesh.chain.deployment import DeployedContract, Deployment
+from agentmesh.chain.devnet import DEV_DEPLOYER_KEY
+from agentmesh.contracts import load_artifact
+from agentmesh.wallets.units import MUSD_DECIMALS
+from agentmesh.wallets.wallet import Wallet
+
+SUITE = ("MeshUSD", "TaskEscrow", "AgentRegistry")
+
+
+def dev_deployer(w3: AsyncWeb3[Any]) -> Wallet:
+    """The devnet deployer and faucet: anvil's first, publicly known dev account."""
+    return Wallet(Account.from_key(DEV_DEPLOYER_KEY), w3, name="devnet-deployer")
+
+
+async def deploy_suite(w3: AsyncWeb3[Any], rpc_url: str, deployer: Wallet) -> Deployment:
+    """Deploy MeshUSD, TaskEscrow and AgentRegistry (which trusts that escrow)."""
+    token_art = load_artifact("MeshUSD")
+    escrow_art = load_artifact("TaskEscrow")
+    registry_art = load_artifact("AgentRegistry")
+    token, _ = await deployer.deploy(token_art, deployer.address)
+    escrow, _ = await deployer.deploy(escrow_art)
+    registry, receipt = await deployer.deploy(registry_art, escrow)
+    return Deployment(
+        chain_id=await deployer.chain_id(),
+        rpc_url=rpc_url,
+        deployer=deployer.address,
+        block_number=int(receipt["blockNumber"]),
+        contracts={
+            "MeshUSD": DeployedContract(address=token, artifact_sha256=token_art.sha256),
+            "TaskEscrow": DeployedContract(address=escrow, artifact_sha256=escrow_art.sha256),
+            "AgentRegistry": DeployedContract(
+                address=registry, artifact_sha256=registry_art.sha256
+            ),
+        },
+    )
+
+
+async def fund_dev_accounts(
+    w3: AsyncWeb3[Any], deployment: Deployment, deployer: Wallet, whole_musd: int
+) -> None:
+    """Mint ``whole_musd`` mUSD to each of anvil's dev accounts (they already hold ETH)."""
+    if whole_musd <= 0:
+        return
+    token = w3.eth.contract(
+        address=deployment.address("MeshUSD"), abi=load_artifact("MeshUSD").abi
+    )
+    for account in await w3.eth.accounts:
+        await deployer.transact(token.functions.mint(account, whole_musd * 10**MUSD_DECIMALS))
+
+
+async def suite_is_deployed(w3: AsyncWeb3[Any], deployment: Deployment) -> bool:
+    """True when every contract of ``deployment`` has code on the chain ``w3`` talks to."""
+    if int(await w3.eth.chain_id) != deployment.chain_id:
+        return False
+    for contract in deployment.contracts.values():
+        code = await w3.eth.get_code(AsyncWeb3.to_checksum_address(contract.address))
+        if len(code) == 0:
+            return False
+    return True

@@ -1,0 +1,274 @@
+"""A ``Wallet``: an account that signs (EIP-191, EIP-712) and sends transactions.
+
+Sending is safe when many asyncio tasks use one wallet at once: a per-address nonce
+manager hands out nonces under a lock held only while the transaction is signed and
+submitted, so receipts are awaited concurrently. Reverts become
+:class:`~agentmesh.errors.ContractRevertError` naming the custom error; a chain that
+stops answering becomes :class:`~agentmesh.errors.ChainUnavailableError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import aiohttp
+from eth_account.messages import encode_defunct, encode_typed_data
+from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress
+from web3 import AsyncWeb3
+from web3.contract.async_contract import AsyncContractFunction
+from web3.exceptions import ContractLogicError, TimeExhausted, Web3RPCError
+from web3.types import TxParams, TxReceipt
+
+from agentmesh.contracts import Artifact
+from agentmesh.errors import (
+    ChainUnavailableError,
+    ContractRevertError,
+    InsufficientFundsError,
+    TransactionError,
+)
+from agentmesh.wallets.reverts import decode_revert
+
+T = TypeVar("T")
+
+GAS_MARGIN = 1.25  # estimates miss the 63/64 rule on nested calls; pad them
+FEE_TTL_S = 1.0
+RECEIPT_POLL_S = 0.02
+
+
+class NonceManager:
+    """Hands out consecutive nonces for one address on one chain connection."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self._next: int | None = None
+
+    async def next(self, fetch: Callable[[], Awaitable[int]]) -> int:
+        """The nonce to use now (call with ``lock`` held)."""
+        if self._next is None:
+            self._next = await fetch()
+        return self._next
+
+    def advance(self) -> None:
+        assert self._next is not None
+        self._next += 1
+
+    def reset(self) -> None:
+        """Forget the local count; the next send asks the chain again."""
+        self._next = None
+
+
+# One manager per (connection, address), shared by every Wallet object of that address.
+_managers: weakref.WeakKeyDictionary[AsyncWeb3[Any], dict[str, NonceManager]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def reset_nonces(w3: AsyncWeb3[Any]) -> None:
+    """Forget every locally tracked nonce on ``w3`` (after a chain snapshot is reverted)."""
+    _managers.pop(w3, None)
+
+
+def _manager(w3: AsyncWeb3[Any], address: str) -> NonceManager:
+    per_chain = _managers.setdefault(w3, {})
+    return per_chain.setdefault(address, NonceManager())
+
+
+async def guard_rpc(awaitable: Awaitable[T], rpc_url: str = "the chain") -> T:
+    """Await an RPC call, turning connection failures into ``ChainUnavailableError``."""
+    try:
+        return await awaitable
+    except (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError) as exc:
+        raise ChainUnavailableError(
+            f"lost connection to {rpc_url}: {exc.__class__.__name__}; is the devnet running? "
+            "(`agentmesh devnet status`)"
+        ) from exc
+
+
+def _revert_from(exc: Exception) -> ContractRevertError:
+    data = getattr(exc, "data", None)
+    message = str(exc.args[0]) if exc.args else str(exc)
+    return decode_revert(data if isinstance(data, str | bytes) else None, detail=message)
+
+
+class Wallet:
+    """An account bound to a chain connection."""
+
+    def __init__(
+        self,
+        account: LocalAccount,
+        w3: AsyncWeb3[Any],
+        *,
+        name: str | None = None,
+        receipt_timeout: float = 30.0,
+    ) -> None:
+        self.account = account
+        self.w3 = w3
+        self.name = name
+        self.receipt_timeout = receipt_timeout
+        self._chain_id: int | None = None
+        self._fees: tuple[float, int, int] | None = None
+
+    def __repr__(self) -> str:  # never show the key
+        return f"Wallet(name={self.name!r}, address={self.address})"
+
+    @property
+    def address(self) -> ChecksumAddress:
+        return self.account.address
+
+    @property
+    def _rpc_url(self) -> str:
+        return str(getattr(self.w3.provider, "endpoint_uri", "the chain"))
+
+    # ------------------------------------------------------------------ signing
+
+    def sign_message(self, message: str | bytes) -> bytes:
+        """EIP-191 ``personal_sign`` signature of ``message``."""
+        payload = message.encode() if isinstance(message, str) else message
+        return bytes(self.account.sign_message(encode_defunct(primitive=payload)).signature)
+
+    def sign_typed_data(
+        self, domain: dict[str, Any], types: dict[str, Any], message: dict[str, Any]
+    ) -> bytes:
+        """EIP-712 signature of ``message`` under ``domain`` and ``types``."""
+        signable = encode_typed_data(
+            domain_data=domain, message_types=types, message_data=message
+        )
+        return bytes(self.account.sign_message(signable).signature)
+
+    # ------------------------------------------------------------------ chain reads
+
+    async def chain_id(self) -> int:
+        if self._chain_id is None:
+            self._chain_id = int(await guard_rpc(self.w3.eth.chain_id, self._rpc_url))
+        return self._chain_id
+
+    async def eth_balance(self) -> int:
+        """Native balance in wei."""
+        return int(await guard_rpc(self.w3.eth.get_balance(self.address), self._rpc_url))
+
+    async def _fee_fields(self) -> tuple[int, int]:
+        now = time.monotonic()
+        if self._fees is None or now - self._fees[0] > FEE_TTL_S:
+            price = int(await guard_rpc(self.w3.eth.gas_price, self._rpc_url))
+            tip = min(price, 10**9)
+            self._fees = (now, price * 2, tip)
+        return self._fees[1], self._fees[2]
+
+    # ------------------------------------------------------------------ sending
+
+    async def send(self, tx: TxParams, *, wait: bool = True) -> TxReceipt:
+        """Fill in, sign, submit and (by default) wait for ``tx``; raise on revert."""
+        full: dict[str, Any] = dict(tx)
+        full.setdefault("from", self.address)
+        full.setdefault("value", 0)
+        full["chainId"] = await self.chain_id()
+        if "gas" not in full:
+            full["gas"] = await self._estimate(full)
+        max_fee, tip = await self._fee_fields()
+        full.setdefault("maxFeePerGas", max_fee)
+        full.setdefault("maxPriorityFeePerGas", tip)
+        await self._check_funds(full)
+
+        manager = _manager(self.w3, self.address)
+        async with manager.lock:
+            full["nonce"] = await manager.next(self._pending_nonce)
+            signed = self.account.sign_transaction(full)
+            try:
+                tx_hash = await guard_rpc(
+                    self.w3.eth.send_raw_transaction(signed.raw_transaction), self._rpc_url
+                )
+            except Web3RPCError as exc:
+                manager.reset()  # the chain's view of our nonce wins from here on
+                raise TransactionError(f"transaction rejected by the node: {exc}") from exc
+            except BaseException:
+                manager.reset()
+                raise
+            manager.advance()
+        return await self.wait(tx_hash, full)
+
+    async def wait(self, tx_hash: bytes, tx: dict[str, Any] | None = None) -> TxReceipt:
+        """Wait for ``tx_hash``'s receipt; a failed receipt raises the decoded revert."""
+        try:
+            receipt: TxReceipt = await guard_rpc(
+                self.w3.eth.wait_for_transaction_receipt(
+                    tx_hash, timeout=self.receipt_timeout, poll_latency=RECEIPT_POLL_S
+                ),
+                self._rpc_url,
+            )
+        except TimeExhausted as exc:
+            raise TransactionError(
+                f"no receipt for 0x{bytes(tx_hash).hex()} after {self.receipt_timeout:.0f}s"
+            ) from exc
+        if receipt["status"] != 1:
+            raise await self._replay_revert(tx, receipt)
+        return receipt
+
+    async def transact(
+        self, call: AsyncContractFunction, *, value: int = 0, gas: int | None = None
+    ) -> TxReceipt:
+        """Send a contract function call from this wallet."""
+        tx: dict[str, Any] = {"to": call.address, "data": call._encode_transaction_data(),
+                              "value": value}
+        if gas is not None:
+            tx["gas"] = gas
+        return await self.send(tx)  # type: ignore[arg-type]
+
+    async def deploy(self, artifact: Artifact, *args: Any) -> tuple[ChecksumAddress, TxReceipt]:
+        """Deploy ``artifact`` with constructor ``args``; returns its address and receipt."""
+        factory = self.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+        data = factory.constructor(*args).data_in_transaction
+        receipt = await self.send({"data": data})  # type: ignore[typeddict-item]
+        address = receipt["contractAddress"]
+        if address is None:
+            raise TransactionError(f"deploying {artifact.name} returned no contract address")
+        return address, receipt
+
+    async def _pending_nonce(self) -> int:
+        return int(
+            await guard_rpc(
+                self.w3.eth.get_transaction_count(self.address, "pending"), self._rpc_url
+            )
+        )
+
+    async def _estimate(self, tx: dict[str, Any]) -> int:
+        probe = {k: v for k, v in tx.items() if k not in ("gas", "nonce", "chainId")}
+        try:
+            estimate = await guard_rpc(self.w3.eth.estimate_gas(probe), self._rpc_url)  # type: ignore[arg-type]
+        except ContractLogicError as exc:
+            raise _revert_from(exc) from None
+        except Web3RPCError as exc:
+            message = str(exc)
+            if "insufficient funds" in message.lower():
+                raise InsufficientFundsError(
+                    f"{self.address} cannot pay for this transaction: {message}"
+                ) from None
+            raise TransactionError(f"transaction would fail: {message}") from None
+        return int(estimate * GAS_MARGIN)
+
+    async def _check_funds(self, tx: dict[str, Any]) -> None:
+        cost = int(tx["value"]) + int(tx["gas"]) * int(tx["maxFeePerGas"])
+        balance = await self.eth_balance()
+        if balance < cost:
+            raise InsufficientFundsError(
+                f"{self.address} holds {balance} wei, needs {cost} wei "
+                "(value plus maximum gas fee)"
+            )
+
+    async def _replay_revert(
+        self, tx: dict[str, Any] | None, receipt: TxReceipt
+    ) -> ContractRevertError:
+        if tx is None:
+            return ContractRevertError(None, detail="status 0 in receipt")
+        probe = {k: tx[k] for k in ("from", "to", "data", "value") if k in tx}
+        try:
+            await self.w3.eth.call(probe, receipt["blockNumber"] - 1)  # type: ignore[arg-type]
+        except ContractLogicError as exc:
+            return _revert_from(exc)
+        except Exception as exc:  # noqa: BLE001 - best effort: explain what we can
+            return ContractRevertError(None, detail=f"status 0 ({exc})")
+        return ContractRevertError(None, detail="status 0 in receipt (out of gas?)")
