@@ -92,8 +92,14 @@ async def ensure_deployment(
 
 
 @contextlib.asynccontextmanager
-async def open_chain(home: Path, config: Config) -> AsyncIterator[Chain]:
-    """Resolve, connect to and (for a throw-away devnet) own a chain; see module doc."""
+async def open_chain(
+    home: Path, config: Config, *, allow_embedded: bool = True
+) -> AsyncIterator[Chain]:
+    """Resolve, connect to and (for a throw-away devnet) own a chain; see module doc.
+
+    With ``allow_embedded=False`` (CLI commands whose effects must outlast them) a
+    missing chain is an error instead of a throw-away anvil.
+    """
     timeout = config.chain.confirmations_timeout
     musd = config.devnet.dev_account_musd
     if config.chain.rpc_url:
@@ -110,6 +116,11 @@ async def open_chain(home: Path, config: Config) -> AsyncIterator[Chain]:
         deployment = await ensure_deployment(w3, record.rpc_url, path, musd)
         yield Chain(w3, record.rpc_url, deployment, "devnet")
         return
+    if not allow_embedded:
+        raise DevnetError(
+            "no chain to use: start one with `agentmesh devnet up` or set chain.rpc_url "
+            "in config.toml"
+        )
     anvil = start_anvil(config.devnet)
     try:
         w3 = connect(anvil.rpc_url, timeout)

@@ -14,6 +14,7 @@ from typing import Any
 from eth_typing import ChecksumAddress
 from web3 import AsyncWeb3
 from web3.contract import AsyncContract
+from web3.logs import DISCARD
 from web3.types import TxReceipt
 
 from agentmesh.contracts import load_artifact
@@ -160,7 +161,8 @@ class EscrowClient(_Client):
             )
         )
         receipts.append(receipt)
-        events = self.contract.events.JobOpened().process_receipt(receipt)
+        # The receipt also holds the token's Transfer/Approval logs: skip them.
+        events = self.contract.events.JobOpened().process_receipt(receipt, errors=DISCARD)
         return int(events[0]["args"]["jobId"]), receipts
 
     async def accept(self, job_id: int) -> TxReceipt:

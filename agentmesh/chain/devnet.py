@@ -65,6 +65,12 @@ class AnvilProcess:
             self._log.close()
             self._log = None
 
+    def detach(self) -> None:
+        """Let the process outlive us: close our side of its log, keep it running."""
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
     def __enter__(self) -> AnvilProcess:
         return self
 

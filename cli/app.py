@@ -1,0 +1,59 @@
+"""The ``agentmesh`` command line: one typer app, one module per command group."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agentmesh.cli import demo as demo_cmd
+from agentmesh.cli import devnet as devnet_cmd
+from agentmesh.cli import wallet as wallet_cmd
+from agentmesh.cli.context import AppState, err_console
+from agentmesh.errors import AgentMeshError
+
+app = typer.Typer(
+    name="agentmesh",
+    help="Autonomous agents with their own wallets on a ZeroMQ mesh and a local devnet.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=True,
+)
+app.add_typer(devnet_cmd.app, name="devnet")
+app.add_typer(wallet_cmd.app, name="wallet")
+app.command("demo")(demo_cmd.demo)
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            "--home", envvar="AGENTMESH_HOME", help="agentmesh home folder (keys, devnet, config)"
+        ),
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks on errors")] = False,
+) -> None:
+    """agentmesh: local models, a signed mesh, and on-chain settlement."""
+    ctx.obj = AppState(home_option=home, debug=debug)
+
+
+def main() -> None:
+    """Console entry point: errors print as one red line with the fix, exit code 1."""
+    try:
+        app()
+    except AgentMeshError as exc:
+        if "--debug" in sys.argv:
+            raise
+        err_console.print(f"[bold red]error:[/] {exc.user_message}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

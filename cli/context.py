@@ -1,0 +1,80 @@
+"""What every CLI command shares: the home, its config, output, passwords, async."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from agentmesh.config import Config, load_config, resolve_home
+from agentmesh.errors import AgentMeshValueError
+
+T = TypeVar("T")
+
+console = Console()
+err_console = Console(stderr=True)
+
+PASSWORD_ENV = "AGENTMESH_PASSWORD"
+
+
+@dataclass
+class AppState:
+    """Resolved once per invocation by the root callback."""
+
+    home_option: Path | None = None
+    debug: bool = False
+    _home: Path | None = field(default=None, repr=False)
+    _config: Config | None = field(default=None, repr=False)
+
+    @property
+    def home(self) -> Path:
+        if self._home is None:
+            self._home = resolve_home(self.home_option)
+        return self._home
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self.home)
+        return self._config
+
+
+def state(ctx: typer.Context) -> AppState:
+    """The AppState stored on the root context."""
+    root = ctx.find_root()
+    if not isinstance(root.obj, AppState):
+        root.obj = AppState()
+    return root.obj
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run an async command body."""
+    return asyncio.run(coro)
+
+
+def password(prompt: str = "Password", *, confirm: bool = False) -> str:
+    """The keystore password: ``AGENTMESH_PASSWORD``, else a hidden prompt."""
+    from_env = os.environ.get(PASSWORD_ENV)
+    if from_env is not None:
+        if not from_env:
+            raise AgentMeshValueError(f"{PASSWORD_ENV} is set but empty")
+        return from_env
+    if not sys.stdin.isatty():
+        raise AgentMeshValueError(
+            f"no password: set {PASSWORD_ENV} or run the command in a terminal"
+        )
+    value: str = typer.prompt(prompt, hide_input=True, confirmation_prompt=confirm)
+    return value
+
+
+def print_json(data: Any) -> None:
+    """Machine-readable output for ``--json``: plain JSON on stdout, nothing else."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
