@@ -37,7 +37,12 @@ from agentmesh.wallets.wallet import guard_rpc
 
 def connect(rpc_url: str, timeout: float = 30.0) -> AsyncWeb3[Any]:
     """An AsyncWeb3 on ``rpc_url``."""
-    return AsyncWeb3(AsyncHTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
+    # Request caching answers repeat eth_chainId lookups (web3's validation middleware
+    # makes one per call) from memory instead of the node.
+    provider = AsyncHTTPProvider(
+        rpc_url, request_kwargs={"timeout": timeout}, cache_allowed_requests=True
+    )
+    return AsyncWeb3(provider)
 
 
 @dataclass

@@ -32,9 +32,11 @@ from agentmesh.errors import (
     TransactionError,
 )
 from agentmesh.wallets.reverts import decode_revert
+from agentmesh.wallets.units import ETH_DECIMALS, format_amount
 
 T = TypeVar("T")
 
+INTRINSIC_GAS = 21_000  # the least any transaction costs
 GAS_MARGIN = 1.25  # estimates miss the 63/64 rule on nested calls; pad them
 FEE_TTL_S = 1.0
 RECEIPT_POLL_S = 0.02
@@ -89,7 +91,16 @@ async def guard_rpc(awaitable: Awaitable[T], rpc_url: str = "the chain") -> T:
         ) from exc
 
 
-def _revert_from(exc: Exception) -> ContractRevertError:
+def _rpc_message(exc: Web3RPCError) -> str:
+    """The node's own message out of a web3 RPC error."""
+    payload = exc.args[0] if exc.args else exc
+    if isinstance(payload, dict) and "message" in payload:
+        return str(payload["message"])
+    return str(payload)
+
+
+def revert_from(exc: Exception) -> ContractRevertError:
+    """Decode the revert data web3 attached to ``exc`` into a ``ContractRevertError``."""
     data = getattr(exc, "data", None)
     message = str(exc.args[0]) if exc.args else str(exc)
     return decode_revert(data if isinstance(data, str | bytes) else None, detail=message)
@@ -167,12 +178,15 @@ class Wallet:
         full.setdefault("from", self.address)
         full.setdefault("value", 0)
         full["chainId"] = await self.chain_id()
-        if "gas" not in full:
-            full["gas"] = await self._estimate(full)
         max_fee, tip = await self._fee_fields()
         full.setdefault("maxFeePerGas", max_fee)
         full.setdefault("maxPriorityFeePerGas", tip)
-        await self._check_funds(full)
+        if "gas" not in full:
+            # With the fee fields set, the node's estimate also checks that value plus
+            # the maximum fee is covered, so no separate balance call is needed.
+            full["gas"] = await self._estimate(full)
+        else:
+            await self._check_funds(full)
 
         manager = _manager(self.w3, self.address)
         async with manager.lock:
@@ -184,7 +198,8 @@ class Wallet:
                 )
             except Web3RPCError as exc:
                 manager.reset()  # the chain's view of our nonce wins from here on
-                raise TransactionError(f"transaction rejected by the node: {exc}") from exc
+                await self._check_funds(full)
+                raise TransactionError(f"transaction rejected by the node: {_rpc_message(exc)}") from None
             except BaseException:
                 manager.reset()
                 raise
@@ -240,23 +255,22 @@ class Wallet:
         try:
             estimate = await guard_rpc(self.w3.eth.estimate_gas(probe), self._rpc_url)  # type: ignore[arg-type]
         except ContractLogicError as exc:
-            raise _revert_from(exc) from None
+            raise revert_from(exc) from None
         except Web3RPCError as exc:
-            message = str(exc)
-            if "insufficient funds" in message.lower():
-                raise InsufficientFundsError(
-                    f"{self.address} cannot pay for this transaction: {message}"
-                ) from None
-            raise TransactionError(f"transaction would fail: {message}") from None
+            # Nodes word a short balance differently ("insufficient funds", "gas required
+            # exceeds allowance: 0"); the balance itself tells.
+            await self._check_funds({**tx, "gas": INTRINSIC_GAS})
+            raise TransactionError(f"transaction would fail: {_rpc_message(exc)}") from None
         return int(estimate * GAS_MARGIN)
 
     async def _check_funds(self, tx: dict[str, Any]) -> None:
+        """Raise ``InsufficientFundsError`` if the balance cannot cover value plus max fee."""
         cost = int(tx["value"]) + int(tx["gas"]) * int(tx["maxFeePerGas"])
         balance = await self.eth_balance()
         if balance < cost:
             raise InsufficientFundsError(
-                f"{self.address} holds {balance} wei, needs {cost} wei "
-                "(value plus maximum gas fee)"
+                f"{self.address} holds {format_amount(balance, ETH_DECIMALS, 'ETH')}, needs "
+                f"{format_amount(cost, ETH_DECIMALS, 'ETH')} (value plus maximum gas fee)"
             )
 
     async def _replay_revert(
@@ -268,7 +282,7 @@ class Wallet:
         try:
             await self.w3.eth.call(probe, receipt["blockNumber"] - 1)  # type: ignore[arg-type]
         except ContractLogicError as exc:
-            return _revert_from(exc)
+            return revert_from(exc)
         except Exception as exc:  # noqa: BLE001 - best effort: explain what we can
             return ContractRevertError(None, detail=f"status 0 ({exc})")
         return ContractRevertError(None, detail="status 0 in receipt (out of gas?)")

@@ -155,7 +155,8 @@ contract AgentRegistry {
     function agents(uint256 offset, uint256 limit) external view returns (address[] memory page) {
         uint256 total = _agents.length;
         if (offset >= total) return new address[](0);
-        uint256 end = offset + limit > total ? total : offset + limit;
+        // Compare against what is left, so a huge `limit` ("the rest") cannot overflow.
+        uint256 end = limit > total - offset ? total : offset + limit;
         page = new address[](end - offset);
         for (uint256 i = offset; i < end; ++i) {
             page[i - offset] = _agents[i];
