@@ -20,15 +20,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agentmesh.wallets.chain import Chain, open_chain
+from agentmesh.wallets.clients import EscrowClient, TokenClient
+from agentmesh.wallets.deployer import dev_deployer
+from agentmesh.wallets.wallet import Wallet
 from eth_account import Account
 from rich.console import Console
 from rich.table import Table
 
 from agentmesh.config import Config
-from agentmesh.wallets.chain import Chain, open_chain
-from agentmesh.wallets.clients import EscrowClient, TokenClient
-from agentmesh.wallets.deployer import dev_deployer
-from agentmesh.wallets.wallet import Wallet
 
 console = Console()
 ONE = 10**6
@@ -63,11 +63,18 @@ async def _raw_web3(chain: Chain, sender: Wallet, to: str, count: int) -> float:
     price = await w3.eth.gas_price
     chain_id = await w3.eth.chain_id
     signed = [
-        sender.account.sign_transaction({
-            "to": chain.token_address, "data": data, "value": 0, "gas": 80_000,
-            "maxFeePerGas": price * 2, "maxPriorityFeePerGas": min(price, 10**9),
-            "nonce": nonce + i, "chainId": chain_id,
-        }).raw_transaction
+        sender.account.sign_transaction(
+            {
+                "to": chain.token_address,
+                "data": data,
+                "value": 0,
+                "gas": 80_000,
+                "maxFeePerGas": price * 2,
+                "maxPriorityFeePerGas": min(price, 10**9),
+                "nonce": nonce + i,
+                "chainId": chain_id,
+            }
+        ).raw_transaction
         for i in range(count)
     ]
     start = time.perf_counter()
@@ -99,8 +106,10 @@ async def _throughput(chain: Chain, faucet: Wallet, count: int) -> None:
     ):
         table.add_row(label, f"{seconds:.2f}", f"{count / seconds:,.0f}", f"{seq / seconds:.2f}x")
     console.print(table)
-    console.print(f"concurrent / sequential = {seq / con:.2f}x; "
-                  f"concurrent Wallet reaches {raw / con:.2f} of the raw floor")
+    console.print(
+        f"concurrent / sequential = {seq / con:.2f}x; "
+        f"concurrent Wallet reaches {raw / con:.2f} of the raw floor"
+    )
 
 
 async def _gas(receipts: list[Any]) -> int:
@@ -124,8 +133,13 @@ async def _escrow_gas(chain: Chain, faucet: Wallet) -> None:
 
     async def open_job() -> tuple[int, int, int]:
         job_id, receipts = await as_client.open(
-            provider=provider.address, token=token, amount=10 * ONE, deadline=await now() + 600,
-            review_window=60, arbiter=arbiter.address, terms_hash=terms,
+            provider=provider.address,
+            token=token,
+            amount=10 * ONE,
+            deadline=await now() + 600,
+            review_window=60,
+            arbiter=arbiter.address,
+            terms_hash=terms,
         )
         approve = int(receipts[0]["gasUsed"]) if len(receipts) == 2 else 0
         return job_id, approve, int(receipts[-1]["gasUsed"])
@@ -173,9 +187,10 @@ async def _escrow_gas(chain: Chain, faucet: Wallet) -> None:
     table.add_column("path")
     table.add_column("gas", justify="right")
     table.add_row("open, accept, submit, release", f"{happy + by_step['release']:,}")
-    table.add_row("open, accept, submit, claim", f"{happy + by_step['claim (after review window)']:,}")
-    table.add_row("open, accept, refund",
-                  f"{by_step['open + deposit'] + by_step['accept'] + by_step['refund (after deadline)']:,}")
+    claimed = happy + by_step["claim (after review window)"]
+    refunded = by_step["open + deposit"] + by_step["accept"] + by_step["refund (after deadline)"]
+    table.add_row("open, accept, submit, claim", f"{claimed:,}")
+    table.add_row("open, accept, refund", f"{refunded:,}")
     console.print(table)
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
 from agentmesh.cli import demo as demo_cmd
 from agentmesh.cli import devnet as devnet_cmd
 from agentmesh.cli import wallet as wallet_cmd
 from agentmesh.cli.context import AppState, err_console
+
 from agentmesh.errors import AgentMeshError
 
 app = typer.Typer(

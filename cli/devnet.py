@@ -7,17 +7,18 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from agentmesh.cli.context import AppState, console, print_json, run, state
 from rich.table import Table
 
 from agentmesh.chain.deployment import Deployment
 from agentmesh.chain.devnet import start_anvil
 from agentmesh.chain.home import DevnetPaths, DevnetRecord, running_devnet, stop_devnet
 from agentmesh.chain.rpc import rpc_call
-from agentmesh.cli.context import AppState, console, print_json, run, state
 from agentmesh.config import Config
 
-app = typer.Typer(help="Run a local anvil devnet with the agentmesh contracts deployed.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Run a local anvil devnet with the agentmesh contracts deployed.", no_args_is_help=True
+)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
@@ -39,7 +40,10 @@ def bring_up(app_state: AppState, port: int | None) -> tuple[DevnetRecord, Deplo
         paths = DevnetPaths.of(home)
         with console.status("starting anvil..."):
             anvil = start_anvil(
-                config.devnet, port=port, state_file=paths.state, log_path=paths.log,
+                config.devnet,
+                port=port,
+                state_file=paths.state,
+                log_path=paths.log,
                 detach=True,
             )
         anvil.detach()
@@ -56,12 +60,18 @@ def bring_up(app_state: AppState, port: int | None) -> tuple[DevnetRecord, Deplo
 
 def _describe(home: Path, record: DevnetRecord | None) -> dict[str, Any]:
     paths = DevnetPaths.of(home)
-    info: dict[str, Any] = {"running": record is not None, "home": str(home),
-                            "state_file": str(paths.state)}
+    info: dict[str, Any] = {
+        "running": record is not None,
+        "home": str(home),
+        "state_file": str(paths.state),
+    }
     if record is not None:
-        info.update(pid=record.pid, rpc_url=record.rpc_url,
-                    chain_id=int(rpc_call(record.rpc_url, "eth_chainId"), 16),
-                    block=int(rpc_call(record.rpc_url, "eth_blockNumber"), 16))
+        info.update(
+            pid=record.pid,
+            rpc_url=record.rpc_url,
+            chain_id=int(rpc_call(record.rpc_url, "eth_chainId"), 16),
+            block=int(rpc_call(record.rpc_url, "eth_blockNumber"), 16),
+        )
     if paths.deployment.exists():
         deployment = Deployment.load(paths.deployment)
         info["contracts"] = {name: c.address for name, c in deployment.contracts.items()}
@@ -82,8 +92,10 @@ def _show(info: dict[str, Any]) -> None:
 @app.command()
 def up(
     ctx: typer.Context,
-    port: Annotated[int | None, typer.Option(help="port to listen on (default: config or free)",
-                                             min=1, max=65535)] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(help="port to listen on (default: config or free)", min=1, max=65535),
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Start the devnet (state persists across down/up), deploy, fund dev accounts."""
@@ -104,8 +116,9 @@ def down(ctx: typer.Context) -> None:
     if record is None:
         console.print("no devnet running")
     else:
-        console.print(f"stopped devnet (pid {record.pid}); state kept in "
-                      f"{DevnetPaths.of(home).state}")
+        console.print(
+            f"stopped devnet (pid {record.pid}); state kept in {DevnetPaths.of(home).state}"
+        )
 
 
 @app.command()

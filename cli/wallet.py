@@ -7,17 +7,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from agentmesh.cli.context import AppState, console, password, print_json, run, state
 from rich.table import Table
 
-from agentmesh.cli.context import AppState, console, password, print_json, run, state
 from agentmesh.errors import AgentMeshValueError, DevnetError
 
 if TYPE_CHECKING:
     from agentmesh.wallets.chain import Chain
     from agentmesh.wallets.keystore import Keystore
 
-app = typer.Typer(help="Encrypted wallets: create, import, inspect, pay, fund.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Encrypted wallets: create, import, inspect, pay, fund.", no_args_is_help=True
+)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 PRIVATE_KEY_ENV = "AGENTMESH_PRIVATE_KEY"
@@ -112,8 +113,13 @@ async def _balances(chain: Chain, address: str) -> dict[str, Any]:
     eth = int(await guard_rpc(chain.w3.eth.get_balance(address), chain.rpc_url))
     contract = chain.contract("MeshUSD")
     musd = int(await guard_rpc(contract.functions.balanceOf(address).call(), chain.rpc_url))
-    return {"address": address, "eth": format_amount(eth, ETH_DECIMALS),
-            "musd": format_amount(musd, MUSD_DECIMALS), "eth_wei": eth, "musd_units": musd}
+    return {
+        "address": address,
+        "eth": format_amount(eth, ETH_DECIMALS),
+        "musd": format_amount(musd, MUSD_DECIMALS),
+        "eth_wei": eth,
+        "musd_units": musd,
+    }
 
 
 @app.command()
@@ -186,8 +192,10 @@ def send(
             return "0x" + bytes(receipt["transactionHash"]).hex()
 
     tx = run(body())
-    console.print(f"sent {amount} {kind.upper() if kind == 'eth' else 'mUSD'} "
-                  f"from {name} to {recipient}\ntx {tx}")
+    console.print(
+        f"sent {amount} {kind.upper() if kind == 'eth' else 'mUSD'} "
+        f"from {name} to {recipient}\ntx {tx}"
+    )
 
 
 @app.command()
@@ -211,8 +219,10 @@ def fund(
     async def body() -> dict[str, Any]:
         async with open_chain(app_state.home, app_state.config, allow_embedded=False) as chain:
             if "anvil" not in str(await chain.w3.client_version).lower():
-                raise DevnetError("`wallet fund` works only on an anvil devnet; on another "
-                                  "chain send from a funded wallet with `wallet send`")
+                raise DevnetError(
+                    "`wallet fund` works only on an anvil devnet; on another "
+                    "chain send from a funded wallet with `wallet send`"
+                )
             faucet = dev_deployer(chain.w3)
             with console.status("funding..."):
                 if eth_units:

@@ -100,8 +100,11 @@ def compile_sources(src_dir: Path = SRC_DIR) -> dict[str, dict[str, Any]]:
                 "contractName": name,
                 "sourceName": file_name,
                 "sourceSha256": source_hash,
-                "compiler": {"solc": version, "evmVersion": EVM_VERSION,
-                             "optimizerRuns": OPTIMIZER_RUNS},
+                "compiler": {
+                    "solc": version,
+                    "evmVersion": EVM_VERSION,
+                    "optimizerRuns": OPTIMIZER_RUNS,
+                },
                 "abi": out["abi"],
                 "bytecode": "0x" + bytecode,
                 "deployedBytecode": "0x" + out["evm"]["deployedBytecode"]["object"],

@@ -9,7 +9,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from agentmesh.contracts import CONTRACT_NAMES, load_artifact
 
 GENERIC_NAMES = ("agents", "cli", "wallets", "protocols", "contracts")
@@ -17,9 +16,11 @@ GENERIC_NAMES = ("agents", "cli", "wallets", "protocols", "contracts")
 
 def _source_copy(repo_root: Path, dest: Path) -> Path:
     """A copy of the tracked files, as a fresh clone would have them."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=repo_root, capture_output=True, check=True
-    ).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=repo_root, capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, listed):
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -32,8 +33,18 @@ def wheel(repo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = _source_copy(repo_root, tmp_path_factory.mktemp("src"))
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "--quiet", "-w", str(out), str(src)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "-w",
+            str(out),
+            str(src),
+        ],
         check=True,
     )
     wheels = list(out.glob("agentmesh-*.whl"))
@@ -79,8 +90,10 @@ def test_artifacts_load_with_abi_and_bytecode() -> None:
     for contract in CONTRACT_NAMES:
         artifact = load_artifact(contract)
         assert artifact.bytecode.startswith("0x") and len(artifact.bytecode) > 100
-        assert any(item.get("type") == "constructor" or item.get("type") == "function"
-                   for item in artifact.abi)
+        assert any(
+            item.get("type") == "constructor" or item.get("type") == "function"
+            for item in artifact.abi
+        )
     with pytest.raises(KeyError, match="unknown contract"):
         load_artifact("NoSuchContract")
 

@@ -16,6 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agentmesh.contracts import load_artifact
+from agentmesh.wallets.deployer import (
+    deploy_suite,
+    dev_deployer,
+    fund_dev_accounts,
+    suite_is_deployed,
+)
+from agentmesh.wallets.wallet import guard_rpc
 from eth_typing import ChecksumAddress
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.contract import AsyncContract
@@ -24,15 +32,7 @@ from agentmesh.chain.deployment import Deployment
 from agentmesh.chain.devnet import AnvilProcess, start_anvil
 from agentmesh.chain.home import DevnetPaths, running_devnet
 from agentmesh.config import Config
-from agentmesh.contracts import load_artifact
 from agentmesh.errors import DevnetError
-from agentmesh.wallets.deployer import (
-    deploy_suite,
-    dev_deployer,
-    fund_dev_accounts,
-    suite_is_deployed,
-)
-from agentmesh.wallets.wallet import guard_rpc
 
 
 def connect(rpc_url: str, timeout: float = 30.0) -> AsyncWeb3[Any]:
@@ -74,9 +74,7 @@ async def _deploy_fresh(w3: AsyncWeb3[Any], rpc_url: str, musd: int) -> Deployme
     return deployment
 
 
-async def ensure_deployment(
-    w3: AsyncWeb3[Any], rpc_url: str, path: Path, musd: int
-) -> Deployment:
+async def ensure_deployment(w3: AsyncWeb3[Any], rpc_url: str, path: Path, musd: int) -> Deployment:
     """The deployment recorded at ``path`` if it is live on ``w3``, else a fresh one."""
     if path.exists():
         recorded = Deployment.load(path)

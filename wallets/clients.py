@@ -11,6 +11,9 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from agentmesh.contracts import load_artifact
+from agentmesh.wallets.units import MUSD_DECIMALS, format_amount
+from agentmesh.wallets.wallet import Wallet, guard_rpc, revert_from
 from eth_typing import ChecksumAddress
 from web3 import AsyncWeb3
 from web3.contract import AsyncContract
@@ -18,10 +21,7 @@ from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
-from agentmesh.contracts import load_artifact
 from agentmesh.errors import ContractRevertError, InsufficientFundsError, InvalidAddressError
-from agentmesh.wallets.units import MUSD_DECIMALS, format_amount
-from agentmesh.wallets.wallet import Wallet, guard_rpc, revert_from
 
 
 def checksum(address: str) -> ChecksumAddress:
@@ -29,8 +29,10 @@ def checksum(address: str) -> ChecksumAddress:
     text = address.strip()
     if not AsyncWeb3.is_address(text):
         raise InvalidAddressError(f"invalid address {address!r}: expected 0x and 40 hex digits")
-    if text != text.lower() and text[2:] != text[2:].upper() and not AsyncWeb3.is_checksum_address(
-        text
+    if (
+        text != text.lower()
+        and text[2:] != text[2:].upper()
+        and not AsyncWeb3.is_checksum_address(text)
     ):
         raise InvalidAddressError(f"invalid address {address!r}: checksum does not match")
     return AsyncWeb3.to_checksum_address(text)
@@ -127,7 +129,10 @@ class JobStatus(enum.IntEnum):
     @property
     def final(self) -> bool:
         return self in {
-            JobStatus.RELEASED, JobStatus.CLAIMED, JobStatus.REFUNDED, JobStatus.RESOLVED,
+            JobStatus.RELEASED,
+            JobStatus.CLAIMED,
+            JobStatus.REFUNDED,
+            JobStatus.RESOLVED,
             JobStatus.CANCELLED,
         }
 
@@ -177,8 +182,13 @@ class EscrowClient(_Client):
             receipts.append(await token.approve(self.address, amount))
         receipt = await self.wallet.transact(
             self.contract.functions.open(
-                checksum(provider), token.address, amount, deadline, review_window,
-                checksum(arbiter), terms_hash,
+                checksum(provider),
+                token.address,
+                amount,
+                deadline,
+                review_window,
+                checksum(arbiter),
+                terms_hash,
             )
         )
         receipts.append(receipt)
@@ -208,15 +218,24 @@ class EscrowClient(_Client):
         return await self.wallet.transact(self.contract.functions.dispute(job_id, reason_hash))
 
     async def resolve(self, job_id: int, provider_amount: int) -> TxReceipt:
-        return await self.wallet.transact(
-            self.contract.functions.resolve(job_id, provider_amount)
-        )
+        return await self.wallet.transact(self.contract.functions.resolve(job_id, provider_amount))
 
     async def get_job(self, job_id: int) -> EscrowJob:
         raw = await self._call(self.contract.functions.getJob(job_id))
         return EscrowJob(
-            job_id, raw[0], raw[1], raw[2], raw[3], int(raw[4]), int(raw[5]), int(raw[6]),
-            int(raw[7]), int(raw[8]), JobStatus(raw[9]), bytes(raw[10]), bytes(raw[11]),
+            job_id,
+            raw[0],
+            raw[1],
+            raw[2],
+            raw[3],
+            int(raw[4]),
+            int(raw[5]),
+            int(raw[6]),
+            int(raw[7]),
+            int(raw[8]),
+            JobStatus(raw[9]),
+            bytes(raw[10]),
+            bytes(raw[11]),
         )
 
 
@@ -243,7 +262,11 @@ class AgentCard:
 
     def as_input(self) -> tuple[Any, ...]:
         return (
-            self.name, self.endpoint, self.curve_key, self.model_sha256, self.metadata_uri,
+            self.name,
+            self.endpoint,
+            self.curve_key,
+            self.model_sha256,
+            self.metadata_uri,
             [(s.name, s.unit_price) for s in self.services],
         )
 
@@ -273,8 +296,14 @@ class RegistryClient(_Client):
     async def get_agent(self, agent: str) -> AgentCard:
         raw = await self._call(self.contract.functions.getAgent(checksum(agent)))
         return AgentCard(
-            raw[0], raw[1], bytes(raw[2]), bytes(raw[3]), raw[4],
-            tuple(ServiceOffer(s[0], int(s[1])) for s in raw[5]), int(raw[6]), int(raw[7]),
+            raw[0],
+            raw[1],
+            bytes(raw[2]),
+            bytes(raw[3]),
+            raw[4],
+            tuple(ServiceOffer(s[0], int(s[1])) for s in raw[5]),
+            int(raw[6]),
+            int(raw[7]),
         )
 
     async def reputation(self, agent: str) -> tuple[int, int]:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from agentmesh.contracts import load_artifact
+from agentmesh.wallets.units import MUSD_DECIMALS
+from agentmesh.wallets.wallet import Wallet
 from eth_account import Account
 from web3 import AsyncWeb3
 
 from agentmesh.chain.deployment import DeployedContract, Deployment
 from agentmesh.chain.devnet import DEV_DEPLOYER_KEY
-from agentmesh.contracts import load_artifact
-from agentmesh.wallets.units import MUSD_DECIMALS
-from agentmesh.wallets.wallet import Wallet
 
 SUITE = ("MeshUSD", "TaskEscrow", "AgentRegistry")
 
@@ -50,9 +50,7 @@ async def fund_dev_accounts(
     """Mint ``whole_musd`` mUSD to each of anvil's dev accounts (they already hold ETH)."""
     if whole_musd <= 0:
         return
-    token = w3.eth.contract(
-        address=deployment.address("MeshUSD"), abi=load_artifact("MeshUSD").abi
-    )
+    token = w3.eth.contract(address=deployment.address("MeshUSD"), abi=load_artifact("MeshUSD").abi)
     for account in await w3.eth.accounts:
         await deployer.transact(token.functions.mint(account, whole_musd * 10**MUSD_DECIMALS))
 

@@ -119,8 +119,7 @@ class Keystore:
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
             raise KeystoreError(
-                f"keystore {path} is readable by others (mode {mode:04o}); "
-                f"run `chmod 600 {path}`"
+                f"keystore {path} is readable by others (mode {mode:04o}); run `chmod 600 {path}`"
             )
         try:
             data = json.loads(path.read_text())

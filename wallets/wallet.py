@@ -16,6 +16,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import aiohttp
+from agentmesh.contracts import Artifact
+from agentmesh.wallets.reverts import decode_revert
+from agentmesh.wallets.units import ETH_DECIMALS, format_amount
 from eth_account.messages import encode_defunct, encode_typed_data
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
@@ -24,15 +27,12 @@ from web3.contract.async_contract import AsyncContractFunction
 from web3.exceptions import ContractLogicError, TimeExhausted, Web3RPCError
 from web3.types import TxParams, TxReceipt
 
-from agentmesh.contracts import Artifact
 from agentmesh.errors import (
     ChainUnavailableError,
     ContractRevertError,
     InsufficientFundsError,
     TransactionError,
 )
-from agentmesh.wallets.reverts import decode_revert
-from agentmesh.wallets.units import ETH_DECIMALS, format_amount
 
 T = TypeVar("T")
 
@@ -84,7 +84,7 @@ async def guard_rpc(awaitable: Awaitable[T], rpc_url: str = "the chain") -> T:
     """Await an RPC call, turning connection failures into ``ChainUnavailableError``."""
     try:
         return await awaitable
-    except (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
         raise ChainUnavailableError(
             f"lost connection to {rpc_url}: {exc.__class__.__name__}; is the devnet running? "
             "(`agentmesh devnet status`)"
@@ -146,9 +146,7 @@ class Wallet:
         self, domain: dict[str, Any], types: dict[str, Any], message: dict[str, Any]
     ) -> bytes:
         """EIP-712 signature of ``message`` under ``domain`` and ``types``."""
-        signable = encode_typed_data(
-            domain_data=domain, message_types=types, message_data=message
-        )
+        signable = encode_typed_data(domain_data=domain, message_types=types, message_data=message)
         return bytes(self.account.sign_message(signable).signature)
 
     # ------------------------------------------------------------------ chain reads
@@ -199,7 +197,9 @@ class Wallet:
             except Web3RPCError as exc:
                 manager.reset()  # the chain's view of our nonce wins from here on
                 await self._check_funds(full)
-                raise TransactionError(f"transaction rejected by the node: {_rpc_message(exc)}") from None
+                raise TransactionError(
+                    f"transaction rejected by the node: {_rpc_message(exc)}"
+                ) from None
             except BaseException:
                 manager.reset()
                 raise
@@ -227,8 +227,11 @@ class Wallet:
         self, call: AsyncContractFunction, *, value: int = 0, gas: int | None = None
     ) -> TxReceipt:
         """Send a contract function call from this wallet."""
-        tx: dict[str, Any] = {"to": call.address, "data": call._encode_transaction_data(),
-                              "value": value}
+        tx: dict[str, Any] = {
+            "to": call.address,
+            "data": call._encode_transaction_data(),
+            "value": value,
+        }
         if gas is not None:
             tx["gas"] = gas
         return await self.send(tx)  # type: ignore[arg-type]

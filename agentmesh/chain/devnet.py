@@ -131,9 +131,17 @@ def start_anvil(
         os.close(fd)
         log_path = Path(name)
     args = [
-        str(binary), "--host", host, "--port", str(chosen),
-        "--chain-id", str(config.chain_id), "--accounts", str(config.accounts),
-        "--mnemonic", DEV_MNEMONIC,
+        str(binary),
+        "--host",
+        host,
+        "--port",
+        str(chosen),
+        "--chain-id",
+        str(config.chain_id),
+        "--accounts",
+        str(config.accounts),
+        "--mnemonic",
+        DEV_MNEMONIC,
     ]
     if config.block_time:
         args += ["--block-time", str(config.block_time)]
@@ -143,7 +151,10 @@ def start_anvil(
     log = open(log_path, "ab")  # noqa: SIM115 - owned by the AnvilProcess
     try:
         process = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=detach,
         )
     except OSError as exc:
