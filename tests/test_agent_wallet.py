@@ -908,3 +908,16 @@ async def test_lowering_cap_below_spent_leaves_nothing(aw: Setup) -> None:
     with pytest.raises(ContractRevertError) as exc:
         await agent_transfer(aw, 1)
     assert_error(exc, "CapExceeded", aw.token.address, 1, 0)
+
+
+async def test_zero_selector_with_payload_is_not_a_plain_transfer(aw: Setup) -> None:
+    # (recipient, 0x00000000) allowlists plain ETH transfers only; calldata that merely
+    # starts with four zero bytes must not ride on it into the recipient's fallback.
+    await aw.wallet.set_cap(NATIVE, ETHER, CapMode.DAILY)
+    await aw.wallet.set_allowed(aw.recipient, NO_CALLDATA, True)
+    payload = NO_CALLDATA + b"\x01" * 32
+    with pytest.raises(ContractRevertError) as exc:
+        await aw.as_agent.execute(aw.recipient, 1, payload)
+    assert_error(exc, "MalformedCalldata", len(payload))
+    receipt = await aw.as_agent.execute(aw.recipient, 1, b"")
+    assert receipt["status"] == 1

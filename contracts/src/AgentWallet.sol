@@ -104,10 +104,7 @@ contract AgentWallet is Ownable2Step, Pausable, ReentrancyGuard {
         returns (bytes memory result)
     {
         bytes4 selector = _checkCall(target, data);
-        uint256 approved;
-        if (selector == APPROVE && _caps[target].mode != CapMode.None) {
-            (, approved) = abi.decode(data[4:], (address, uint256));
-        }
+        uint256 approved = _approvalCharge(target, selector, data);
         uint256[] memory before = _cappedBalances();
         result = _call(target, value, data);
         _chargeAll(before, value, target, approved);
@@ -126,11 +123,14 @@ contract AgentWallet is Ownable2Step, Pausable, ReentrancyGuard {
     ) external onlyAgent whenNotPaused nonReentrant returns (bytes memory result) {
         bytes4 selector = _checkCall(target, data);
         if (!_allowed[token][APPROVE]) revert TargetNotAllowed(token, APPROVE);
+        // The one-call allowance to `spender` is not charged (what it pulls is), but an
+        // approve made by the target call itself outlives this call, so it is.
+        uint256 approved = _approvalCharge(target, selector, data);
         uint256[] memory before = _cappedBalances();
         IERC20(token).forceApprove(spender, amount);
         result = _call(target, value, data);
         IERC20(token).forceApprove(spender, 0);
-        _chargeAll(before, value, address(0), 0);
+        _chargeAll(before, value, target, approved);
         emit Executed(target, selector, value);
     }
 
@@ -231,8 +231,23 @@ contract AgentWallet is Ownable2Step, Pausable, ReentrancyGuard {
         if (target == address(this)) revert SelfCallForbidden();
         if (data.length != 0 && data.length < 4) revert MalformedCalldata(data.length);
         bytes4 selector = data.length == 0 ? NO_CALLDATA : bytes4(data[:4]);
+        // 0x00000000 stands for "no calldata"; calldata starting with it would pass the
+        // plain-transfer allowlist entry while reaching the target's fallback with data.
+        if (data.length != 0 && selector == NO_CALLDATA) revert MalformedCalldata(data.length);
         if (!_allowed[target][selector]) revert TargetNotAllowed(target, selector);
         return selector;
+    }
+
+    /// @dev An ERC-20 approve on a capped token is charged at the approved amount: the
+    /// allowance can be drained later, outside this wallet's balance checks.
+    function _approvalCharge(address target, bytes4 selector, bytes calldata data)
+        private
+        view
+        returns (uint256 approved)
+    {
+        if (selector == APPROVE && _caps[target].mode != CapMode.None) {
+            (, approved) = abi.decode(data[4:], (address, uint256));
+        }
     }
 
     function _call(address target, uint256 value, bytes calldata data)
