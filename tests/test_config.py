@@ -150,7 +150,12 @@ def test_scrypt_n_that_is_not_a_power_of_two_is_a_config_error(tmp_path: Path) -
 
 @pytest.mark.parametrize(
     "text",
-    ["[chain\nrpc_url = 'x'\n", "port = \n", "[devnet]\nport = 1\nport = 2\n", "a = 'unterminated\n"],
+    [
+        "[chain\nrpc_url = 'x'\n",
+        "port = \n",
+        "[devnet]\nport = 1\nport = 2\n",
+        "a = 'unterminated\n",
+    ],
     ids=["bad-header", "no-value", "duplicate-key", "unterminated-string"],
 )
 def test_invalid_toml_is_config_error(tmp_path: Path, text: str) -> None:
@@ -219,9 +224,7 @@ def test_explicit_path_wins_over_environment(
     assert not env_home.exists()
 
 
-def test_environment_variable_is_honoured(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_environment_variable_is_honoured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env_home = tmp_path / "env-home"
     monkeypatch.setenv("AGENTMESH_HOME", str(env_home))
 

@@ -8,6 +8,8 @@ import stat
 from pathlib import Path
 
 import pytest
+from agentmesh.wallets.keystore import Keystore
+from agentmesh.wallets.wallet import Wallet
 from eth_account import Account
 
 from agentmesh.errors import (
@@ -18,8 +20,6 @@ from agentmesh.errors import (
     WalletNotFoundError,
     WrongPasswordError,
 )
-from agentmesh.wallets.keystore import Keystore
-from agentmesh.wallets.wallet import Wallet
 from tests.conftest import TEST_SCRYPT_N
 
 PASSWORD = "correct horse battery staple"
@@ -136,8 +136,16 @@ def test_import_key_accepts_hex_forms(keystore: Keystore, key: str | bytes) -> N
         bytes(32),
     ],
     ids=[
-        "bad-hex", "short", "long", "empty", "bytes-31", "bytes-33", "zero", "order",
-        "above-order", "zero-bytes",
+        "bad-hex",
+        "short",
+        "long",
+        "empty",
+        "bytes-31",
+        "bytes-33",
+        "zero",
+        "order",
+        "above-order",
+        "zero-bytes",
     ],
 )
 def test_import_key_rejects_invalid_keys(keystore: Keystore, key: str | bytes) -> None:
@@ -227,8 +235,13 @@ def _mutated(keystore: Keystore, name: str, change: dict[str, object]) -> Path:
         {"version": None},
     ],
     ids=[
-        "no-crypto", "no-address", "bad-address", "short-address", "empty-crypto",
-        "crypto-string", "no-version",
+        "no-crypto",
+        "no-address",
+        "bad-address",
+        "short-address",
+        "empty-crypto",
+        "crypto-string",
+        "no-version",
     ],
 )
 def test_structurally_corrupt_json_is_keystore_error(
@@ -319,8 +332,18 @@ def test_duplicate_name_is_refused_and_original_kept(keystore: Keystore) -> None
         "ålice",
     ],
     ids=[
-        "empty", "upper", "leading-dash", "leading-underscore", "space", "traversal",
-        "slash", "dot", "too-long", "trailing-newline", "leading-newline", "non-ascii",
+        "empty",
+        "upper",
+        "leading-dash",
+        "leading-underscore",
+        "space",
+        "traversal",
+        "slash",
+        "dot",
+        "too-long",
+        "trailing-newline",
+        "leading-newline",
+        "non-ascii",
     ],
 )
 def test_invalid_names_are_rejected(keystore: Keystore, name: str) -> None:
@@ -403,8 +426,7 @@ def test_errors_do_not_show_the_key_or_password(keystore: Keystore) -> None:
             attempt()
         caught.append(info.value)
 
-    assert [type(e) for e in caught] == [WrongPasswordError, WalletExistsError,
-                                         AgentMeshValueError]
+    assert [type(e) for e in caught] == [WrongPasswordError, WalletExistsError, AgentMeshValueError]
     for error in caught:
         for text in (str(error), repr(error), error.user_message):
             assert KEY_HEX not in text.lower()

@@ -28,7 +28,7 @@ from agentmesh.errors import (
     WrongPasswordError,
 )
 
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 DEFAULT_SCRYPT_N = 2**18
 
 
@@ -43,7 +43,7 @@ class KeystoreEntry:
 
 def validate_name(name: str) -> str:
     """Return ``name`` if it is a valid wallet name, else raise ``AgentMeshValueError``."""
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise AgentMeshValueError(
             f"invalid wallet name {name!r}: use 1-64 lowercase letters, digits, '-' or '_', "
             "starting with a letter or digit"
@@ -157,9 +157,18 @@ class Keystore:
             if "MAC mismatch" in str(exc):
                 raise WrongPasswordError(f"wrong password for wallet {name!r}") from None
             raise KeystoreError(f"keystore {self.path_for(name)} is corrupt: {exc}") from None
-        except (KeyError, TypeError) as exc:
+        except KeyError as exc:
             raise KeystoreError(
                 f"keystore {self.path_for(name)} is corrupt: missing field {exc}"
             ) from None
+        except TypeError as exc:
+            raise KeystoreError(f"keystore {self.path_for(name)} is corrupt: {exc}") from None
         account: LocalAccount = Account.from_key(key)
+        # The address field is what `list`/`show` display; a key that does not match it
+        # would make funds sent to the displayed address unreachable.
+        recorded = str(data["address"]).lower().removeprefix("0x")
+        if account.address.lower().removeprefix("0x") != recorded:
+            raise KeystoreError(
+                f"keystore {self.path_for(name)} is corrupt: address field does not match the key"
+            )
         return account

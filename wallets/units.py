@@ -19,18 +19,21 @@ def parse_amount(text: str | int | Decimal, decimals: int, *, symbol: str = "") 
         raise AgentMeshValueError(f"invalid amount {text!r}: not a number") from None
     if not value.is_finite() or value < 0:
         raise AgentMeshValueError(f"invalid amount {text!r}: must be zero or positive")
-    scaled = value.scaleb(decimals)
-    if scaled != scaled.to_integral_value():
+    # Exact integer arithmetic: Decimal's default 28-digit context would round wei.
+    exponent = int(value.as_tuple().exponent)
+    digits = int("".join(map(str, value.as_tuple().digits)) or "0")
+    if exponent < -decimals and digits % 10 ** (-exponent - decimals):
         raise AgentMeshValueError(
             f"invalid amount {text!r}: at most {decimals} decimal places{label}"
         )
-    return int(scaled)
+    shift = exponent + decimals
+    return digits * 10**shift if shift >= 0 else digits // 10 ** (-shift)
 
 
 def format_amount(units: int, decimals: int, symbol: str = "") -> str:
     """Base units -> a plain decimal string, trailing zeros trimmed."""
-    value = Decimal(units).scaleb(-decimals)
-    text = f"{value:f}"
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
+    whole, fraction = divmod(units, 10**decimals)
+    text = str(whole)
+    if fraction:
+        text += "." + str(fraction).rjust(decimals, "0").rstrip("0")
     return f"{text} {symbol}".strip()

@@ -170,8 +170,8 @@ class Wallet:
 
     # ------------------------------------------------------------------ sending
 
-    async def send(self, tx: TxParams, *, wait: bool = True) -> TxReceipt:
-        """Fill in, sign, submit and (by default) wait for ``tx``; raise on revert."""
+    async def send(self, tx: TxParams) -> TxReceipt:
+        """Fill in, sign, submit and wait for ``tx``; raise on revert."""
         full: dict[str, Any] = dict(tx)
         full.setdefault("from", self.address)
         full.setdefault("value", 0)
