@@ -88,8 +88,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 def check_port_free(host: str, port: int) -> None:
     """Raise :class:`PortInUseError` when ``host:port`` cannot be bound."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Like any server (anvil included), ignore TIME_WAIT leftovers of old
+        # connections: only a live listener makes the port unusable.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
+            sock.listen(1)
         except OSError as exc:
             raise PortInUseError(
                 f"port {port} on {host} is in use; choose another with --port "
