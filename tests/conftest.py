@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentmesh.wallets.chain import Chain, _deploy_fresh, connect
-from agentmesh.wallets.clients import EscrowClient, RegistryClient, TokenClient
-from agentmesh.wallets.deployer import dev_deployer
-from agentmesh.wallets.wallet import Wallet, reset_nonces
 from eth_account import Account
 
 from agentmesh.chain.devnet import AnvilProcess, start_anvil
 from agentmesh.config import DevnetConfig
+from agentmesh.wallets.chain import Chain, _deploy_fresh, connect
+from agentmesh.wallets.clients import EscrowClient, RegistryClient, TokenClient
+from agentmesh.wallets.deployer import dev_deployer
+from agentmesh.wallets.wallet import Wallet, reset_nonces
 
 TEST_SCRYPT_N = 2**14  # fast keystores in tests; production default is 2**18
 ONE_MUSD = 10**6

@@ -8,8 +8,6 @@ import stat
 from pathlib import Path
 
 import pytest
-from agentmesh.wallets.keystore import Keystore
-from agentmesh.wallets.wallet import Wallet
 from eth_account import Account
 
 from agentmesh.errors import (
@@ -20,6 +18,8 @@ from agentmesh.errors import (
     WalletNotFoundError,
     WrongPasswordError,
 )
+from agentmesh.wallets.keystore import Keystore
+from agentmesh.wallets.wallet import Wallet
 from tests.conftest import TEST_SCRYPT_N
 
 PASSWORD = "correct horse battery staple"

@@ -9,16 +9,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from agentmesh.wallets.chain import Chain
-from agentmesh.wallets.clients import TokenClient, checksum
-from agentmesh.wallets.reverts import decode_revert
-from agentmesh.wallets.units import (
-    ETH_DECIMALS,
-    MUSD_DECIMALS,
-    format_amount,
-    parse_amount,
-)
-from agentmesh.wallets.wallet import Wallet, guard_rpc, reset_nonces
 from eth_abi import encode as abi_encode
 from eth_account import Account
 from eth_account.messages import encode_defunct, encode_typed_data
@@ -33,6 +23,16 @@ from agentmesh.errors import (
     InvalidAddressError,
     TransactionError,
 )
+from agentmesh.wallets.chain import Chain
+from agentmesh.wallets.clients import TokenClient, checksum
+from agentmesh.wallets.reverts import decode_revert
+from agentmesh.wallets.units import (
+    ETH_DECIMALS,
+    MUSD_DECIMALS,
+    format_amount,
+    parse_amount,
+)
+from agentmesh.wallets.wallet import Wallet, guard_rpc, reset_nonces
 from tests.conftest import ONE_MUSD, WalletFactory, token_for
 
 ETHER = 10**18

@@ -176,6 +176,9 @@ class EscrowClient(_Client):
 
         Returns the new job id and the receipts (approve, open).
         """
+        # Approve and pay from this escrow client's own wallet, whatever wallet the
+        # given token client is bound to.
+        token = TokenClient(self.wallet, token.address)
         await token.require_balance(amount)
         receipts = []
         if await token.allowance(self.wallet.address, self.address) < amount:

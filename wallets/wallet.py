@@ -279,13 +279,43 @@ class Wallet:
     async def _replay_revert(
         self, tx: dict[str, Any] | None, receipt: TxReceipt
     ) -> ContractRevertError:
+        """Recover the revert reason of a mined, failed transaction.
+
+        Re-running the call on the previous block alone is not enough: a revert that
+        depends on the block's time (a deadline) would pass there. So ask for the trace
+        first, and otherwise re-run with the mined block's time and number.
+        """
+        tx_hash = receipt["transactionHash"]
+        try:
+            trace = await self.w3.provider.make_request(  # type: ignore[arg-type]
+                "debug_traceTransaction", ["0x" + bytes(tx_hash).hex(), {"tracer": "callTracer"}]
+            )
+            output = (trace.get("result") or {}).get("output")
+            if output and output != "0x":
+                return decode_revert(output)
+        except Exception:  # noqa: BLE001 - not every node offers debug_; fall through
+            pass
         if tx is None:
             return ContractRevertError(None, detail="status 0 in receipt")
         probe = {k: tx[k] for k in ("from", "to", "data", "value") if k in tx}
+        block = await self.w3.eth.get_block(receipt["blockNumber"])
+        overrides = {"time": hex(block["timestamp"]), "number": hex(block["number"])}
         try:
-            await self.w3.eth.call(probe, receipt["blockNumber"] - 1)  # type: ignore[arg-type]
-        except ContractLogicError as exc:
-            return revert_from(exc)
+            reply = await self.w3.provider.make_request(  # type: ignore[arg-type]
+                "eth_call",
+                [
+                    {**probe, "value": hex(int(probe.get("value", 0)))},
+                    hex(receipt["blockNumber"] - 1),
+                    {},
+                    overrides,
+                ],
+            )
         except Exception as exc:  # noqa: BLE001 - best effort: explain what we can
             return ContractRevertError(None, detail=f"status 0 ({exc})")
+        error = reply.get("error") or {}
+        data = error.get("data")
+        if isinstance(data, dict):
+            data = data.get("data")
+        if isinstance(data, str) and len(data) >= 10:
+            return decode_revert(data)
         return ContractRevertError(None, detail="status 0 in receipt (out of gas?)")
