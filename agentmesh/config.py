@@ -61,10 +61,35 @@ class WalletConfig(_Section):
         return value
 
 
+class MeshConfig(_Section):
+    """The node's sockets, discovery timing and inbound limits (``[mesh]``)."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 0  # ROUTER (direct messages); 0 = free
+    presence_port: Annotated[int, Field(ge=0, le=65535)] = 0  # PUB (heartbeats)
+    advertise_host: str | None = None  # the host peers should dial, if not `host`
+    curve: bool = True  # CurveZMQ encryption and server authentication
+    bootstrap: tuple[str, ...] = ()  # "<curve key>@tcp://host:port" of known agents
+    heartbeat_s: Annotated[float, Field(gt=0)] = 1.0
+    down_after_missed: Annotated[int, Field(ge=1)] = 3
+    remove_after_missed: Annotated[int, Field(ge=2)] = 10
+    gossip_s: Annotated[float, Field(gt=0)] = 5.0
+    request_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    request_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    message_ttl_ms: Annotated[int, Field(ge=1000)] = 30_000
+    max_frame_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 256 * 1024
+    max_ttl_ms: Annotated[int, Field(ge=1000)] = 300_000
+    clock_skew_ms: Annotated[int, Field(ge=0)] = 5_000
+    rate_per_s: Annotated[float, Field(gt=0)] = 20_000
+    burst: Annotated[int, Field(ge=1)] = 40_000
+    replay_cache_size: Annotated[int, Field(ge=1000)] = 200_000
+
+
 class Config(_Section):
     """The whole ``config.toml``."""
 
     chain: ChainConfig = ChainConfig()
+    mesh: MeshConfig = MeshConfig()
     devnet: DevnetConfig = DevnetConfig()
     wallet: WalletConfig = WalletConfig()
 

@@ -27,10 +27,18 @@ from typing import Any
 
 import coincurve
 import msgpack
-from eth_hash.auto import keccak
 from eth_utils import to_canonical_address, to_checksum_address
 
 from agentmesh.errors import ProtocolError, SignatureError
+
+try:  # safe-pysha3's C keccak is ~3x faster than pycryptodome's ctypes wrapper
+    from sha3 import keccak_256 as _keccak_256
+
+    def keccak(data: bytes) -> bytes:
+        return bytes(_keccak_256(data).digest())
+
+except ImportError:  # pragma: no cover - the dependency is declared; stay correct without it
+    from eth_hash.auto import keccak
 
 FRAME_VERSION = 1
 DOMAIN_NAME = "agentmesh"
@@ -112,6 +120,8 @@ class Envelope:
     nonce: int
     payload: bytes
     signature: bytes = field(default=b"", repr=False)
+    # The encoded frame, kept once known (parsed or sent) so storing it costs nothing.
+    raw: bytes = field(default=b"", repr=False, compare=False)
 
     # ------------------------------------------------------------------ signing
 
@@ -193,7 +203,7 @@ class Envelope:
         return unsigned.with_signature(signer.sign_digest(unsigned.digest()))
 
     def with_signature(self, signature: bytes) -> Envelope:
-        return dataclasses.replace(self, signature=signature)
+        return dataclasses.replace(self, signature=signature, raw=b"")
 
     def verify(self) -> str:
         """Return the checksummed signer if it is the sender; else raise ``SignatureError``."""
@@ -208,7 +218,9 @@ class Envelope:
 
     def to_frame(self) -> bytes:
         """Version byte + msgpack array."""
-        return bytes((FRAME_VERSION,)) + msgpack.packb(
+        if self.raw:
+            return self.raw
+        frame = bytes((FRAME_VERSION,)) + msgpack.packb(
             [
                 _canonical(self.sender),
                 _canonical(self.recipient),
@@ -226,6 +238,9 @@ class Envelope:
             ],
             use_bin_type=True,
         )
+        if self.signature:
+            object.__setattr__(self, "raw", frame)  # frozen: cache, not a field change
+        return frame
 
     @classmethod
     def from_frame(cls, frame: bytes, *, max_size: int = 1 << 20) -> Envelope:
@@ -295,6 +310,7 @@ class Envelope:
             nonce,
             payload,
             sig,
+            frame,
         )
 
 

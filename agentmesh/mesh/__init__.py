@@ -1,0 +1,1 @@
+"""The ZeroMQ mesh: signed agent cards, transport, discovery, presence, hardening."""

@@ -1,0 +1,633 @@
+"""``MeshNode``: signed request/response and one-way messages over ZeroMQ.
+
+Sockets: one ROUTER bound for direct messages (replies go back on the same
+connection), one PUB bound for presence, and one pooled DEALER per peer for outbound
+traffic. With ``curve`` on (the default) every socket is CurveZMQ-encrypted and the
+client authenticates the server by the curve key in the peer's signed card.
+
+Inbound frames are drained in batches: each is size-checked, parsed, verified
+(signature, recipient, clock, replay) and rate-limited; accepted messages are recorded
+as ``received`` in one transaction, handlers run as tasks, and a flusher records them
+``handled`` (with the reply) before the replies leave. A duplicate id gets its stored
+reply again and never reaches the handler. Nothing a peer sends can stop the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import zmq
+import zmq.asyncio
+from pydantic import ValidationError
+
+from agentmesh.config import MeshConfig
+from agentmesh.envelope import NO_REPLY, Envelope, EnvelopeSigner, now_ms
+from agentmesh.errors import PeerUnreachable, ProtocolError, SignatureError
+from agentmesh.mesh.card import AgentCard, CurveKeys, ServicePrice
+from agentmesh.mesh.guard import InboundGuard, Rejected
+from agentmesh.mesh.peers import PeerTable
+from agentmesh.mesh.routes import ErrorReply, HandlerContext, Route, Routes
+from agentmesh.message import Message
+from agentmesh.store import Store
+
+log = logging.getLogger("agentmesh.mesh")
+
+ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
+BATCH_MAX = 512
+POLLIN = int(zmq.POLLIN)  # plain int: zmq's Enum flag arithmetic costs ~10 us a call
+LOG_FLUSH_S = 0.05
+STATS_FLUSH_S = 1.0
+M = TypeVar("M", bound=Message)
+
+
+class RemoteError(ProtocolError):
+    """The peer answered with an ``ErrorReply``."""
+
+    def __init__(self, peer: str, code: str, detail: str) -> None:
+        super().__init__(f"{peer} answered {code}: {detail}")
+        self.peer = peer
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    ident: bytes | None
+    envelope: Envelope
+    status: str
+    reply: bytes | None
+
+
+def _row(envelope: Envelope, peer: str | None = None) -> tuple[Any, ...]:
+    """The store's message columns for ``envelope`` (peer defaults to the sender)."""
+    return (
+        envelope.id,
+        peer or envelope.sender,
+        envelope.protocol,
+        envelope.protocol_version,
+        envelope.conversation,
+        envelope.reply_to,
+        envelope.to_frame(),
+    )
+
+
+class MeshNode:
+    """One agent's presence on the mesh."""
+
+    def __init__(
+        self,
+        private_key: bytes,
+        *,
+        name: str,
+        config: MeshConfig | None = None,
+        store: Store | None = None,
+        services: Iterable[ServicePrice] = (),
+        model_sha256: str = "",
+    ) -> None:
+        self.config = config or MeshConfig()
+        self.name = name
+        self._private_key = private_key
+        self._signer = EnvelopeSigner(private_key)
+        self.address = self._signer.address
+        self.curve = CurveKeys.from_wallet_key(private_key)
+        self.store = store
+        self.routes = Routes()
+        self.guard = InboundGuard(self.config, self.address)
+        self.peers = PeerTable(self.address, store)
+        self.counters = self.guard.counters
+        self._services = tuple(services)
+        self._model_sha256 = model_sha256
+        self._zmq = zmq.asyncio.Context()
+        self._router: zmq.asyncio.Socket | None = None
+        self._pub: zmq.asyncio.Socket | None = None
+        self._dealers: dict[str, tuple[zmq.asyncio.Socket, asyncio.Task[None]]] = {}
+        self._pending: dict[bytes, asyncio.Future[Envelope]] = {}
+        self._done: list[_Done] = []
+        self._done_event = asyncio.Event()
+        self._log_out: list[Envelope] = []
+        self._log_in: list[Envelope] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._handler_tasks: set[asyncio.Task[None]] = set()
+        self.card: AgentCard | None = None
+        self._on_card: list[Callable[[AgentCard, str], None]] = []
+        self.started = asyncio.Event()
+        self._started_ms = 0
+
+    def __repr__(self) -> str:
+        return f"MeshNode({self.name!r}, {self.address})"
+
+    # ------------------------------------------------------------------ setup
+
+    def on(
+        self,
+        message_type: type[M],
+        *,
+        protocol: str,
+        version: str,
+        replies: tuple[type[Message], ...] = (),
+    ) -> Callable[[Any], Any]:
+        """Register a handler: ``async def handler(ctx, message) -> reply | None``."""
+
+        def register(fn: Any) -> Any:
+            self.routes.add(Route(protocol, version, message_type, fn, replies))
+            return fn
+
+        return register
+
+    def _secure(self, sock: zmq.asyncio.Socket, *, server: bool, server_key: bytes = b"") -> None:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_frame_bytes + 1024)
+        if not self.config.curve:
+            return
+        sock.curve_secretkey = self.curve.secret
+        sock.curve_publickey = self.curve.public
+        if server:
+            sock.curve_server = True
+        else:
+            sock.curve_serverkey = server_key
+
+    def _bind(self, sock: zmq.asyncio.Socket, port: int) -> str:
+        host = self.config.host
+        if port:
+            sock.bind(f"tcp://{host}:{port}")
+        else:
+            port = sock.bind_to_random_port(f"tcp://{host}")
+        return f"tcp://{self.config.advertise_host or host}:{port}"
+
+    async def start(self) -> None:
+        """Bind sockets, publish our signed card to ourselves, start the loops."""
+        self._router = self._zmq.socket(zmq.ROUTER)
+        self._secure(self._router, server=True)
+        endpoint = self._bind(self._router, self.config.port)
+        self._pub = self._zmq.socket(zmq.PUB)
+        self._secure(self._pub, server=True)
+        presence = self._bind(self._pub, self.config.presence_port)
+        self.card = AgentCard(
+            address=self.address,
+            name=self.name,
+            endpoint=endpoint,
+            presence_endpoint=presence,
+            curve_key=self.curve.public.decode(),
+            services=self._services,
+            model_sha256=self._model_sha256,
+            issued_ms=0,
+        ).signed(self._private_key)
+        self.peers.add(self.card, "self")
+        self._started_ms = now_ms()
+        self._tasks = [
+            asyncio.create_task(self._router_loop(), name="mesh-router"),
+            asyncio.create_task(self._flush_loop(), name="mesh-flush"),
+            asyncio.create_task(self._housekeeping(), name="mesh-housekeeping"),
+        ]
+        await self._recover_pending()
+        self.started.set()
+
+    async def stop(self) -> None:
+        """Stop loops, close sockets, write the last counters."""
+        for task in [*self._tasks, *self._handler_tasks, *(t for _, t in self._dealers.values())]:
+            task.cancel()
+        for task in [*self._tasks, *(t for _, t in self._dealers.values())]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._flush_logs()
+        if self.store is not None:
+            self.store.save_stats(dict(self.counters))
+        for sock, _ in self._dealers.values():
+            sock.close(0)
+        self._dealers.clear()
+        for sock in (self._router, self._pub):
+            if sock is not None:
+                sock.close(0)
+        self._zmq.term()
+
+    async def __aenter__(self) -> MeshNode:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------ outbound
+
+    def _seal(
+        self,
+        recipient: str,
+        message: Message,
+        protocol: str,
+        version: str,
+        conversation: bytes | None,
+        reply_to: bytes = NO_REPLY,
+    ) -> Envelope:
+        return Envelope.seal(
+            self._signer,
+            recipient=recipient,
+            protocol=protocol,
+            protocol_version=version,
+            schema_digest=type(message).schema_digest(),
+            payload=message.encode(),
+            conversation=conversation,
+            reply_to=reply_to,
+            ttl_ms=self.config.message_ttl_ms,
+        )
+
+    def _dealer_for(self, key: str, endpoint: str, curve_key: str) -> zmq.asyncio.Socket:
+        entry = self._dealers.get(key)
+        if entry is not None:
+            return entry[0]
+        sock = self._zmq.socket(zmq.DEALER)
+        self._secure(sock, server=False, server_key=curve_key.encode())
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.connect(endpoint)
+        task = asyncio.create_task(self._dealer_loop(sock, key), name=f"mesh-dealer-{key[:10]}")
+        self._dealers[key] = (sock, task)
+        return sock
+
+    def _drop_dealer(self, key: str) -> None:
+        entry = self._dealers.pop(key, None)
+        if entry is not None:
+            entry[1].cancel()
+            entry[0].close(0)
+
+    def _route_to(self, peer: str | AgentCard) -> tuple[str, zmq.asyncio.Socket]:
+        card = peer if isinstance(peer, AgentCard) else None
+        if card is None:
+            record = self.peers.get(str(peer))
+            if record is None:
+                raise PeerUnreachable(f"unknown peer {peer}: not in the peer table")
+            card = record.card
+        key = f"{card.address}|{card.endpoint}|{card.curve_key}"
+        return card.address, self._dealer_for(key, card.endpoint, card.curve_key)
+
+    async def send(
+        self,
+        peer: str | AgentCard,
+        message: Message,
+        *,
+        protocol: str,
+        version: str,
+        conversation: bytes | None = None,
+        reply_to: bytes = NO_REPLY,
+    ) -> Envelope:
+        """Send a one-way message; returns the envelope that was sent."""
+        address, sock = self._route_to(peer)
+        envelope = self._seal(address, message, protocol, version, conversation, reply_to)
+        await sock.send(envelope.to_frame(), copy=False)
+        self.counters["sent"] += 1
+        self._log_out.append(envelope)
+        return envelope
+
+    async def request(
+        self,
+        peer: str | AgentCard,
+        message: Message,
+        *,
+        protocol: str,
+        version: str,
+        expect: tuple[type[M], ...] = (),
+        timeout: float | None = None,
+        retries: int | None = None,
+        conversation: bytes | None = None,
+    ) -> M:
+        """Send ``message`` and wait for the signed reply, re-sending the same envelope on
+        timeout. Raises ``RemoteError`` for an error reply, ``PeerUnreachable`` when no
+        reply comes."""
+        address, sock = self._route_to(peer)
+        return await self._request_via(
+            sock, address, message, protocol, version, expect, timeout, retries, conversation
+        )
+
+    async def request_endpoint(
+        self,
+        bootstrap: str,
+        message: Message,
+        *,
+        protocol: str,
+        version: str,
+        expect: tuple[type[M], ...] = (),
+        timeout: float | None = None,
+    ) -> tuple[M, Envelope]:
+        """Request from ``<curve key>@tcp://host:port`` without knowing the agent's address
+        (joining through a bootstrap). Only the mesh protocol accepts such requests."""
+        curve_key, _, endpoint = bootstrap.partition("@")
+        if not endpoint.startswith("tcp://") or len(curve_key) != 40:
+            raise ProtocolError(
+                f"bad bootstrap address {bootstrap!r}: expected <40-char curve key>@tcp://host:port"
+            )
+        sock = self._dealer_for(f"bootstrap|{bootstrap}", endpoint, curve_key)
+        reply = await self._request_via(
+            sock,
+            ZERO_ADDRESS,
+            message,
+            protocol,
+            version,
+            expect,
+            timeout,
+            None,
+            None,
+            keep_envelope=True,
+        )
+        return reply  # type: ignore[return-value]
+
+    async def _request_via(
+        self,
+        sock: zmq.asyncio.Socket,
+        address: str,
+        message: Message,
+        protocol: str,
+        version: str,
+        expect: tuple[type[Message], ...],
+        timeout: float | None,
+        retries: int | None,
+        conversation: bytes | None,
+        keep_envelope: bool = False,
+    ) -> Any:
+        for reply_type in expect:
+            self.routes.learn(reply_type)
+        envelope = self._seal(address, message, protocol, version, conversation)
+        frame = envelope.to_frame()
+        loop = asyncio.get_running_loop()
+        per_try = timeout if timeout is not None else self.config.request_timeout_s
+        attempts = 1 + (self.config.request_retries if retries is None else retries)
+        try:
+            for _ in range(attempts):
+                # A fresh future per attempt: a late reply to an earlier attempt carries
+                # the same id and still completes the request.
+                future: asyncio.Future[Envelope] = loop.create_future()
+                self._pending[envelope.id] = future
+                await sock.send(frame, copy=False)
+                self.counters["sent"] += 1
+                try:
+                    reply = await asyncio.wait_for(future, per_try)
+                    break
+                except TimeoutError:
+                    self.counters["request_timeouts"] += 1
+            else:
+                raise PeerUnreachable(
+                    f"{address if address != ZERO_ADDRESS else 'bootstrap'} did not answer "
+                    f"{protocol}@{version} within {attempts} x {per_try:g}s"
+                )
+        finally:
+            self._pending.pop(envelope.id, None)
+        self._log_out.append(envelope)
+        decoded = self._decode_reply(reply, expect)
+        return (decoded, reply) if keep_envelope else decoded
+
+    def _decode_reply(self, reply: Envelope, expect: tuple[type[Message], ...]) -> Message:
+        reply_type = self.routes.types.get(reply.schema_digest)
+        if reply_type is ErrorReply:
+            error = ErrorReply.decode(reply.payload)
+            raise RemoteError(reply.sender, error.code, error.detail)  # type: ignore[attr-defined]
+        if reply_type is None or (expect and reply_type not in expect):
+            raise ProtocolError(f"{reply.sender} replied with an unexpected message type")
+        try:
+            return reply_type.decode(reply.payload)
+        except ValidationError as exc:
+            raise ProtocolError(f"{reply.sender} replied with an invalid payload: {exc}") from None
+
+    # ------------------------------------------------------------------ inbound
+
+    async def _drain(self, sock: zmq.asyncio.Socket) -> list[list[bytes]]:
+        batch = [await sock.recv_multipart()]
+        while len(batch) < BATCH_MAX and int(sock.getsockopt(zmq.EVENTS)) & POLLIN:
+            batch.append(await sock.recv_multipart())
+        return batch
+
+    def _admit(self, label: str, frame: bytes, *, broadcast_ok: bool) -> Envelope:
+        """All checks that do not need the store; raises ``Rejected``."""
+        guard = self.guard
+        guard.check_rate(label)
+        if len(frame) > self.config.max_frame_bytes:
+            raise guard.reject(label, "oversized", f"{len(frame)} bytes")
+        try:
+            envelope = Envelope.from_frame(frame, max_size=self.config.max_frame_bytes)
+        except ProtocolError as exc:
+            raise guard.reject(label, "malformed", exc.user_message) from None
+        try:
+            envelope.verify()
+        except SignatureError as exc:
+            raise guard.reject(label, "bad_signature", exc.user_message) from None
+        if envelope.recipient != self.address and not (
+            broadcast_ok and envelope.recipient == ZERO_ADDRESS
+        ):
+            raise guard.reject(envelope.sender, "wrong_recipient", envelope.recipient)
+        guard.check_times(envelope.sender, envelope.created, envelope.expires, now_ms())
+        return envelope
+
+    async def _router_loop(self) -> None:
+        assert self._router is not None
+        while True:
+            try:
+                batch = await self._drain(self._router)
+                self._process(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the loop must survive anything a peer can cause
+                self.counters["loop_errors"] += 1
+                log.exception("mesh router loop error (continuing)")
+
+    def _process(self, batch: list[list[bytes]]) -> None:
+        accepted: list[tuple[bytes, Envelope]] = []
+        now = now_ms()
+        for parts in batch:
+            self.counters["received"] += 1
+            if len(parts) != 2:
+                self.guard.reject("?", "malformed", f"{len(parts)} parts")
+                continue
+            ident, frame = parts
+            try:
+                envelope = self._admit(ident.hex(), frame, broadcast_ok=True)
+            except Rejected:
+                continue
+            if envelope.recipient == ZERO_ADDRESS and envelope.protocol != "mesh":
+                self.guard.reject(envelope.sender, "wrong_recipient", "broadcast")
+                continue
+            if self.guard.seen(envelope.id):
+                self._duplicate(ident, envelope.id)
+                continue
+            self.guard.remember(envelope.id, envelope.expires, now)
+            accepted.append((ident, envelope))
+        if not accepted:
+            return
+        if self.store is not None:
+            # Only a message created before this process started can have been seen by
+            # an earlier run; newer ids are covered by the in-memory replay cache.
+            horizon = self._started_ms + self.config.clock_skew_ms
+            old = [e.id for _, e in accepted if e.created <= horizon]
+            known = self.store.known_ids(old) if old else {}
+            fresh = []
+            for ident, envelope in accepted:
+                if envelope.id in known:
+                    self._duplicate(ident, envelope.id, known[envelope.id])
+                else:
+                    fresh.append((ident, envelope))
+            accepted = fresh
+            # One-way messages are durable before their handler runs (nobody would send
+            # them again). Requests are written once, with their reply, before the reply
+            # leaves: until then the requester retries, so nothing is lost either way.
+            one_way = [e for _, e in accepted if not self._is_request(e)]
+            if one_way:
+                self.store.record_received(_row(e) for e in one_way)
+        for ident, envelope in accepted:
+            self.peers.seen(envelope.sender, now)
+            self._dispatch(ident, envelope)
+
+    def _is_request(self, envelope: Envelope) -> bool:
+        route = self.routes.by_key.get(
+            (envelope.protocol, envelope.protocol_version, envelope.schema_digest)
+        )
+        return route is None or bool(route.replies)
+
+    def _duplicate(
+        self, ident: bytes, message_id: bytes, known: tuple[str, bytes | None] | None = None
+    ) -> None:
+        self.counters["rejected.duplicate"] += 1
+        if known is None and self.store is not None:
+            known = self.store.known_ids([message_id]).get(message_id)
+        if known is not None and known[1] is not None and self._router is not None:
+            # A retried request: the handler ran once; send the same reply again.
+            self._router.send_multipart([ident, known[1]], copy=False)
+
+    def _dispatch(self, ident: bytes | None, envelope: Envelope) -> None:
+        found = self.routes.find(
+            envelope.protocol, envelope.protocol_version, envelope.schema_digest
+        )
+        if isinstance(found, ErrorReply):
+            self.guard.reject(envelope.sender, found.code, envelope.protocol)
+            self._finish(ident, envelope, "failed", found)
+            return
+        try:
+            message = found.message_type.decode(envelope.payload)
+        except ValidationError as exc:
+            self.guard.reject(envelope.sender, "invalid_payload", str(exc.error_count()))
+            detail = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}" for e in exc.errors()[:3]
+            )
+            self._finish(
+                ident, envelope, "failed", ErrorReply(code="invalid_payload", detail=detail)
+            )
+            return
+        task = asyncio.create_task(self._run_handler(ident, envelope, found, message))
+        self._handler_tasks.add(task)
+        task.add_done_callback(self._handler_tasks.discard)
+
+    async def _run_handler(
+        self, ident: bytes | None, envelope: Envelope, route: Route, message: Message
+    ) -> None:
+        try:
+            reply = await route.handler(HandlerContext(self, envelope), message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a failing handler is the handler's problem, not the loop's
+            self.counters["handler_errors"] += 1
+            log.warning("handler for %s@%s failed: %r", route.protocol, route.version, exc)
+            self._finish(
+                ident,
+                envelope,
+                "failed",
+                ErrorReply(code="handler_error", detail=f"{type(exc).__name__}: {exc}"),
+            )
+            return
+        self.counters["handled"] += 1
+        self._finish(ident, envelope, "handled", reply)
+
+    def _finish(
+        self, ident: bytes | None, envelope: Envelope, status: str, reply: Message | None
+    ) -> None:
+        frame = None
+        if reply is not None:
+            frame = self._seal(
+                envelope.sender,
+                reply,
+                envelope.protocol,
+                envelope.protocol_version,
+                envelope.conversation,
+                envelope.id,
+            ).to_frame()
+        self._done.append(_Done(ident, envelope, status, frame))
+        self._done_event.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._done_event.wait()
+            self._done_event.clear()
+            done, self._done = self._done, []
+            try:
+                if self.store is not None:
+                    # Durable before the replies leave: a crash now re-runs nothing that
+                    # the requester has already seen answered.
+                    self.store.record_done((_row(d.envelope), d.status, d.reply) for d in done)
+                for item in done:
+                    if item.reply is not None and item.ident is not None and self._router:
+                        self._router.send_multipart([item.ident, item.reply], copy=False)
+                        self.counters["replied"] += 1
+            except Exception:
+                self.counters["loop_errors"] += 1
+                log.exception("mesh flush error (continuing)")
+
+    async def _dealer_loop(self, sock: zmq.asyncio.Socket, key: str) -> None:
+        while True:
+            try:
+                batch = await self._drain(sock)
+            except asyncio.CancelledError:
+                raise
+            except zmq.ZMQError:
+                return
+            for parts in batch:
+                try:
+                    self.counters["received"] += 1
+                    envelope = self._admit(key, parts[-1], broadcast_ok=False)
+                except Rejected:
+                    continue
+                future = self._pending.get(envelope.reply_to)
+                if future is None or future.done():
+                    self.guard.reject(envelope.sender, "unexpected_reply")
+                    continue
+                self.peers.seen(envelope.sender)
+                self._log_in.append(envelope)
+                future.set_result(envelope)
+
+    async def _recover_pending(self) -> None:
+        """Handle messages a previous run accepted but never finished."""
+        if self.store is None:
+            return
+        for pending in self.store.pending():
+            try:
+                envelope = Envelope.from_frame(pending.frame, max_size=1 << 30)
+                self.guard.remember(envelope.id, envelope.expires, now_ms())
+            except ProtocolError:
+                continue
+            self.counters["recovered"] += 1
+            self._dispatch(None, envelope)
+
+    # ------------------------------------------------------------------ upkeep
+
+    def _flush_logs(self) -> None:
+        if self.store is None:
+            self._log_out.clear()
+            self._log_in.clear()
+            return
+        out, self._log_out = self._log_out, []
+        replies, self._log_in = self._log_in, []
+        if out:
+            self.store.record_sent([_row(e, e.recipient) for e in out])
+        if replies:
+            self.store.record_done((_row(e), "reply", None) for e in replies)
+
+    async def _housekeeping(self) -> None:
+        last_stats = time.monotonic()
+        while True:
+            await asyncio.sleep(LOG_FLUSH_S)
+            try:
+                self._flush_logs()
+                if time.monotonic() - last_stats >= STATS_FLUSH_S and self.store is not None:
+                    last_stats = time.monotonic()
+                    self.store.save_stats(dict(self.counters))
+                    self.peers.sync_last_seen()
+            except Exception:
+                log.exception("mesh housekeeping error (continuing)")

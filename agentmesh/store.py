@@ -1,0 +1,271 @@
+"""The agent's SQLite store (WAL) through sqlmodel: peers, messages, dialogues, stats.
+
+Tables are declared with sqlmodel. The message hot path (thousands a second) writes
+through the engine's DBAPI connection in batches, one transaction per batch of frames
+drained from the socket, because an ORM round trip per message would cost more than
+signing it.
+
+Delivery guarantees: a message is recorded as ``received`` before its handler runs and
+flips to ``handled`` (with its reply) after, in one transaction per batch. A message id
+that is already present is a duplicate: its stored reply is sent again and the handler
+does not run. On start, ``received`` rows left by a crash are handed back for handling.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+
+
+class PeerRow(SQLModel, table=True):
+    """A peer as last seen; ``card_json`` is the full signed card."""
+
+    __tablename__ = "peers"
+
+    address: str = Field(primary_key=True)
+    name: str
+    endpoint: str
+    presence_endpoint: str
+    curve_key: str
+    services_json: str = "[]"
+    model_sha256: str = ""
+    card_json: str
+    source: str  # bootstrap, gossip, registry, self
+    state: str = "up"  # up, down
+    first_seen_ms: int
+    last_seen_ms: int
+
+
+class MessageRow(SQLModel, table=True):
+    """Every message received and sent, with its delivery status."""
+
+    __tablename__ = "messages"
+
+    id: bytes = Field(primary_key=True)
+    direction: str  # in, out
+    peer: str = Field(index=True)
+    protocol: str
+    version: str
+    conversation: bytes = Field(index=True)
+    reply_to: bytes
+    status: str = Field(index=True)  # received, handled, failed, sent
+    frame: bytes
+    reply_frame: bytes | None = None
+    created_ms: int
+    handled_ms: int | None = None
+
+
+class DialogueRow(SQLModel, table=True):
+    """State of one conversation under a protocol."""
+
+    __tablename__ = "dialogues"
+
+    conversation: bytes = Field(primary_key=True)
+    protocol: str
+    peer: str
+    state: str
+    updated_ms: int
+
+
+class StatRow(SQLModel, table=True):
+    """A snapshot of a node counter (for `agentmesh mesh stats` in another process)."""
+
+    __tablename__ = "stats"
+
+    name: str = Field(primary_key=True)
+    value: int
+    updated_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PendingMessage:
+    """A message accepted before a crash and not yet handled."""
+
+    id: bytes
+    frame: bytes
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        cursor = dbapi_connection.cursor()
+        # WAL: readers (the CLI) never block the agent; NORMAL: durable at checkpoints,
+        # and a crash of the process (not the OS) loses nothing.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.close()
+
+
+class Store:
+    """One agent's database file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.engine = create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False})
+        SQLModel.metadata.create_all(self.engine)
+        self._raw = self.engine.raw_connection()
+
+    def close(self) -> None:
+        self._raw.close()
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------ messages
+
+    def known_ids(self, ids: Sequence[bytes]) -> dict[bytes, tuple[str, bytes | None]]:
+        """Status and stored reply of the ids already recorded."""
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        cursor = self._raw.cursor()
+        cursor.execute(
+            f"SELECT id, status, reply_frame FROM messages WHERE id IN ({marks})", list(ids)
+        )
+        found = {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
+        cursor.close()
+        return found
+
+    def record_received(
+        self, rows: Iterable[tuple[bytes, str, str, str, bytes, bytes, bytes]]
+    ) -> None:
+        """Insert inbound messages as ``received``.
+
+        Rows: (id, peer, protocol, version, conversation, reply_to, frame).
+        """
+        now = _now_ms()
+        cursor = self._raw.cursor()
+        cursor.executemany(
+            "INSERT OR IGNORE INTO messages (id, direction, peer, protocol, version, "
+            "conversation, reply_to, status, frame, created_ms) "
+            "VALUES (?, 'in', ?, ?, ?, ?, ?, 'received', ?, ?)",
+            [(*row, now) for row in rows],
+        )
+        self._raw.commit()
+        cursor.close()
+
+    def record_done(self, rows: Iterable[tuple[tuple[Any, ...], str, bytes | None]]) -> None:
+        """Record finished inbound messages: ``(columns, status, reply)`` per message.
+
+        Inserts messages not yet recorded (requests) and updates those recorded as
+        ``received`` (one-way), in one transaction.
+        """
+        now = _now_ms()
+        items = list(rows)
+        cursor = self._raw.cursor()
+        cursor.executemany(
+            "INSERT INTO messages (id, direction, peer, protocol, version, conversation, "
+            "reply_to, frame, status, reply_frame, created_ms, handled_ms) "
+            "VALUES (?, 'in', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET status = excluded.status, "
+            "reply_frame = excluded.reply_frame, handled_ms = excluded.handled_ms",
+            [(*cols, status, reply, now, now) for cols, status, reply in items],
+        )
+        self._raw.commit()
+        cursor.close()
+
+    def record_sent(self, rows: Iterable[tuple[bytes, str, str, str, bytes, bytes, bytes]]) -> None:
+        """Insert outbound messages as ``sent``."""
+        now = _now_ms()
+        cursor = self._raw.cursor()
+        cursor.executemany(
+            "INSERT OR IGNORE INTO messages (id, direction, peer, protocol, version, "
+            "conversation, reply_to, status, frame, created_ms) "
+            "VALUES (?, 'out', ?, ?, ?, ?, ?, 'sent', ?, ?)",
+            [(*row, now) for row in rows],
+        )
+        self._raw.commit()
+        cursor.close()
+
+    def pending(self) -> list[PendingMessage]:
+        """Inbound messages accepted but never handled (the process died in between)."""
+        with Session(self.engine) as session:
+            rows = session.exec(
+                select(MessageRow)
+                .where(MessageRow.direction == "in", MessageRow.status == "received")
+                .order_by(MessageRow.created_ms)  # type: ignore[arg-type]
+            ).all()
+            return [PendingMessage(r.id, r.frame) for r in rows]
+
+    def message_counts(self) -> dict[str, int]:
+        cursor = self._raw.cursor()
+        cursor.execute("SELECT direction || '.' || status, COUNT(*) FROM messages GROUP BY 1")
+        counts = {k: int(v) for k, v in cursor.fetchall()}
+        cursor.close()
+        return counts
+
+    # ------------------------------------------------------------------ peers
+
+    def upsert_peer(self, row: PeerRow) -> None:
+        with Session(self.engine) as session:
+            existing = session.get(PeerRow, row.address)
+            if existing is not None:
+                row.first_seen_ms = existing.first_seen_ms
+            session.merge(row)
+            session.commit()
+
+    def set_peer_state(self, address: str, state: str) -> None:
+        with Session(self.engine) as session:
+            existing = session.get(PeerRow, address)
+            if existing is not None:
+                existing.state = state
+                session.add(existing)
+                session.commit()
+
+    def touch_peers(self, seen: dict[str, int]) -> None:
+        """Update last-seen times in one transaction (heartbeats arrive often)."""
+        if not seen:
+            return
+        cursor = self._raw.cursor()
+        cursor.executemany(
+            "UPDATE peers SET last_seen_ms = ?, state = 'up' WHERE address = ?",
+            [(ms, address) for address, ms in seen.items()],
+        )
+        self._raw.commit()
+        cursor.close()
+
+    def remove_peer(self, address: str) -> None:
+        with Session(self.engine) as session:
+            existing = session.get(PeerRow, address)
+            if existing is not None:
+                session.delete(existing)
+                session.commit()
+
+    def peers(self) -> list[PeerRow]:
+        with Session(self.engine) as session:
+            return list(session.exec(select(PeerRow).order_by(PeerRow.name)).all())  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ stats
+
+    def save_stats(self, counters: dict[str, int]) -> None:
+        now = _now_ms()
+        cursor = self._raw.cursor()
+        cursor.executemany(
+            "INSERT INTO stats (name, value, updated_ms) VALUES (?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = excluded.value, "
+            "updated_ms = excluded.updated_ms",
+            [(name, int(value), now) for name, value in counters.items()],
+        )
+        self._raw.commit()
+        cursor.close()
+
+    def stats(self) -> dict[str, int]:
+        with Session(self.engine) as session:
+            return {row.name: row.value for row in session.exec(select(StatRow)).all()}
+
+
+def services_json(services: Iterable[Any]) -> str:
+    return json.dumps([{"name": s.name, "price": s.price} for s in services])
