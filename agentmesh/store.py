@@ -76,6 +76,17 @@ class DialogueRow(SQLModel, table=True):
     updated_ms: int
 
 
+class EffectRow(SQLModel, table=True):
+    """An effect a handler recorded; committed together with its message's status."""
+
+    __tablename__ = "effects"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    message_id: bytes = Field(index=True)
+    key: str = Field(index=True)
+    value: str
+
+
 class StatRow(SQLModel, table=True):
     """A snapshot of a node counter (for `agentmesh mesh stats` in another process)."""
 
@@ -157,7 +168,11 @@ class Store:
         self._raw.commit()
         cursor.close()
 
-    def record_done(self, rows: Iterable[tuple[tuple[Any, ...], str, bytes | None]]) -> None:
+    def record_done(
+        self,
+        rows: Iterable[tuple[tuple[Any, ...], str, bytes | None]],
+        effects: Iterable[tuple[bytes, str, str]] = (),
+    ) -> None:
         """Record finished inbound messages: ``(columns, status, reply)`` per message.
 
         Inserts messages not yet recorded (requests) and updates those recorded as
@@ -173,6 +188,9 @@ class Store:
             "ON CONFLICT(id) DO UPDATE SET status = excluded.status, "
             "reply_frame = excluded.reply_frame, handled_ms = excluded.handled_ms",
             [(*cols, status, reply, now, now) for cols, status, reply in items],
+        )
+        cursor.executemany(
+            "INSERT INTO effects (message_id, key, value) VALUES (?, ?, ?)", list(effects)
         )
         self._raw.commit()
         cursor.close()
@@ -199,6 +217,14 @@ class Store:
                 .order_by(MessageRow.created_ms)  # type: ignore[arg-type]
             ).all()
             return [PendingMessage(r.id, r.frame) for r in rows]
+
+    def effects(self, key: str | None = None) -> list[EffectRow]:
+        """Recorded handler effects, oldest first (optionally one key only)."""
+        with Session(self.engine) as session:
+            query = select(EffectRow).order_by(EffectRow.seq)  # type: ignore[arg-type]
+            if key is not None:
+                query = query.where(EffectRow.key == key)
+            return list(session.exec(query).all())
 
     def message_counts(self) -> dict[str, int]:
         cursor = self._raw.cursor()

@@ -20,15 +20,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agentmesh.wallets.chain import Chain, open_chain
-from agentmesh.wallets.clients import EscrowClient, TokenClient
-from agentmesh.wallets.deployer import dev_deployer
-from agentmesh.wallets.wallet import Wallet
 from eth_account import Account
 from rich.console import Console
 from rich.table import Table
 
 from agentmesh.config import Config
+from agentmesh.wallets.chain import Chain, open_chain
+from agentmesh.wallets.clients import EscrowClient, TokenClient
+from agentmesh.wallets.deployer import dev_deployer
+from agentmesh.wallets.wallet import Wallet
 
 console = Console()
 ONE = 10**6

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing as mp
 import os
 import sys
@@ -28,7 +27,6 @@ from eth_account import Account
 from rich.console import Console
 from rich.table import Table
 
-from agentmesh.config import MeshConfig
 from agentmesh.mesh.card import AgentCard
 from agentmesh.mesh.node import MeshNode
 from agentmesh.message import Message
@@ -138,28 +136,39 @@ def _mesh_server(card_queue: Any, home: str, key: bytes) -> None:
     asyncio.run(main())
 
 
-async def mesh_client(card_json: str, home: str, requests: int, messages: int) -> tuple[list[float], float]:
+async def mesh_client(
+    card_json: str, home: str, requests: int, messages: int
+) -> tuple[list[float], float]:
     server_card = AgentCard.model_validate_json(card_json)
     server_card.verify()
-    node = MeshNode(bytes(Account.create().key), name="client",
-                    store=Store(Path(home) / "client.db"))
+    node = MeshNode(
+        bytes(Account.create().key), name="client", store=Store(Path(home) / "client.db")
+    )
     async with node:
         node.peers.add(server_card, "bench")
         for i in range(200):  # warm up: connection, curve handshake, caches
-            await node.request(server_card.address, Ping(n=i), protocol="bench", version="1",
-                               expect=(Pong,))
+            await node.request(
+                server_card.address, Ping(n=i), protocol="bench", version="1", expect=(Pong,)
+            )
         samples = []
         for i in range(requests):
             start = time.perf_counter()
-            await node.request(server_card.address, Ping(n=i), protocol="bench", version="1",
-                               expect=(Pong,))
+            await node.request(
+                server_card.address, Ping(n=i), protocol="bench", version="1", expect=(Pong,)
+            )
             samples.append(time.perf_counter() - start)
         start = time.perf_counter()
         for i in range(messages):
             await node.send(server_card.address, Tick(n=i), protocol="bench", version="1")
-        reply = await node.request(server_card.address, CountQuery(want=messages),
-                                   protocol="bench", version="1", expect=(CountReply,),
-                                   timeout=120, retries=0)
+        reply = await node.request(
+            server_card.address,
+            CountQuery(want=messages),
+            protocol="bench",
+            version="1",
+            expect=(CountReply,),
+            timeout=120,
+            retries=0,
+        )
         elapsed = time.perf_counter() - start
         assert reply.seen >= messages, reply
     return samples, elapsed
@@ -196,14 +205,20 @@ def main() -> None:
     table = Table(title=f"request/response round trip, 2 processes, loopback, n={args.requests}")
     for col in ("", "p50 ms", "p99 ms"):
         table.add_column(col, justify="right" if col else "left")
-    table.add_row("raw pyzmq REQ/REP (floor)", f"{pct(raw, .5):.3f}", f"{pct(raw, .99):.3f}")
-    table.add_row("agentmesh signed + curve + persisted", f"{pct(mesh, .5):.3f}",
-                  f"{pct(mesh, .99):.3f}")
-    table.add_row("ratio agentmesh / raw", f"{pct(mesh, .5) / pct(raw, .5):.1f}x",
-                  f"{pct(mesh, .99) / pct(raw, .99):.1f}x")
+    table.add_row("raw pyzmq REQ/REP (floor)", f"{pct(raw, 0.5):.3f}", f"{pct(raw, 0.99):.3f}")
+    table.add_row(
+        "agentmesh signed + curve + persisted", f"{pct(mesh, 0.5):.3f}", f"{pct(mesh, 0.99):.3f}"
+    )
+    table.add_row(
+        "ratio agentmesh / raw",
+        f"{pct(mesh, 0.5) / pct(raw, 0.5):.1f}x",
+        f"{pct(mesh, 0.99) / pct(raw, 0.99):.1f}x",
+    )
     console.print(table)
-    console.print(f"one-way signed+verified+persisted messages: {args.messages} in {elapsed:.2f}s "
-                  f"= [bold]{args.messages / elapsed:,.0f} msg/s[/]")
+    console.print(
+        f"one-way signed+verified+persisted messages: {args.messages} in {elapsed:.2f}s "
+        f"= [bold]{args.messages / elapsed:,.0f} msg/s[/]"
+    )
     console.print(f"cpus: {os.cpu_count()}")
 
 

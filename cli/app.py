@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
+
 from agentmesh.cli import demo as demo_cmd
 from agentmesh.cli import devnet as devnet_cmd
 from agentmesh.cli import wallet as wallet_cmd
 from agentmesh.cli.context import AppState, err_console
-
 from agentmesh.errors import AgentMeshError
 
 app = typer.Typer(
@@ -48,7 +49,8 @@ def main() -> None:
     except AgentMeshError as exc:
         if "--debug" in sys.argv:
             raise
-        err_console.print(f"[bold red]error:[/] {exc.user_message}", highlight=False)
+        # Messages quote user input: escape it so "[bold]" is shown, not interpreted.
+        err_console.print(f"[bold red]error:[/] {escape(exc.user_message)}", highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")

@@ -19,8 +19,10 @@ from agentmesh.errors import AgentMeshValueError
 
 T = TypeVar("T")
 
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: never break a line because output is a pipe (rich assumes 80 columns);
+# an error stays one line, an address stays whole.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 PASSWORD_ENV = "AGENTMESH_PASSWORD"
 

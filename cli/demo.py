@@ -15,21 +15,20 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from agentmesh.cli.context import console, run, state
 from rich.table import Table
 
+from agentmesh.cli.context import console, run, state
 from agentmesh.errors import AgentMeshError
 
 
 async def _demo(scrypt_n: int) -> None:
+    from agentmesh.config import Config, DevnetConfig, WalletConfig
     from agentmesh.wallets.chain import open_chain
     from agentmesh.wallets.clients import EscrowClient, RegistryClient, TokenClient
     from agentmesh.wallets.deployer import dev_deployer
     from agentmesh.wallets.keystore import Keystore
     from agentmesh.wallets.units import MUSD_DECIMALS, format_amount
     from agentmesh.wallets.wallet import Wallet
-
-    from agentmesh.config import Config, DevnetConfig, WalletConfig
 
     def musd(units: int) -> str:
         return format_amount(units, MUSD_DECIMALS, "mUSD")

@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from agentmesh.cli.context import AppState, console, print_json, run, state
 from rich.table import Table
 
 from agentmesh.chain.deployment import Deployment
 from agentmesh.chain.devnet import start_anvil
 from agentmesh.chain.home import DevnetPaths, DevnetRecord, running_devnet, stop_devnet
 from agentmesh.chain.rpc import rpc_call
+from agentmesh.cli.context import AppState, console, print_json, run, state
 from agentmesh.config import Config
 
 app = typer.Typer(

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from agentmesh.cli.context import AppState, console, password, print_json, run, state
 from rich.table import Table
 
+from agentmesh.cli.context import AppState, console, password, print_json, run, state
 from agentmesh.errors import AgentMeshValueError, DevnetError
 
 if TYPE_CHECKING:
@@ -91,6 +91,8 @@ def list_(ctx: typer.Context, json_out: JsonOption = False) -> None:
         console.print("no wallets yet: create one with `agentmesh wallet new NAME`")
         return
     table = Table("name", "address", "keystore")
+    table.columns[1].no_wrap = True
+    table.columns[1].min_width = 42
     for e in entries:
         table.add_row(e.name, e.address, str(e.path))
     console.print(table)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from agentmesh.contracts import CONTRACT_NAMES
 from agentmesh.contracts.compile import BUILD_DIR, compile_sources, render
 

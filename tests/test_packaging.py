@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from agentmesh.contracts import CONTRACT_NAMES, load_artifact
 
 GENERIC_NAMES = ("agents", "cli", "wallets", "protocols", "contracts")

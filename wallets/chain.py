@@ -16,14 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agentmesh.contracts import load_artifact
-from agentmesh.wallets.deployer import (
-    deploy_suite,
-    dev_deployer,
-    fund_dev_accounts,
-    suite_is_deployed,
-)
-from agentmesh.wallets.wallet import guard_rpc
 from eth_typing import ChecksumAddress
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.contract import AsyncContract
@@ -32,7 +24,15 @@ from agentmesh.chain.deployment import Deployment
 from agentmesh.chain.devnet import AnvilProcess, start_anvil
 from agentmesh.chain.home import DevnetPaths, running_devnet
 from agentmesh.config import Config
+from agentmesh.contracts import load_artifact
 from agentmesh.errors import DevnetError
+from agentmesh.wallets.deployer import (
+    deploy_suite,
+    dev_deployer,
+    fund_dev_accounts,
+    suite_is_deployed,
+)
+from agentmesh.wallets.wallet import guard_rpc
 
 
 def connect(rpc_url: str, timeout: float = 30.0) -> AsyncWeb3[Any]:

@@ -11,9 +11,6 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from agentmesh.contracts import load_artifact
-from agentmesh.wallets.units import MUSD_DECIMALS, format_amount
-from agentmesh.wallets.wallet import Wallet, guard_rpc, revert_from
 from eth_typing import ChecksumAddress
 from web3 import AsyncWeb3
 from web3.contract import AsyncContract
@@ -21,7 +18,10 @@ from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
+from agentmesh.contracts import load_artifact
 from agentmesh.errors import ContractRevertError, InsufficientFundsError, InvalidAddressError
+from agentmesh.wallets.units import MUSD_DECIMALS, format_amount
+from agentmesh.wallets.wallet import Wallet, guard_rpc, revert_from
 
 
 def checksum(address: str) -> ChecksumAddress:
@@ -51,7 +51,7 @@ class _Client:
     async def _call(self, fn: Any) -> Any:
         """A read call; a revert comes back decoded, like a failed transaction's."""
         try:
-            return await guard_rpc(fn.call())
+            return await guard_rpc(fn.call(), self.wallet.rpc_url)
         except ContractLogicError as exc:
             raise revert_from(exc) from None
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentmesh.contracts import load_artifact
-from agentmesh.wallets.units import MUSD_DECIMALS
-from agentmesh.wallets.wallet import Wallet
 from eth_account import Account
 from web3 import AsyncWeb3
 
 from agentmesh.chain.deployment import DeployedContract, Deployment
 from agentmesh.chain.devnet import DEV_DEPLOYER_KEY
+from agentmesh.contracts import load_artifact
+from agentmesh.wallets.units import MUSD_DECIMALS
+from agentmesh.wallets.wallet import Wallet
 
 SUITE = ("MeshUSD", "TaskEscrow", "AgentRegistry")
 

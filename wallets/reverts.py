@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from agentmesh.contracts import all_artifacts
 from eth_abi import decode as abi_decode
 from eth_utils import function_signature_to_4byte_selector, to_checksum_address
 
+from agentmesh.contracts import all_artifacts
 from agentmesh.errors import ContractRevertError
 
 PANIC_CODES = {

@@ -16,9 +16,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import aiohttp
-from agentmesh.contracts import Artifact
-from agentmesh.wallets.reverts import decode_revert
-from agentmesh.wallets.units import ETH_DECIMALS, format_amount
 from eth_account.messages import encode_defunct, encode_typed_data
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
@@ -27,12 +24,15 @@ from web3.contract.async_contract import AsyncContractFunction
 from web3.exceptions import ContractLogicError, TimeExhausted, Web3RPCError
 from web3.types import TxParams, TxReceipt
 
+from agentmesh.contracts import Artifact
 from agentmesh.errors import (
     ChainUnavailableError,
     ContractRevertError,
     InsufficientFundsError,
     TransactionError,
 )
+from agentmesh.wallets.reverts import decode_revert
+from agentmesh.wallets.units import ETH_DECIMALS, format_amount
 
 T = TypeVar("T")
 
@@ -130,6 +130,11 @@ class Wallet:
     @property
     def address(self) -> ChecksumAddress:
         return self.account.address
+
+    @property
+    def rpc_url(self) -> str:
+        """The endpoint this wallet talks to (for error messages)."""
+        return self._rpc_url
 
     @property
     def _rpc_url(self) -> str:

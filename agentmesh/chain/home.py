@@ -79,13 +79,23 @@ def running_devnet(home: Path) -> DevnetRecord | None:
     return None
 
 
+def _is_anvil(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"anvil" in cmdline.split(b"\0")[0]
+
+
 def stop_devnet(home: Path, timeout: float = 15.0) -> DevnetRecord | None:
     """Stop the home's devnet (SIGTERM lets anvil dump its state); returns what was stopped."""
     paths = DevnetPaths.of(home)
     record = DevnetRecord.load(paths.record)
     if record is None:
         return None
-    if pid_alive(record.pid):
+    # A stale record's pid may belong to another program by now: only signal a
+    # process that is really our anvil.
+    if pid_alive(record.pid) and _is_anvil(record.pid):
         os.kill(record.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while pid_alive(record.pid) and time.monotonic() < deadline:

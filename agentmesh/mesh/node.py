@@ -62,6 +62,7 @@ class _Done:
     envelope: Envelope
     status: str
     reply: bytes | None
+    effects: tuple[tuple[str, str], ...] = ()
 
 
 def _row(envelope: Envelope, peer: str | None = None) -> tuple[Any, ...]:
@@ -519,8 +520,9 @@ class MeshNode:
     async def _run_handler(
         self, ident: bytes | None, envelope: Envelope, route: Route, message: Message
     ) -> None:
+        ctx = HandlerContext(self, envelope)
         try:
-            reply = await route.handler(HandlerContext(self, envelope), message)
+            reply = await route.handler(ctx, message)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a failing handler is the handler's problem, not the loop's
@@ -534,10 +536,15 @@ class MeshNode:
             )
             return
         self.counters["handled"] += 1
-        self._finish(ident, envelope, "handled", reply)
+        self._finish(ident, envelope, "handled", reply, tuple(ctx.effects))
 
     def _finish(
-        self, ident: bytes | None, envelope: Envelope, status: str, reply: Message | None
+        self,
+        ident: bytes | None,
+        envelope: Envelope,
+        status: str,
+        reply: Message | None,
+        effects: tuple[tuple[str, str], ...] = (),
     ) -> None:
         frame = None
         if reply is not None:
@@ -549,7 +556,7 @@ class MeshNode:
                 envelope.conversation,
                 envelope.id,
             ).to_frame()
-        self._done.append(_Done(ident, envelope, status, frame))
+        self._done.append(_Done(ident, envelope, status, frame, effects))
         self._done_event.set()
 
     async def _flush_loop(self) -> None:

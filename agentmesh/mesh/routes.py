@@ -25,10 +25,19 @@ class ErrorReply(Message):
 
 @dataclass(frozen=True, slots=True)
 class HandlerContext:
-    """What a handler knows about the message it handles."""
+    """What a handler knows about the message it handles.
+
+    ``record(key, value)`` queues an effect that is committed in the same transaction
+    that marks the message handled: either both are durable or neither is, so after a
+    crash a handler re-runs only if its effects were not kept.
+    """
 
     node: MeshNode
     envelope: Envelope
+    effects: list[tuple[str, str]] = field(default_factory=list)
+
+    def record(self, key: str, value: str) -> None:
+        self.effects.append((key, value))
 
     @property
     def sender(self) -> str:

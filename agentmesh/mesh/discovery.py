@@ -1,0 +1,321 @@
+"""Discovery and presence: bootstrap, gossip, heartbeats, liveness.
+
+- **Bootstrap**: ``Hello(our card)`` to each ``<curve key>@tcp://host:port`` in the
+  config; the answer ``Peers(cards)`` seeds the table.
+- **Gossip**: every new peer gets our ``Hello`` (so it learns us), and every
+  ``gossip_s`` a few random peers are asked again, spreading cards transitively.
+- **Presence**: each node publishes a signed ``Heartbeat`` on its PUB socket every
+  ``heartbeat_s``; we subscribe to every known peer. A peer silent for
+  ``down_after_missed`` beats is marked down, after ``remove_after_missed`` removed.
+- **Extra sources** (the on-chain registry) supply bootstrap addresses the same way.
+
+Every card is verified against its wallet signature before it enters the table, and a
+``Hello`` may only introduce its own sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable
+
+import zmq
+import zmq.asyncio
+from pydantic import Field
+
+from agentmesh.envelope import Envelope, now_ms
+from agentmesh.errors import AgentMeshError, SignatureError
+from agentmesh.mesh.card import AgentCard
+from agentmesh.mesh.guard import Rejected
+from agentmesh.mesh.node import ZERO_ADDRESS, MeshNode
+from agentmesh.mesh.routes import MESH_PROTOCOL, MESH_VERSION, HandlerContext
+from agentmesh.message import Message
+
+log = logging.getLogger("agentmesh.mesh.discovery")
+
+MAX_CARDS = 256
+GOSSIP_FANOUT = 3
+
+
+class Hello(Message):
+    """Introduce ourselves; the answer is the peers the other side knows."""
+
+    card: AgentCard
+
+
+class Peers(Message):
+    """Signed cards of the peers a node knows (itself included)."""
+
+    cards: tuple[AgentCard, ...] = Field(default=(), max_length=MAX_CARDS)
+
+
+class Heartbeat(Message):
+    """Presence beacon; ``card_issued_ms`` tells peers when to fetch a newer card."""
+
+    seq: int
+    card_issued_ms: int
+
+
+class Ping(Message):
+    """Liveness probe any node answers."""
+
+    note: str = Field(default="", max_length=256)
+
+
+class Pong(Message):
+    note: str = ""
+    name: str = ""
+
+
+BootstrapSource = Callable[[], Awaitable[Iterable[str]]]
+
+
+class Discovery:
+    """Keeps a node's peer table filled and current."""
+
+    def __init__(self, node: MeshNode, sources: Iterable[BootstrapSource] = ()) -> None:
+        self.node = node
+        self.config = node.config
+        self.sources = list(sources)
+        self._sub: zmq.asyncio.Socket | None = None
+        self._subscribed: set[str] = set()
+        self._greeted: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._seq = 0
+        node.on(Hello, protocol=MESH_PROTOCOL, version=MESH_VERSION, replies=(Peers,))(
+            self._on_hello
+        )
+        node.on(Ping, protocol=MESH_PROTOCOL, version=MESH_VERSION, replies=(Pong,))(self._on_ping)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start presence and discovery (the node must be started)."""
+        node = self.node
+        self._sub = node._zmq.socket(zmq.SUB)
+        self._sub.setsockopt(zmq.LINGER, 0)
+        self._sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self._sub.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
+        if self.config.curve:
+            self._sub.curve_secretkey = node.curve.secret
+            self._sub.curve_publickey = node.curve.public
+        self._tasks = [
+            asyncio.create_task(self._join_all(), name="mesh-join"),
+            asyncio.create_task(self._heartbeat_loop(), name="mesh-heartbeat"),
+            asyncio.create_task(self._presence_loop(), name="mesh-presence"),
+            asyncio.create_task(self._liveness_loop(), name="mesh-liveness"),
+            asyncio.create_task(self._gossip_loop(), name="mesh-gossip"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._sub is not None:
+            self._sub.close(0)
+            self._sub = None
+
+    # ------------------------------------------------------------------ learning
+
+    def learn(self, cards: Iterable[AgentCard], source: str) -> list[AgentCard]:
+        """Verify and add cards; returns the ones that were new or newer."""
+        fresh = []
+        for card in cards:
+            try:
+                card.verify()
+            except SignatureError:
+                self.node.guard.reject(card.address, "bad_card")
+                continue
+            if self.node.peers.add(card, source):
+                fresh.append(card)
+                self._subscribe(card)
+        for card in fresh:
+            if card.address not in self._greeted and card.address != self.node.address:
+                self._greeted.add(card.address)
+                task = asyncio.create_task(self._greet(card))
+                self._tasks.append(task)
+        return fresh
+
+    def _subscribe(self, card: AgentCard) -> None:
+        if self._sub is None or card.address == self.node.address:
+            return
+        key = f"{card.presence_endpoint}|{card.curve_key}"
+        if key in self._subscribed:
+            return
+        if self.config.curve:
+            # Options apply to connections made after they are set: one key per connect.
+            self._sub.curve_serverkey = card.curve_key.encode()
+        self._sub.connect(card.presence_endpoint)
+        self._subscribed.add(key)
+
+    def _unsubscribe(self, card: AgentCard) -> None:
+        key = f"{card.presence_endpoint}|{card.curve_key}"
+        if self._sub is not None and key in self._subscribed:
+            self._subscribed.discard(key)
+            with contextlib.suppress(zmq.ZMQError):
+                self._sub.disconnect(card.presence_endpoint)
+
+    async def _greet(self, card: AgentCard) -> None:
+        """Introduce ourselves to a newly learned peer and learn whom it knows."""
+        assert self.node.card is not None
+        try:
+            reply = await self.node.request(
+                card,
+                Hello(card=self.node.card),
+                protocol=MESH_PROTOCOL,
+                version=MESH_VERSION,
+                expect=(Peers,),
+                timeout=self.config.heartbeat_s * 2,
+                retries=2,
+            )
+        except AgentMeshError as exc:
+            self._greeted.discard(card.address)
+            log.info("could not greet %s: %s", card.address, exc.user_message)
+            return
+        self.learn(reply.cards, "gossip")
+
+    async def join(self, bootstrap: str) -> AgentCard | None:
+        """Join through one bootstrap address; returns the bootstrap agent's card."""
+        assert self.node.card is not None
+        reply, envelope = await self.node.request_endpoint(
+            bootstrap,
+            Hello(card=self.node.card),
+            protocol=MESH_PROTOCOL,
+            version=MESH_VERSION,
+            expect=(Peers,),
+            timeout=self.config.heartbeat_s * 2,
+        )
+        own = next((c for c in reply.cards if c.address == envelope.sender), None)
+        self.learn(reply.cards, "bootstrap")
+        if own is not None:
+            self._greeted.add(own.address)
+        return own
+
+    async def _join_all(self) -> None:
+        addresses = list(self.config.bootstrap)
+        for source in self.sources:
+            try:
+                addresses.extend(await source())
+            except Exception as exc:  # a broken source must not stop the others
+                log.warning("bootstrap source failed: %s", exc)
+        for address in dict.fromkeys(addresses):
+            if self.node.card is not None and address == self.node.card.bootstrap_address:
+                continue
+            for attempt in range(5):
+                try:
+                    await self.join(address)
+                    break
+                except AgentMeshError as exc:
+                    log.info(
+                        "bootstrap %s failed (attempt %d): %s",
+                        address,
+                        attempt + 1,
+                        exc.user_message,
+                    )
+                    await asyncio.sleep(self.config.heartbeat_s)
+
+    # ------------------------------------------------------------------ handlers
+
+    async def _on_hello(self, ctx: HandlerContext, hello: Hello) -> Peers:
+        if hello.card.address != ctx.sender:
+            raise SignatureError("a Hello may only introduce its own sender")
+        self.learn([hello.card], "gossip")
+        self._greeted.add(hello.card.address)
+        cards = [r.card for r in self.node.peers.all() if r.state == "up"]
+        return Peers(cards=tuple(cards[:MAX_CARDS]))
+
+    async def _on_ping(self, ctx: HandlerContext, ping: Ping) -> Pong:
+        return Pong(note=ping.note, name=self.node.name)
+
+    # ------------------------------------------------------------------ presence
+
+    async def _heartbeat_loop(self) -> None:
+        node = self.node
+        while True:
+            assert node._pub is not None and node.card is not None
+            self._seq += 1
+            beat = Heartbeat(seq=self._seq, card_issued_ms=node.card.issued_ms)
+            envelope = node._seal(ZERO_ADDRESS, beat, MESH_PROTOCOL, MESH_VERSION, None)
+            with contextlib.suppress(zmq.ZMQError):
+                await node._pub.send(envelope.to_frame())
+            await asyncio.sleep(self.config.heartbeat_s)
+
+    async def _presence_loop(self) -> None:
+        node = self.node
+        assert self._sub is not None
+        while True:
+            try:
+                frame = await self._sub.recv()
+                envelope = node._admit("presence", frame, broadcast_ok=True)
+                self._on_heartbeat(envelope)
+            except Rejected:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                node.counters["loop_errors"] += 1
+                log.exception("presence loop error (continuing)")
+
+    def _on_heartbeat(self, envelope: Envelope) -> None:
+        node = self.node
+        if (
+            envelope.protocol != MESH_PROTOCOL
+            or envelope.schema_digest != Heartbeat.schema_digest()
+        ):
+            node.guard.reject(envelope.sender, "bad_heartbeat")
+            return
+        beat = Heartbeat.decode(envelope.payload)
+        record = node.peers.get(envelope.sender)
+        if record is None:
+            return
+        node.counters["heartbeats"] += 1
+        node.peers.seen(envelope.sender, now_ms())
+        if beat.card_issued_ms > record.card.issued_ms:
+            self._greeted.discard(envelope.sender)
+            task = asyncio.create_task(self._greet(record.card))
+            self._tasks.append(task)
+
+    async def _liveness_loop(self) -> None:
+        node = self.node
+        interval = self.config.heartbeat_s
+        while True:
+            await asyncio.sleep(interval / 2)
+            now = now_ms()
+            for record in node.peers.all():
+                if record.address == node.address:
+                    continue
+                missed = (now - record.last_seen_ms) / (interval * 1000)
+                if missed >= self.config.remove_after_missed:
+                    node.peers.remove(record.address)
+                    self._unsubscribe(record.card)
+                    self._greeted.discard(record.address)
+                    node.counters["peers_removed"] += 1
+                elif missed >= self.config.down_after_missed and record.state == "up":
+                    node.peers.mark(record.address, "down")
+                    node.counters["peers_down"] += 1
+            self._tasks = [t for t in self._tasks if not t.done()]
+
+    async def _gossip_loop(self) -> None:
+        node = self.node
+        while True:
+            await asyncio.sleep(self.config.gossip_s * random.uniform(0.8, 1.2))
+            live = [r for r in node.peers.all() if r.address != node.address and r.state == "up"]
+            for record in random.sample(live, min(GOSSIP_FANOUT, len(live))):
+                self._greeted.add(record.address)
+                task = asyncio.create_task(self._greet(record.card))
+                self._tasks.append(task)
+
+
+async def wait_for_peers(node: MeshNode, count: int, timeout: float) -> bool:
+    """Wait until ``node`` knows ``count`` live agents (itself included)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sum(1 for r in node.peers.all() if r.state == "up") >= count:
+            return True
+        await asyncio.sleep(0.05)
+    return False
