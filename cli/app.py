@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from agentmesh.cli import demo as demo_cmd
 from agentmesh.cli import devnet as devnet_cmd
+from agentmesh.cli import mesh as mesh_cmd
 from agentmesh.cli import wallet as wallet_cmd
 from agentmesh.cli.context import AppState, err_console
 from agentmesh.errors import AgentMeshError
@@ -24,6 +25,7 @@ app = typer.Typer(
 )
 app.add_typer(devnet_cmd.app, name="devnet")
 app.add_typer(wallet_cmd.app, name="wallet")
+app.add_typer(mesh_cmd.app, name="mesh")
 app.command("demo")(demo_cmd.demo)
 
 

@@ -21,7 +21,8 @@ T = TypeVar("T")
 
 # soft_wrap: never break a line because output is a pipe (rich assumes 80 columns);
 # an error stays one line, an address stays whole.
-console = Console(soft_wrap=True)
+_PIPE_WIDTH = None if sys.stdout.isatty() else 200  # tables keep whole addresses in pipes
+console = Console(soft_wrap=True, width=_PIPE_WIDTH)
 err_console = Console(stderr=True, soft_wrap=True)
 
 PASSWORD_ENV = "AGENTMESH_PASSWORD"

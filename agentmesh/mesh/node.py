@@ -46,6 +46,17 @@ STATS_FLUSH_S = 1.0
 M = TypeVar("M", bound=Message)
 
 
+def split_bootstrap(text: str) -> tuple[str, str]:
+    """``<40-char Z85 key>@tcp://host:port`` -> (key, endpoint); ("", "") if malformed.
+
+    Z85 keys may themselves contain '@', so split at the fixed key length.
+    """
+    key, at, endpoint = text[:40], text[40:41], text[41:]
+    if at != "@" or not endpoint.startswith("tcp://") or len(endpoint) > 256:
+        return "", ""
+    return key, endpoint
+
+
 class RemoteError(ProtocolError):
     """The peer answered with an ``ErrorReply``."""
 
@@ -315,8 +326,8 @@ class MeshNode:
     ) -> tuple[M, Envelope]:
         """Request from ``<curve key>@tcp://host:port`` without knowing the agent's address
         (joining through a bootstrap). Only the mesh protocol accepts such requests."""
-        curve_key, _, endpoint = bootstrap.partition("@")
-        if not endpoint.startswith("tcp://") or len(curve_key) != 40:
+        curve_key, endpoint = split_bootstrap(bootstrap)
+        if not endpoint:
             raise ProtocolError(
                 f"bad bootstrap address {bootstrap!r}: expected <40-char curve key>@tcp://host:port"
             )
