@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing as mp
 import os
 import sys
@@ -187,6 +188,76 @@ def mesh_runs(requests: int, messages: int) -> tuple[list[float], float]:
         server.join(10)
 
 
+def _peer_count(db: Path) -> int:
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=1) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM peers WHERE state='up'").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+def discovery_run(count: int) -> tuple[float, float]:
+    """Start one bootstrap agent, then ``count - 1`` more at once; returns (seconds until
+    all processes were up, seconds until every peer table held all ``count``)."""
+    import subprocess
+
+    root = Path(tempfile.mkdtemp(prefix="agentmesh-discovery-"))
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(i: int, bootstrap: list[str]) -> Path:
+        home = root / f"a{i}"
+        home.mkdir()
+        ready = home / "ready.json"
+        args = [
+            sys.executable,
+            "-m",
+            "agentmesh.testing",
+            "--home",
+            str(home),
+            "--ready-file",
+            str(ready),
+            "--name",
+            f"agent{i}",
+            "--heartbeat",
+            "0.5",
+        ]
+        for b in bootstrap:
+            args += ["--bootstrap", b]
+        procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        return home
+
+    def wait_ready(homes: list[Path], deadline: float) -> None:
+        while not all((h / "ready.json").exists() for h in homes):
+            if time.monotonic() > deadline:
+                raise SystemExit("error: agents did not start in time")
+            time.sleep(0.02)
+
+    try:
+        first = spawn(0, [])
+        wait_ready([first], time.monotonic() + 60)
+        boot = json.loads((first / "ready.json").read_text())["bootstrap"]
+        start = time.monotonic()
+        homes = [first] + [spawn(i, [boot]) for i in range(1, count)]
+        wait_ready(homes, start + 180)
+        all_up = time.monotonic() - start
+        dbs = [h / "mesh" / "test-peer.db" for h in homes]
+        while not all(_peer_count(db) >= count for db in dbs):
+            if time.monotonic() - start > 300:
+                raise SystemExit("error: discovery did not converge in 300 s")
+            time.sleep(0.05)
+        converged = time.monotonic() - start
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
+    return all_up, converged
+
+
 def pct(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
@@ -196,6 +267,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--discovery", type=int, default=20, help="agents (0 = skip)")
     args = parser.parse_args()
     if args.requests < 10 or args.messages < 10:
         sys.exit("error: --requests and --messages must be at least 10")
@@ -219,6 +291,16 @@ def main() -> None:
         f"one-way signed+verified+persisted messages: {args.messages} in {elapsed:.2f}s "
         f"= [bold]{args.messages / elapsed:,.0f} msg/s[/]"
     )
+    if args.discovery:
+        up, converged = discovery_run(args.discovery)
+        table = Table(title=f"discovery: {args.discovery} agent processes, one bootstrap address")
+        table.add_column("")
+        table.add_column("seconds", justify="right")
+        table.add_row(f"all {args.discovery} processes started (baseline)", f"{up:.2f}")
+        table.add_row(f"every peer table holds all {args.discovery}", f"{converged:.2f}")
+        table.add_row("discovery after start-up", f"{converged - up:.2f}")
+        table.add_row("ratio converged / started", f"{converged / up:.2f}x")
+        console.print(table)
     console.print(f"cpus: {os.cpu_count()}")
 
 
