@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -40,6 +41,25 @@ def _parse_service(text: str) -> tuple[str, int]:
     return name, int(price)
 
 
+async def _registry_hookup(
+    app_state: AppState, key: bytes, stack: contextlib.AsyncExitStack
+) -> tuple[Any, Any] | None:
+    """(chain, wallet) when a chain is configured or `devnet up` runs; else None."""
+    from eth_account import Account
+
+    from agentmesh.errors import DevnetError
+    from agentmesh.wallets.chain import open_chain
+    from agentmesh.wallets.wallet import Wallet
+
+    try:
+        chain = await stack.enter_async_context(
+            open_chain(app_state.home, app_state.config, allow_embedded=False)
+        )
+    except DevnetError:
+        return None
+    return chain, Wallet(Account.from_key(key), chain.w3)
+
+
 def _key(app_state: AppState, wallet: str | None, ephemeral: bool) -> bytes:
     if ephemeral == (wallet is not None):
         raise AgentMeshValueError("give exactly one of --wallet NAME or --ephemeral")
@@ -67,6 +87,14 @@ def serve(
     service: Annotated[list[str] | None, typer.Option(help="NAME=PRICE offered")] = None,
     heartbeat: Annotated[float | None, typer.Option(help="heartbeat seconds", min=0.05)] = None,
     ready_file: Annotated[Path | None, typer.Option(help="write address/endpoints here")] = None,
+    registry: Annotated[
+        bool,
+        typer.Option(
+            help="register on, and discover through, the "
+            "on-chain AgentRegistry when a chain is "
+            "configured or `devnet up` runs"
+        ),
+    ] = True,
 ) -> None:
     """Run a mesh node until SIGTERM/Ctrl-C: discovery, presence, ping."""
     from agentmesh.mesh.card import ServicePrice
@@ -93,40 +121,66 @@ def serve(
 
     async def body() -> None:
         from agentmesh.envelope import EnvelopeSigner
+        from agentmesh.errors import AgentMeshError
+        from agentmesh.wallets.registry_sync import register_card, registry_source
 
         address = EnvelopeSigner(key).address
         store = Store(mesh_dir(app_state.home) / f"{address}.db")
         node = MeshNode(key, name=name, config=config, store=store, services=services)
-        discovery = Discovery(node)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await node.start()
-        await discovery.start()
-        assert node.card is not None
-        info = {
-            "name": name,
-            "address": node.address,
-            "endpoint": node.card.endpoint,
-            "presence_endpoint": node.card.presence_endpoint,
-            "bootstrap": node.card.bootstrap_address,
-            "pid": os.getpid(),
-        }
-        if ready_file is not None:
-            tmp = ready_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(info))
-            tmp.replace(ready_file)
-        console.print(f"agent [bold]{name}[/] {node.address} on {node.card.endpoint}")
-        console.print(f"bootstrap address: {node.card.bootstrap_address}")
-        try:
-            await stop.wait()
-        finally:
-            await discovery.stop()
-            await node.stop()
-            store.close()
+        async with contextlib.AsyncExitStack() as stack:
+            hookup = await _registry_hookup(app_state, key, stack) if registry else None
+            sources = []
+            if hookup is not None:
+                sources.append(registry_source(hookup[0], hookup[1], exclude=[address]))
+            discovery = Discovery(node, sources=sources)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            await node.start()
+            assert node.card is not None
+            if hookup is not None:
+                try:
+                    tx = await register_card(hookup[0], hookup[1], node.card)
+                    console.print(f"registered in AgentRegistry (tx {tx})")
+                except AgentMeshError as exc:
+                    console.print(f"[yellow]not registered on chain:[/] {exc.user_message}")
+            await discovery.start()
+            await _serve_until(stop, node, discovery, store, name, ready_file)
 
     run(body())
+
+
+async def _serve_until(
+    stop: asyncio.Event,
+    node: Any,
+    discovery: Any,
+    store: Any,
+    name: str,
+    ready_file: Path | None,
+) -> None:
+    """Announce the running node (console and ready file), then serve until ``stop``."""
+    assert node.card is not None
+    info = {
+        "name": name,
+        "address": node.address,
+        "endpoint": node.card.endpoint,
+        "presence_endpoint": node.card.presence_endpoint,
+        "bootstrap": node.card.bootstrap_address,
+        "pid": os.getpid(),
+    }
+    if ready_file is not None:
+        tmp = ready_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info))
+        tmp.replace(ready_file)
+    console.print(f"agent [bold]{name}[/] {node.address} on {node.card.endpoint}")
+    console.print(f"bootstrap address: {node.card.bootstrap_address}")
+    try:
+        await stop.wait()
+    finally:
+        await discovery.stop()
+        await node.stop()
+        store.close()
 
 
 def _peer_rows(home: Path) -> list[dict[str, Any]]:

@@ -179,7 +179,7 @@ class Discovery:
             return
         self.learn(reply.cards, "gossip")
 
-    async def join(self, bootstrap: str) -> AgentCard | None:
+    async def join(self, bootstrap: str, source: str = "bootstrap") -> AgentCard | None:
         """Join through one bootstrap address; returns the bootstrap agent's card."""
         assert self.node.card is not None
         reply, envelope = await self.node.request_endpoint(
@@ -191,24 +191,25 @@ class Discovery:
             timeout=self.config.heartbeat_s * 2,
         )
         own = next((c for c in reply.cards if c.address == envelope.sender), None)
-        self.learn(reply.cards, "bootstrap")
+        self.learn(reply.cards, source)
         if own is not None:
             self._greeted.add(own.address)
         return own
 
     async def _join_all(self) -> None:
-        addresses = list(self.config.bootstrap)
+        addresses = dict.fromkeys(self.config.bootstrap, "bootstrap")
         for source in self.sources:
             try:
-                addresses.extend(await source())
+                for address in await source():
+                    addresses.setdefault(address, "registry")
             except Exception as exc:  # a broken source must not stop the others
                 log.warning("bootstrap source failed: %s", exc)
-        for address in dict.fromkeys(addresses):
+        for address, label in addresses.items():
             if self.node.card is not None and address == self.node.card.bootstrap_address:
                 continue
             for attempt in range(5):
                 try:
-                    await self.join(address)
+                    await self.join(address, label)
                     break
                 except AgentMeshError as exc:
                     log.info(
