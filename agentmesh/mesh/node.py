@@ -225,6 +225,10 @@ class MeshNode:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def find(self, service: str) -> list[AgentCard]:
+        """Cards of live peers offering ``service``, cheapest first."""
+        return [record.card for record in self.peers.offering(service)]
+
     # ------------------------------------------------------------------ outbound
 
     def _seal(
