@@ -191,9 +191,9 @@ class Discovery:
             timeout=self.config.heartbeat_s * 2,
         )
         own = next((c for c in reply.cards if c.address == envelope.sender), None)
-        self.learn(reply.cards, source)
         if own is not None:
-            self._greeted.add(own.address)
+            self._greeted.add(own.address)  # it knows us now: no Hello back needed
+        self.learn(reply.cards, source)
         return own
 
     async def _join_all(self) -> None:
@@ -225,8 +225,8 @@ class Discovery:
     async def _on_hello(self, ctx: HandlerContext, hello: Hello) -> Peers:
         if hello.card.address != ctx.sender:
             raise SignatureError("a Hello may only introduce its own sender")
+        self._greeted.add(hello.card.address)  # it introduced itself: it knows us
         self.learn([hello.card], "gossip")
-        self._greeted.add(hello.card.address)
         cards = [r.card for r in self.node.peers.all() if r.state == "up"]
         return Peers(cards=tuple(cards[:MAX_CARDS]))
 

@@ -583,7 +583,10 @@ class MeshNode:
                 if self.store is not None:
                     # Durable before the replies leave: a crash now re-runs nothing that
                     # the requester has already seen answered.
-                    self.store.record_done((_row(d.envelope), d.status, d.reply) for d in done)
+                    self.store.record_done(
+                        [(_row(d.envelope), d.status, d.reply) for d in done],
+                        [(d.envelope.id, key, value) for d in done for key, value in d.effects],
+                    )
                 for item in done:
                     if item.reply is not None and item.ident is not None and self._router:
                         self._router.send_multipart([item.ident, item.reply], copy=False)
