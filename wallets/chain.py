@@ -105,30 +105,33 @@ async def open_chain(
     """
     timeout = config.chain.confirmations_timeout
     musd = config.devnet.dev_account_musd
+    anvil: AnvilProcess | None = None
+    record = None if config.chain.rpc_url else running_devnet(home)
     if config.chain.rpc_url:
-        url = config.chain.rpc_url
-        w3 = connect(url, timeout)
-        chain_id = int(await guard_rpc(w3.eth.chain_id, url))
-        path = home / "deployments" / f"{chain_id}.json"
-        yield Chain(w3, url, await ensure_deployment(w3, url, path, musd), "configured")
-        return
-    record = running_devnet(home)
-    if record is not None:
-        w3 = connect(record.rpc_url, timeout)
-        path = DevnetPaths.of(home).deployment
-        deployment = await ensure_deployment(w3, record.rpc_url, path, musd)
-        yield Chain(w3, record.rpc_url, deployment, "devnet")
-        return
-    if not allow_embedded:
+        url, source = config.chain.rpc_url, "configured"
+    elif record is not None:
+        url, source = record.rpc_url, "devnet"
+    elif allow_embedded:
+        anvil = start_anvil(config.devnet)
+        url, source = anvil.rpc_url, "embedded"
+    else:
         raise DevnetError(
             "no chain to use: start one with `agentmesh devnet up` or set chain.rpc_url "
             "in config.toml"
         )
-    anvil = start_anvil(config.devnet)
+    w3 = connect(url, timeout)
     try:
-        w3 = connect(anvil.rpc_url, timeout)
-        deployment = await _deploy_fresh(w3, anvil.rpc_url, musd)
-        yield Chain(w3, anvil.rpc_url, deployment, "embedded", anvil)
+        if source == "configured":
+            chain_id = int(await guard_rpc(w3.eth.chain_id, url))
+            path = home / "deployments" / f"{chain_id}.json"
+            deployment = await ensure_deployment(w3, url, path, musd)
+        elif source == "devnet":
+            deployment = await ensure_deployment(w3, url, DevnetPaths.of(home).deployment, musd)
+        else:
+            deployment = await _deploy_fresh(w3, url, musd)
+        yield Chain(w3, url, deployment, source, anvil)
     finally:
-        anvil.stop()
-        anvil.log_path.unlink(missing_ok=True)
+        await w3.provider.disconnect()  # close the HTTP session with the connection
+        if anvil is not None:
+            anvil.stop()
+            anvil.log_path.unlink(missing_ok=True)
