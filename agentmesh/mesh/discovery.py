@@ -23,14 +23,14 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 
 import zmq
-import zmq.asyncio
 from pydantic import Field
 
 from agentmesh.envelope import Envelope, now_ms
-from agentmesh.errors import AgentMeshError, SignatureError
+from agentmesh.errors import AgentMeshError, ProtocolError, SignatureError
 from agentmesh.mesh.card import AgentCard
 from agentmesh.mesh.guard import Rejected
 from agentmesh.mesh.node import ZERO_ADDRESS, MeshNode
+from agentmesh.mesh.reactor import ReactorSocket
 from agentmesh.mesh.routes import MESH_PROTOCOL, MESH_VERSION, HandlerContext
 from agentmesh.message import Message
 
@@ -80,7 +80,7 @@ class Discovery:
         self.node = node
         self.config = node.config
         self.sources = list(sources)
-        self._sub: zmq.asyncio.Socket | None = None
+        self._sub: ReactorSocket | None = None
         self._subscribed: set[str] = set()
         self._greeted: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -95,17 +95,17 @@ class Discovery:
     async def start(self) -> None:
         """Start presence and discovery (the node must be started)."""
         node = self.node
-        self._sub = node._zmq.socket(zmq.SUB)
-        self._sub.setsockopt(zmq.LINGER, 0)
-        self._sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self._sub.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
+        sub = node._zmq.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
         if self.config.curve:
-            self._sub.curve_secretkey = node.curve.secret
-            self._sub.curve_publickey = node.curve.public
+            sub.curve_secretkey = node.curve.secret
+            sub.curve_publickey = node.curve.public
+        self._sub = ReactorSocket(sub, self._on_presence, node._loop_error)
         self._tasks = [
             asyncio.create_task(self._join_all(), name="mesh-join"),
             asyncio.create_task(self._heartbeat_loop(), name="mesh-heartbeat"),
-            asyncio.create_task(self._presence_loop(), name="mesh-presence"),
             asyncio.create_task(self._liveness_loop(), name="mesh-liveness"),
             asyncio.create_task(self._gossip_loop(), name="mesh-gossip"),
         ]
@@ -117,7 +117,7 @@ class Discovery:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self._sub is not None:
-            self._sub.close(0)
+            self._sub.close()
             self._sub = None
 
     # ------------------------------------------------------------------ learning
@@ -149,8 +149,8 @@ class Discovery:
             return
         if self.config.curve:
             # Options apply to connections made after they are set: one key per connect.
-            self._sub.curve_serverkey = card.curve_key.encode()
-        self._sub.connect(card.presence_endpoint)
+            self._sub.sock.curve_serverkey = card.curve_key.encode()
+        self._sub.sock.connect(card.presence_endpoint)
         self._subscribed.add(key)
 
     def _unsubscribe(self, card: AgentCard) -> None:
@@ -158,7 +158,7 @@ class Discovery:
         if self._sub is not None and key in self._subscribed:
             self._subscribed.discard(key)
             with contextlib.suppress(zmq.ZMQError):
-                self._sub.disconnect(card.presence_endpoint)
+                self._sub.sock.disconnect(card.presence_endpoint)
 
     async def _greet(self, card: AgentCard) -> None:
         """Introduce ourselves to a newly learned peer and learn whom it knows."""
@@ -211,6 +211,9 @@ class Discovery:
                 try:
                     await self.join(address, label)
                     break
+                except ProtocolError as exc:  # malformed address: retrying cannot help
+                    log.warning("bootstrap %s unusable: %s", address, exc.user_message)
+                    break
                 except AgentMeshError as exc:
                     log.info(
                         "bootstrap %s failed (attempt %d): %s",
@@ -242,25 +245,16 @@ class Discovery:
             self._seq += 1
             beat = Heartbeat(seq=self._seq, card_issued_ms=node.card.issued_ms)
             envelope = node._seal(ZERO_ADDRESS, beat, MESH_PROTOCOL, MESH_VERSION, None)
-            with contextlib.suppress(zmq.ZMQError):
-                await node._pub.send(envelope.to_frame())
+            node._pub.send([envelope.to_frame()])  # PUB drops, never blocks, when full
             await asyncio.sleep(self.config.heartbeat_s)
 
-    async def _presence_loop(self) -> None:
-        node = self.node
-        assert self._sub is not None
-        while True:
+    def _on_presence(self, batch: list[list[bytes]]) -> None:
+        for parts in batch:
             try:
-                frame = await self._sub.recv()
-                envelope = node._admit("presence", frame, broadcast_ok=True)
-                self._on_heartbeat(envelope)
+                envelope = self.node._admit("presence", parts[-1], broadcast_ok=True)
             except Rejected:
                 continue
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                node.counters["loop_errors"] += 1
-                log.exception("presence loop error (continuing)")
+            self._on_heartbeat(envelope)
 
     def _on_heartbeat(self, envelope: Envelope) -> None:
         node = self.node

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import zmq
-import zmq.asyncio
 from pydantic import ValidationError
+from zmq.utils import z85
 
 from agentmesh.config import MeshConfig
 from agentmesh.envelope import NO_REPLY, Envelope, EnvelopeSigner, now_ms
@@ -32,6 +32,7 @@ from agentmesh.errors import PeerUnreachable, ProtocolError, SignatureError
 from agentmesh.mesh.card import AgentCard, CurveKeys, ServicePrice
 from agentmesh.mesh.guard import InboundGuard, Rejected
 from agentmesh.mesh.peers import PeerTable
+from agentmesh.mesh.reactor import ReactorSocket
 from agentmesh.mesh.routes import ErrorReply, HandlerContext, Route, Routes
 from agentmesh.message import Message
 from agentmesh.store import Store
@@ -39,8 +40,6 @@ from agentmesh.store import Store
 log = logging.getLogger("agentmesh.mesh")
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
-BATCH_MAX = 512
-POLLIN = int(zmq.POLLIN)  # plain int: zmq's Enum flag arithmetic costs ~10 us a call
 LOG_FLUSH_S = 0.05
 STATS_FLUSH_S = 1.0
 M = TypeVar("M", bound=Message)
@@ -52,7 +51,20 @@ def split_bootstrap(text: str) -> tuple[str, str]:
     Z85 keys may themselves contain '@', so split at the fixed key length.
     """
     key, at, endpoint = text[:40], text[40:41], text[41:]
-    if at != "@" or not endpoint.startswith("tcp://") or len(endpoint) > 256:
+    host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+    if (
+        at != "@"
+        or not endpoint.startswith("tcp://")
+        or len(endpoint) > 256
+        or not host
+        or not port.isdigit()
+        or not 0 < int(port) < 65536
+    ):
+        return "", ""
+    try:
+        if len(z85.decode(key.encode())) != 32:
+            return "", ""
+    except (ValueError, KeyError, IndexError):
         return "", ""
     return key, endpoint
 
@@ -115,13 +127,13 @@ class MeshNode:
         self.counters = self.guard.counters
         self._services = tuple(services)
         self._model_sha256 = model_sha256
-        self._zmq = zmq.asyncio.Context()
-        self._router: zmq.asyncio.Socket | None = None
-        self._pub: zmq.asyncio.Socket | None = None
-        self._dealers: dict[str, tuple[zmq.asyncio.Socket, asyncio.Task[None]]] = {}
+        self._zmq: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._router: ReactorSocket | None = None
+        self._pub: ReactorSocket | None = None
+        self._dealers: dict[str, ReactorSocket] = {}
+        self._flush_scheduled = False
         self._pending: dict[bytes, asyncio.Future[Envelope]] = {}
         self._done: list[_Done] = []
-        self._done_event = asyncio.Event()
         self._log_out: list[Envelope] = []
         self._log_in: list[Envelope] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -152,7 +164,7 @@ class MeshNode:
 
         return register
 
-    def _secure(self, sock: zmq.asyncio.Socket, *, server: bool, server_key: bytes = b"") -> None:
+    def _secure(self, sock: zmq.Socket[bytes], *, server: bool, server_key: bytes = b"") -> None:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_frame_bytes + 1024)
         if not self.config.curve:
@@ -164,7 +176,7 @@ class MeshNode:
         else:
             sock.curve_serverkey = server_key
 
-    def _bind(self, sock: zmq.asyncio.Socket, port: int) -> str:
+    def _bind(self, sock: zmq.Socket[bytes], port: int) -> str:
         host = self.config.host
         if port:
             sock.bind(f"tcp://{host}:{port}")
@@ -173,13 +185,19 @@ class MeshNode:
         return f"tcp://{self.config.advertise_host or host}:{port}"
 
     async def start(self) -> None:
-        """Bind sockets, publish our signed card to ourselves, start the loops."""
-        self._router = self._zmq.socket(zmq.ROUTER)
-        self._secure(self._router, server=True)
-        endpoint = self._bind(self._router, self.config.port)
-        self._pub = self._zmq.socket(zmq.PUB)
-        self._secure(self._pub, server=True)
-        presence = self._bind(self._pub, self.config.presence_port)
+        """Bind sockets, publish our signed card to ourselves, start the loops.
+
+        Register handlers before calling this: messages a previous run accepted but did
+        not handle are dispatched during start.
+        """
+        router = self._zmq.socket(zmq.ROUTER)
+        self._secure(router, server=True)
+        endpoint = self._bind(router, self.config.port)
+        pub = self._zmq.socket(zmq.PUB)
+        self._secure(pub, server=True)
+        presence = self._bind(pub, self.config.presence_port)
+        self._router = ReactorSocket(router, self._process, self._loop_error)
+        self._pub = ReactorSocket(pub, None)
         self.card = AgentCard(
             address=self.address,
             name=self.name,
@@ -193,8 +211,6 @@ class MeshNode:
         self.peers.add(self.card, "self")
         self._started_ms = now_ms()
         self._tasks = [
-            asyncio.create_task(self._router_loop(), name="mesh-router"),
-            asyncio.create_task(self._flush_loop(), name="mesh-flush"),
             asyncio.create_task(self._housekeeping(), name="mesh-housekeeping"),
         ]
         await self._recover_pending()
@@ -202,20 +218,21 @@ class MeshNode:
 
     async def stop(self) -> None:
         """Stop loops, close sockets, write the last counters."""
-        for task in [*self._tasks, *self._handler_tasks, *(t for _, t in self._dealers.values())]:
+        for task in [*self._tasks, *self._handler_tasks]:
             task.cancel()
-        for task in [*self._tasks, *(t for _, t in self._dealers.values())]:
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self._flush_done()
         self._flush_logs()
         if self.store is not None:
             self.store.save_stats(dict(self.counters))
-        for sock, _ in self._dealers.values():
-            sock.close(0)
+        for dealer in self._dealers.values():
+            dealer.close()
         self._dealers.clear()
         for sock in (self._router, self._pub):
             if sock is not None:
-                sock.close(0)
+                sock.close()
         self._zmq.term()
 
     async def __aenter__(self) -> MeshNode:
@@ -252,25 +269,28 @@ class MeshNode:
             ttl_ms=self.config.message_ttl_ms,
         )
 
-    def _dealer_for(self, key: str, endpoint: str, curve_key: str) -> zmq.asyncio.Socket:
-        entry = self._dealers.get(key)
-        if entry is not None:
-            return entry[0]
+    def _dealer_for(self, key: str, endpoint: str, curve_key: str) -> ReactorSocket:
+        dealer = self._dealers.get(key)
+        if dealer is not None:
+            return dealer
         sock = self._zmq.socket(zmq.DEALER)
-        self._secure(sock, server=False, server_key=curve_key.encode())
-        sock.setsockopt(zmq.SNDHWM, 100_000)
-        sock.connect(endpoint)
-        task = asyncio.create_task(self._dealer_loop(sock, key), name=f"mesh-dealer-{key[:10]}")
-        self._dealers[key] = (sock, task)
-        return sock
+        try:
+            self._secure(sock, server=False, server_key=curve_key.encode())
+            sock.setsockopt(zmq.SNDHWM, 100_000)
+            sock.connect(endpoint)
+        except (zmq.ZMQError, ValueError) as exc:
+            sock.close(0)  # never leak a socket: it would block context termination
+            raise ProtocolError(f"cannot connect to {endpoint}: {exc}") from None
+        dealer = ReactorSocket(sock, lambda batch: self._on_replies(batch, key), self._loop_error)
+        self._dealers[key] = dealer
+        return dealer
 
     def _drop_dealer(self, key: str) -> None:
-        entry = self._dealers.pop(key, None)
-        if entry is not None:
-            entry[1].cancel()
-            entry[0].close(0)
+        dealer = self._dealers.pop(key, None)
+        if dealer is not None:
+            dealer.close()
 
-    def _route_to(self, peer: str | AgentCard) -> tuple[str, zmq.asyncio.Socket]:
+    def _route_to(self, peer: str | AgentCard) -> tuple[str, ReactorSocket]:
         card = peer if isinstance(peer, AgentCard) else None
         if card is None:
             record = self.peers.get(str(peer))
@@ -293,7 +313,8 @@ class MeshNode:
         """Send a one-way message; returns the envelope that was sent."""
         address, sock = self._route_to(peer)
         envelope = self._seal(address, message, protocol, version, conversation, reply_to)
-        await sock.send(envelope.to_frame(), copy=False)
+        if not await sock.send_async([envelope.to_frame()]):
+            raise PeerUnreachable(f"{address} is not accepting messages (send queue full)")
         self.counters["sent"] += 1
         self._log_out.append(envelope)
         return envelope
@@ -352,7 +373,7 @@ class MeshNode:
 
     async def _request_via(
         self,
-        sock: zmq.asyncio.Socket,
+        sock: ReactorSocket,
         address: str,
         message: Message,
         protocol: str,
@@ -376,7 +397,7 @@ class MeshNode:
                 # the same id and still completes the request.
                 future: asyncio.Future[Envelope] = loop.create_future()
                 self._pending[envelope.id] = future
-                await sock.send(frame, copy=False)
+                await sock.send_async([frame])
                 self.counters["sent"] += 1
                 try:
                     reply = await asyncio.wait_for(future, per_try)
@@ -408,12 +429,6 @@ class MeshNode:
 
     # ------------------------------------------------------------------ inbound
 
-    async def _drain(self, sock: zmq.asyncio.Socket) -> list[list[bytes]]:
-        batch = [await sock.recv_multipart()]
-        while len(batch) < BATCH_MAX and int(sock.getsockopt(zmq.EVENTS)) & POLLIN:
-            batch.append(await sock.recv_multipart())
-        return batch
-
     def _admit(self, label: str, frame: bytes, *, broadcast_ok: bool) -> Envelope:
         """All checks that do not need the store; raises ``Rejected``."""
         guard = self.guard
@@ -435,17 +450,10 @@ class MeshNode:
         guard.check_times(envelope.sender, envelope.created, envelope.expires, now_ms())
         return envelope
 
-    async def _router_loop(self) -> None:
-        assert self._router is not None
-        while True:
-            try:
-                batch = await self._drain(self._router)
-                self._process(batch)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the loop must survive anything a peer can cause
-                self.counters["loop_errors"] += 1
-                log.exception("mesh router loop error (continuing)")
+    def _loop_error(self, exc: BaseException) -> None:
+        # Nothing a peer sends may stop the node: count, log, keep serving.
+        self.counters["loop_errors"] += 1
+        log.error("mesh receive error (continuing)", exc_info=exc)
 
     def _process(self, batch: list[list[bytes]]) -> None:
         accepted: list[tuple[bytes, Envelope]] = []
@@ -507,7 +515,7 @@ class MeshNode:
             known = self.store.known_ids([message_id]).get(message_id)
         if known is not None and known[1] is not None and self._router is not None:
             # A retried request: the handler ran once; send the same reply again.
-            self._router.send_multipart([ident, known[1]], copy=False)
+            self._router.send([ident, known[1]])
 
     def _dispatch(self, ident: bytes | None, envelope: Envelope) -> None:
         found = self.routes.find(
@@ -572,50 +580,47 @@ class MeshNode:
                 envelope.id,
             ).to_frame()
         self._done.append(_Done(ident, envelope, status, frame, effects))
-        self._done_event.set()
+        if not self._flush_scheduled:
+            # Flush once per loop turn: handlers finishing together share one commit.
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_done)
 
-    async def _flush_loop(self) -> None:
-        while True:
-            await self._done_event.wait()
-            self._done_event.clear()
-            done, self._done = self._done, []
-            try:
-                if self.store is not None:
-                    # Durable before the replies leave: a crash now re-runs nothing that
-                    # the requester has already seen answered.
-                    self.store.record_done(
-                        [(_row(d.envelope), d.status, d.reply) for d in done],
-                        [(d.envelope.id, key, value) for d in done for key, value in d.effects],
-                    )
-                for item in done:
-                    if item.reply is not None and item.ident is not None and self._router:
-                        self._router.send_multipart([item.ident, item.reply], copy=False)
+    def _flush_done(self) -> None:
+        self._flush_scheduled = False
+        done, self._done = self._done, []
+        if not done:
+            return
+        try:
+            if self.store is not None:
+                # Durable before the replies leave: a crash now re-runs nothing that the
+                # requester has already seen answered.
+                self.store.record_done(
+                    [(_row(d.envelope), d.status, d.reply) for d in done],
+                    [(d.envelope.id, key, value) for d in done for key, value in d.effects],
+                )
+            for item in done:
+                if item.reply is not None and item.ident is not None and self._router:
+                    if self._router.send([item.ident, item.reply]):
                         self.counters["replied"] += 1
-            except Exception:
-                self.counters["loop_errors"] += 1
-                log.exception("mesh flush error (continuing)")
+                    else:
+                        self.counters["reply_dropped"] += 1
+        except Exception as exc:
+            self._loop_error(exc)
 
-    async def _dealer_loop(self, sock: zmq.asyncio.Socket, key: str) -> None:
-        while True:
+    def _on_replies(self, batch: list[list[bytes]], key: str) -> None:
+        for parts in batch:
             try:
-                batch = await self._drain(sock)
-            except asyncio.CancelledError:
-                raise
-            except zmq.ZMQError:
-                return
-            for parts in batch:
-                try:
-                    self.counters["received"] += 1
-                    envelope = self._admit(key, parts[-1], broadcast_ok=False)
-                except Rejected:
-                    continue
-                future = self._pending.get(envelope.reply_to)
-                if future is None or future.done():
-                    self.guard.reject(envelope.sender, "unexpected_reply")
-                    continue
-                self.peers.seen(envelope.sender)
-                self._log_in.append(envelope)
-                future.set_result(envelope)
+                self.counters["received"] += 1
+                envelope = self._admit(key, parts[-1], broadcast_ok=False)
+            except Rejected:
+                continue
+            future = self._pending.get(envelope.reply_to)
+            if future is None or future.done():
+                self.guard.reject(envelope.sender, "unexpected_reply")
+                continue
+            self.peers.seen(envelope.sender)
+            self._log_in.append(envelope)
+            future.set_result(envelope)
 
     async def _recover_pending(self) -> None:
         """Handle messages a previous run accepted but never finished."""

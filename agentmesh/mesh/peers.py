@@ -53,9 +53,9 @@ class PeerTable:
             return False
         known = self._peers.get(card.address)
         if known is not None and known.card.issued_ms >= card.issued_ms:
-            known.last_seen_ms = _now_ms()
-            if known.state != "up":
-                self.mark(card.address, "up")
+            # A relayed copy of a card we have says nothing about whether its agent is
+            # alive (gossip would keep a dead peer up): liveness comes only from
+            # heartbeats and direct traffic, through `seen`.
             return False
         self._peers[card.address] = PeerRecord(card, known.source if known else source)
         if self.store is not None:
