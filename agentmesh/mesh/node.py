@@ -559,7 +559,7 @@ class MeshNode:
             )
             return
         self.counters["handled"] += 1
-        self._finish(ident, envelope, "handled", reply, tuple(ctx.effects))
+        self._finish(ident, envelope, "handled", reply, tuple(ctx.effects), from_handler=True)
 
     def _finish(
         self,
@@ -568,6 +568,8 @@ class MeshNode:
         status: str,
         reply: Message | None,
         effects: tuple[tuple[str, str], ...] = (),
+        *,
+        from_handler: bool = False,
     ) -> None:
         frame = None
         if reply is not None:
@@ -580,8 +582,11 @@ class MeshNode:
                 envelope.id,
             ).to_frame()
         self._done.append(_Done(ident, envelope, status, frame, effects))
-        if not self._flush_scheduled:
-            # Flush once per loop turn: handlers finishing together share one commit.
+        if from_handler and len(self._handler_tasks) <= 1 and not self._flush_scheduled:
+            # Nothing else in flight: answer now rather than a loop turn later.
+            self._flush_done()
+        elif not self._flush_scheduled:
+            # Under load, handlers finishing in the same loop turn share one commit.
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_done)
 
