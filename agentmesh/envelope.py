@@ -296,22 +296,8 @@ class Envelope:
         for name, value in (("created", created), ("expires", expires), ("nonce", nonce)):
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_U64:
                 raise ProtocolError(f"malformed frame: bad {name}")
-        return cls(
-            _checksum(sender),
-            _checksum(recipient),
-            mid,
-            conv,
-            reply,
-            proto,
-            pver,
-            sdig,
-            created,
-            expires,
-            nonce,
-            payload,
-            sig,
-            frame,
-        )
+        # Fields 2..12 are already the right Python values; only the addresses change form.
+        return cls(_checksum(sender), _checksum(recipient), *fields[2:], frame)
 
 
 def _check(value: Any, kind: type, size: int | None, name: str) -> None:

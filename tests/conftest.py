@@ -7,6 +7,7 @@ One anvil and one deployment serve the whole session; every test runs inside an
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,25 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("AGENTMESH_HOME", str(path))
     monkeypatch.delenv("AGENTMESH_PASSWORD", raising=False)
     return path
+
+
+def process_gone(pid: int) -> bool:
+    """True when ``pid`` no longer runs (a zombie waiting for its reaper counts as gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return True
+    return fields[0] in ("Z", "X")
+
+
+def wait_gone(pid: int, timeout: float = 20.0) -> bool:
+    """Bounded poll for ``pid`` to exit."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process_gone(pid):
+            return True
+        time.sleep(0.05)
+    return process_gone(pid)
 
 
 @pytest.fixture(scope="session")

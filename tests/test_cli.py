@@ -16,7 +16,6 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from eth_account import Account
 
 from agentmesh.chain.rpc import rpc_call
 from agentmesh.wallets.keystore import Keystore
-from tests.conftest import TEST_SCRYPT_N
+from tests.conftest import TEST_SCRYPT_N, wait_gone
 
 PASSWORD = "correct horse battery staple"
 CLI = [sys.executable, "-m", "agentmesh.cli.app"]
@@ -40,25 +39,6 @@ BALANCE_OF = "0x70a08231"  # ERC-20 balanceOf(address)
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def process_gone(pid: int) -> bool:
-    """True when ``pid`` no longer runs (a zombie waiting for its reaper counts as gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return True
-    return fields[0] in ("Z", "X")
-
-
-def wait_gone(pid: int, timeout: float = 20.0) -> bool:
-    """Bounded poll for ``pid`` to exit."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process_gone(pid):
-            return True
-        time.sleep(0.05)
-    return process_gone(pid)
 
 
 def _is_anvil(pid: int) -> bool:

@@ -36,30 +36,12 @@ from agentmesh.wallets.chain import connect, open_chain
 from agentmesh.wallets.clients import TokenClient
 from agentmesh.wallets.deployer import deploy_suite, dev_deployer
 from agentmesh.wallets.wallet import Wallet
+from tests.conftest import process_gone, wait_gone
 
 ONE_ETH = 10**18
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def process_gone(pid: int) -> bool:
-    """True when ``pid`` no longer runs (a zombie waiting for its reaper counts as gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return True
-    return fields[0] in ("Z", "X")
-
-
-def wait_gone(pid: int, timeout: float = 20.0) -> bool:
-    """Bounded poll for ``pid`` to exit."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process_gone(pid):
-            return True
-        time.sleep(0.05)
-    return process_gone(pid)
 
 
 def anvils_on_port(port: int) -> list[int]:
