@@ -3,7 +3,8 @@ mesh test peer for tests that need a real agent process.
 
 ``python -m agentmesh.testing --home H --ready-file F [--port N]`` runs a node that
 answers ``mesh`` pings and two test protocols whose handlers record effects in the
-node's store (committed together with the handled mark):
+node's store, ``<home>/mesh/<address>.db`` like ``agentmesh mesh serve`` (committed
+together with the handled mark):
 
 - ``test.note`` (one-way ``Note``): records ``note`` = the note's text;
 - ``test.work`` (request ``Work`` -> ``WorkDone``): sleeps ``ms``, records ``work``.
@@ -21,6 +22,7 @@ from pathlib import Path
 from pydantic import Field
 
 from agentmesh.config import MeshConfig
+from agentmesh.envelope import EnvelopeSigner
 from agentmesh.mesh.discovery import Discovery
 from agentmesh.mesh.node import MeshNode
 from agentmesh.mesh.routes import HandlerContext
@@ -72,7 +74,12 @@ async def _serve(args: argparse.Namespace) -> None:
         burst=args.burst,
     )
     home = Path(args.home)
-    node = MeshNode(key, name=args.name, config=config, store=Store(home / "mesh" / "test-peer.db"))
+    node = MeshNode(
+        key,
+        name=args.name,
+        config=config,
+        store=Store(home / "mesh" / f"{EnvelopeSigner(key).address}.db"),
+    )
     install_test_handlers(node)
     discovery = Discovery(node)
     stop = asyncio.Event()

@@ -244,7 +244,10 @@ def discovery_run(count: int) -> tuple[float, float]:
         homes = [first] + [spawn(i, [boot]) for i in range(1, count)]
         wait_ready(homes, start + 180)
         all_up = time.monotonic() - start
-        dbs = [h / "mesh" / "test-peer.db" for h in homes]
+        dbs = [
+            h / "mesh" / f"{json.loads((h / 'ready.json').read_text())['address']}.db"
+            for h in homes
+        ]
         while not all(_peer_count(db) >= count for db in dbs):
             if time.monotonic() - start > 300:
                 raise SystemExit("error: discovery did not converge in 300 s")

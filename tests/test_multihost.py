@@ -240,7 +240,7 @@ class Mesh:
         agent.ready = json.loads(agent.ready_file.read_text())
         assert agent.ready["pid"] == agent.process.pid  # `ip netns exec` execs python
         assert f"@tcp://{agent.host}:{PORT}" in agent.ready["bootstrap"]
-        agent.store = Store(agent.home / "mesh" / "test-peer.db")
+        agent.store = Store(agent.home / "mesh" / f"{agent.ready['address']}.db")
 
     def run_client(self, name: str, targets: list[str], tag: str) -> subprocess.Popen[str]:
         """Start a client inside ``name``'s namespace asking each target to do work."""

@@ -225,20 +225,34 @@ class EscrowClient(_Client):
 
     async def get_job(self, job_id: int) -> EscrowJob:
         raw = await self._call(self.contract.functions.getJob(job_id))
+        (
+            client,
+            status,
+            deadline,
+            provider,
+            review_window,
+            arbiter,
+            accepted_at,
+            token,
+            submitted_at,
+            amount,
+            terms_hash,
+            result_hash,
+        ) = raw
         return EscrowJob(
-            job_id,
-            raw[0],
-            raw[1],
-            raw[2],
-            raw[3],
-            int(raw[4]),
-            int(raw[5]),
-            int(raw[6]),
-            int(raw[7]),
-            int(raw[8]),
-            JobStatus(raw[9]),
-            bytes(raw[10]),
-            bytes(raw[11]),
+            job_id=job_id,
+            client=client,
+            provider=provider,
+            arbiter=arbiter,
+            token=token,
+            amount=int(amount),
+            deadline=int(deadline),
+            review_window=int(review_window),
+            accepted_at=int(accepted_at),
+            submitted_at=int(submitted_at),
+            status=JobStatus(status),
+            terms_hash=bytes(terms_hash),
+            result_hash=bytes(result_hash),
         )
 
 

@@ -38,7 +38,8 @@ class InboundGuard:
         self.config = config
         self.self_address = self_address
         self.counters: Counter[str] = Counter()
-        self._seen: OrderedDict[bytes, int] = OrderedDict()  # id -> expires_ms
+        self._seen: OrderedDict[bytes, tuple[int, int]] = OrderedDict()  # id -> (until, created)
+        self.evicted_created_ms = 0
         self._buckets: dict[str, _Bucket] = {}
         self._last_log: dict[tuple[str, str], float] = {}
 
@@ -82,12 +83,18 @@ class InboundGuard:
     def seen(self, message_id: bytes) -> bool:
         return message_id in self._seen
 
-    def remember(self, message_id: bytes, expires: int, now_ms: int) -> None:
-        """Record an id until its expiry (plus skew); older ids are rejected as expired."""
-        self._seen[message_id] = expires + self.config.clock_skew_ms
-        # Prune from the oldest end: expired entries, and anything past the size cap.
+    def remember(self, message_id: bytes, created: int, expires: int, now_ms: int) -> None:
+        """Record an id until its expiry (plus skew); older ids are rejected as expired.
+
+        When the cache is full, the oldest ids are dropped even if unexpired;
+        ``evicted_created_ms`` then tells the node from which creation time on it must
+        ask the store instead (so a late retry still finds its stored reply).
+        """
+        self._seen[message_id] = (expires + self.config.clock_skew_ms, created)
         while self._seen:
-            oldest_id, until = next(iter(self._seen.items()))
+            oldest_id, (until, made) = next(iter(self._seen.items()))
             if until >= now_ms and len(self._seen) <= self.config.replay_cache_size:
                 break
+            if until >= now_ms:
+                self.evicted_created_ms = max(self.evicted_created_ms, made)
             del self._seen[oldest_id]

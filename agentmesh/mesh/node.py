@@ -474,14 +474,16 @@ class MeshNode:
             if self.guard.seen(envelope.id):
                 self._duplicate(ident, envelope.id)
                 continue
-            self.guard.remember(envelope.id, envelope.expires, now)
+            self.guard.remember(envelope.id, envelope.created, envelope.expires, now)
             accepted.append((ident, envelope))
         if not accepted:
             return
         if self.store is not None:
-            # Only a message created before this process started can have been seen by
-            # an earlier run; newer ids are covered by the in-memory replay cache.
-            horizon = self._started_ms + self.config.clock_skew_ms
+            # Only a message created before this process started (or before the newest
+            # id the full replay cache had to drop) can be known without being cached.
+            horizon = (
+                max(self._started_ms, self.guard.evicted_created_ms) + self.config.clock_skew_ms
+            )
             old = [e.id for _, e in accepted if e.created <= horizon]
             known = self.store.known_ids(old) if old else {}
             fresh = []
@@ -634,7 +636,7 @@ class MeshNode:
         for pending in self.store.pending():
             try:
                 envelope = Envelope.from_frame(pending.frame, max_size=1 << 30)
-                self.guard.remember(envelope.id, envelope.expires, now_ms())
+                self.guard.remember(envelope.id, envelope.created, envelope.expires, now_ms())
             except ProtocolError:
                 continue
             self.counters["recovered"] += 1

@@ -35,17 +35,19 @@ contract TaskEscrow is ReentrancyGuard {
         Cancelled
     }
 
+    /// @dev Each address shares its slot with a small field (20 + 8 or 1 bytes), so
+    /// opening a job writes 6 slots instead of 8.
     struct Job {
         address client;
-        address provider;
-        address arbiter;
-        address token;
-        uint256 amount;
-        uint64 deadline;
-        uint64 reviewWindow;
-        uint64 acceptedAt;
-        uint64 submittedAt;
         Status status;
+        uint64 deadline;
+        address provider;
+        uint64 reviewWindow;
+        address arbiter;
+        uint64 acceptedAt;
+        address token;
+        uint64 submittedAt;
+        uint256 amount;
         bytes32 termsHash;
         bytes32 resultHash;
     }
