@@ -189,9 +189,11 @@ class Store:
             "reply_frame = excluded.reply_frame, handled_ms = excluded.handled_ms",
             [(*cols, status, reply, now, now) for cols, status, reply in items],
         )
-        cursor.executemany(
-            "INSERT INTO effects (message_id, key, value) VALUES (?, ?, ?)", list(effects)
-        )
+        effect_rows = list(effects)
+        if effect_rows:
+            cursor.executemany(
+                "INSERT INTO effects (message_id, key, value) VALUES (?, ?, ?)", effect_rows
+            )
         self._raw.commit()
         cursor.close()
 

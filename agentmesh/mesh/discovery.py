@@ -225,7 +225,7 @@ class Discovery:
 
     # ------------------------------------------------------------------ handlers
 
-    async def _on_hello(self, ctx: HandlerContext, hello: Hello) -> Peers:
+    def _on_hello(self, ctx: HandlerContext, hello: Hello) -> Peers:
         if hello.card.address != ctx.sender:
             raise SignatureError("a Hello may only introduce its own sender")
         self._greeted.add(hello.card.address)  # it introduced itself: it knows us
@@ -233,7 +233,7 @@ class Discovery:
         cards = [r.card for r in self.node.peers.all() if r.state == "up"]
         return Peers(cards=tuple(cards[:MAX_CARDS]))
 
-    async def _on_ping(self, ctx: HandlerContext, ping: Ping) -> Pong:
+    def _on_ping(self, ctx: HandlerContext, ping: Ping) -> Pong:
         return Pong(note=ping.note, name=self.node.name)
 
     # ------------------------------------------------------------------ presence

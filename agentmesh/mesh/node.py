@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -156,10 +157,16 @@ class MeshNode:
         version: str,
         replies: tuple[type[Message], ...] = (),
     ) -> Callable[[Any], Any]:
-        """Register a handler: ``async def handler(ctx, message) -> reply | None``."""
+        """Register a handler ``handler(ctx, message) -> reply | None``.
+
+        ``async def`` handlers run as tasks (anything that waits: models, chain calls).
+        A plain function runs inline while its message is dispatched: use it for cheap,
+        CPU-only work, since it holds the receive loop while it runs.
+        """
 
         def register(fn: Any) -> Any:
-            self.routes.add(Route(protocol, version, message_type, fn, replies))
+            is_async = inspect.iscoroutinefunction(fn)
+            self.routes.add(Route(protocol, version, message_type, fn, replies, is_async))
             return fn
 
         return register
@@ -479,29 +486,38 @@ class MeshNode:
         if not accepted:
             return
         if self.store is not None:
-            # Only a message created before this process started (or before the newest
-            # id the full replay cache had to drop) can be known without being cached.
-            horizon = (
-                max(self._started_ms, self.guard.evicted_created_ms) + self.config.clock_skew_ms
-            )
-            old = [e.id for _, e in accepted if e.created <= horizon]
-            known = self.store.known_ids(old) if old else {}
-            fresh = []
-            for ident, envelope in accepted:
-                if envelope.id in known:
-                    self._duplicate(ident, envelope.id, known[envelope.id])
-                else:
-                    fresh.append((ident, envelope))
-            accepted = fresh
-            # One-way messages are durable before their handler runs (nobody would send
-            # them again). Requests are written once, with their reply, before the reply
-            # leaves: until then the requester retries, so nothing is lost either way.
-            one_way = [e for _, e in accepted if not self._is_request(e)]
-            if one_way:
-                self.store.record_received(_row(e) for e in one_way)
+            accepted = self._persist_accepted(accepted)
         for ident, envelope in accepted:
             self.peers.seen(envelope.sender, now)
             self._dispatch(ident, envelope)
+        if self._done:
+            # Inline handlers and error replies of this batch: one commit, replies now.
+            self._flush_done()
+
+    def _persist_accepted(
+        self, accepted: list[tuple[bytes, Envelope]]
+    ) -> list[tuple[bytes, Envelope]]:
+        """Drop ids the store already has (answering duplicates); record one-way messages."""
+        assert self.store is not None
+        # Only a message created before this process started (or before the newest
+        # id the full replay cache had to drop) can be known without being cached.
+        horizon = max(self._started_ms, self.guard.evicted_created_ms) + self.config.clock_skew_ms
+        old = [e.id for _, e in accepted if e.created <= horizon]
+        known = self.store.known_ids(old) if old else {}
+        fresh = []
+        for ident, envelope in accepted:
+            if envelope.id in known:
+                self._duplicate(ident, envelope.id, known[envelope.id])
+            else:
+                fresh.append((ident, envelope))
+        accepted = fresh
+        # One-way messages are durable before their handler runs (nobody would send
+        # them again). Requests are written once, with their reply, before the reply
+        # leaves: until then the requester retries, so nothing is lost either way.
+        one_way = [e for _, e in accepted if not self._is_request(e)]
+        if one_way:
+            self.store.record_received(_row(e) for e in one_way)
+        return accepted
 
     def _is_request(self, envelope: Envelope) -> bool:
         route = self.routes.by_key.get(
@@ -538,27 +554,48 @@ class MeshNode:
                 ident, envelope, "failed", ErrorReply(code="invalid_payload", detail=detail)
             )
             return
+        if not found.is_async:
+            self._run_sync_handler(ident, envelope, found, message)
+            return
         task = asyncio.create_task(self._run_handler(ident, envelope, found, message))
         self._handler_tasks.add(task)
         task.add_done_callback(self._handler_tasks.discard)
+
+    def _run_sync_handler(
+        self, ident: bytes | None, envelope: Envelope, route: Route, message: Message
+    ) -> None:
+        ctx = HandlerContext(self, envelope)
+        try:
+            reply = route.handler(ctx, message)
+        except Exception as exc:  # a failing handler is the handler's problem, not the loop's
+            self._handler_failed(ident, envelope, route, exc)
+            return
+        self.counters["handled"] += 1
+        # Batched with the rest of this receive batch: one commit, then the replies.
+        self._finish(ident, envelope, "handled", reply, tuple(ctx.effects))  # type: ignore[arg-type]
+
+    def _handler_failed(
+        self, ident: bytes | None, envelope: Envelope, route: Route, exc: Exception
+    ) -> None:
+        self.counters["handler_errors"] += 1
+        log.warning("handler for %s@%s failed: %r", route.protocol, route.version, exc)
+        self._finish(
+            ident,
+            envelope,
+            "failed",
+            ErrorReply(code="handler_error", detail=f"{type(exc).__name__}: {exc}"),
+        )
 
     async def _run_handler(
         self, ident: bytes | None, envelope: Envelope, route: Route, message: Message
     ) -> None:
         ctx = HandlerContext(self, envelope)
         try:
-            reply = await route.handler(ctx, message)
+            reply = await route.handler(ctx, message)  # type: ignore[misc]
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a failing handler is the handler's problem, not the loop's
-            self.counters["handler_errors"] += 1
-            log.warning("handler for %s@%s failed: %r", route.protocol, route.version, exc)
-            self._finish(
-                ident,
-                envelope,
-                "failed",
-                ErrorReply(code="handler_error", detail=f"{type(exc).__name__}: {exc}"),
-            )
+            self._handler_failed(ident, envelope, route, exc)
             return
         self.counters["handled"] += 1
         self._finish(ident, envelope, "handled", reply, tuple(ctx.effects), from_handler=True)

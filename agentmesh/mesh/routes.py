@@ -48,7 +48,9 @@ class HandlerContext:
         return self.envelope.conversation
 
 
-Handler = Callable[[HandlerContext, Any], Awaitable[Message | None]]
+# A handler is ``async def`` (runs as a task) or a plain function for cheap CPU-only work
+# (runs inline as the message is dispatched, saving a task and a loop turn).
+Handler = Callable[[HandlerContext, Any], Awaitable[Message | None] | Message | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,7 @@ class Route:
     message_type: type[Message]
     handler: Handler
     replies: tuple[type[Message], ...] = ()
+    is_async: bool = True
 
 
 @dataclass
