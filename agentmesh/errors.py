@@ -110,6 +110,22 @@ def _render_arg(value: Any) -> str:
     return str(value)
 
 
+class ModelError(AgentMeshError):
+    """A local model could not be loaded or used."""
+
+
+class ModelNotFoundError(ModelError):
+    """The model file does not exist (or the default model package is not installed)."""
+
+
+class ModelOutputError(ModelError):
+    """The model's output could not be turned into what was asked for."""
+
+
+class ContextOverflowError(ModelError):
+    """A prompt does not fit the model's context window."""
+
+
 # Errors of later layers, declared here so every layer shares one root.
 class SignatureError(AgentMeshError):
     """A signature is missing, malformed, or not by the claimed signer."""

@@ -12,6 +12,7 @@ from rich.markup import escape
 from agentmesh.cli import demo as demo_cmd
 from agentmesh.cli import devnet as devnet_cmd
 from agentmesh.cli import mesh as mesh_cmd
+from agentmesh.cli import model as model_cmd
 from agentmesh.cli import wallet as wallet_cmd
 from agentmesh.cli.context import AppState, err_console
 from agentmesh.errors import AgentMeshError
@@ -26,6 +27,7 @@ app = typer.Typer(
 app.add_typer(devnet_cmd.app, name="devnet")
 app.add_typer(wallet_cmd.app, name="wallet")
 app.add_typer(mesh_cmd.app, name="mesh")
+app.add_typer(model_cmd.app, name="model")
 app.command("demo")(demo_cmd.demo)
 
 

@@ -1,0 +1,131 @@
+"""LLM benchmark on the default model: raw llama-cpp vs LocalModel, same prompt/settings.
+
+    .venv/bin/python bench/llm_bench.py [--tokens 128] [--runs 3] [--threads 2]
+
+Prints tokens/s of raw ``llama_cpp.Llama.create_chat_completion`` next to
+``LocalModel.chat`` (worker thread, context fitting, prompt cache) and the ratio; time
+to first token with a cold vs a cached system prefix; latency of one structured
+(grammar-constrained) decision. The agent service-call row comes with the Agent runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from typing import Literal
+
+import llama_cpp
+from pydantic import BaseModel, Field
+from rich.console import Console
+from rich.table import Table
+
+from agentmesh.llm import LocalModel, default_model_path
+
+console = Console()
+SYSTEM = {
+    "role": "system",
+    "content": "You are a summarization agent on a marketplace. " * 30,  # ~300-token prefix
+}
+PROMPT = [SYSTEM, {"role": "user", "content": "Write a short story about two trading agents."}]
+
+
+class Decision(BaseModel):
+    action: Literal["decline", "propose"]
+    price: int = Field(ge=0, le=1000)
+    reason: str = Field(max_length=60)
+
+
+def variant(messages: list[dict[str, str]], i: int) -> list[dict[str, str]]:
+    """``messages`` with the system prompt starting with a round-specific word."""
+    first = {**messages[0], "content": f"Round {i}. {messages[0]['content']}"}
+    return [first, *messages[1:]]
+
+
+async def figures(tokens: int, rounds: int, threads: int) -> dict[str, float]:
+    """Raw and LocalModel calls alternate on two instances, so both see the same machine
+    state (generation speed here drifts by up to 40% between identical calls). Each round
+    starts the system prompt with a new word, so no KV-cache prefix is reused and both
+    evaluate the whole prompt (Llama.reset() is avoided: re-evaluating after it is ~3x
+    slower in this llama-cpp-python)."""
+    raw = llama_cpp.Llama(
+        model_path=str(default_model_path()),
+        n_ctx=2048,
+        n_threads=threads,
+        n_gpu_layers=0,
+        seed=0,
+        verbose=False,
+    )
+    model = LocalModel.default(n_threads=threads, n_ctx=2048, n_gpu_layers=0)
+    await model.load()
+    raw_rates, local_rates = [], []
+    for i in range(rounds):
+        prompt = variant(PROMPT, i)
+        start = time.perf_counter()
+        out = raw.create_chat_completion(
+            messages=prompt, max_tokens=tokens, temperature=0.0, seed=0
+        )
+        raw_rates.append(out["usage"]["completion_tokens"] / (time.perf_counter() - start))
+        start = time.perf_counter()
+        await model.chat(prompt, max_tokens=tokens, temperature=0.0)
+        local_rates.append(model.last_usage["completion_tokens"] / (time.perf_counter() - start))
+    del raw
+
+    async def ttft(messages: list[dict[str, str]]) -> float:
+        start = time.perf_counter()
+        async for _ in model.stream(messages, max_tokens=4):
+            return time.perf_counter() - start
+        return float("nan")
+
+    colds, warms = [], []
+    for i in range(3):
+        system = variant([SYSTEM], 100 + i)[0]  # a prefix the KV cache has never seen
+        colds.append(await ttft([system, {"role": "user", "content": "What do you sell?"}]))
+        # Same system prefix, another question: only the new tail is evaluated.
+        warms.append(await ttft([system, {"role": "user", "content": f"Question {i}?"}]))
+    decisions = []
+    for i in range(3):
+        start = time.perf_counter()
+        await model.structured(
+            [SYSTEM, {"role": "user", "content": f"Request {i}: summarize 400 words, budget 50."}],
+            Decision,
+            max_tokens=60,
+        )
+        decisions.append(time.perf_counter() - start)
+    model.close()
+    return {
+        "raw": statistics.median(raw_rates),
+        "tps": statistics.median(local_rates),
+        "cold": statistics.median(colds),
+        "warm": statistics.median(warms),
+        "decision": statistics.median(decisions),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=6, help="alternating raw/local pairs")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    if args.rounds < 1 or args.tokens < 1:
+        raise SystemExit("error: --rounds and --tokens must be at least 1")
+    f = asyncio.run(figures(args.tokens, args.rounds, args.threads))
+    table = Table(
+        title=f"SmolLM2-135M Q4_1, {args.threads} threads, {args.tokens} tokens, CPU, "
+        f"median of {args.rounds} alternating rounds"
+    )
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("raw llama_cpp tokens/s (baseline)", f"{f['raw']:.1f}")
+    table.add_row("LocalModel tokens/s", f"{f['tps']:.1f}")
+    table.add_row("ratio LocalModel / raw", f"{f['tps'] / f['raw']:.2f}")
+    table.add_row("time to first token, cold system prefix", f"{f['cold'] * 1000:.0f} ms")
+    table.add_row("time to first token, cached system prefix", f"{f['warm'] * 1000:.0f} ms")
+    table.add_row("structured decision latency (median of 3)", f"{f['decision'] * 1000:.0f} ms")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
