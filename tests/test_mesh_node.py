@@ -1157,3 +1157,26 @@ async def test_request_endpoint_with_unusable_bootstrap_is_a_protocol_error(
     # MeshNode.stop() (zmq Context.term) does not block forever on it.
     gc.collect()
     assert kind is not None and issubclass(kind, ProtocolError), f"raised {kind}"
+
+
+async def test_forget_removes_the_peer_and_closes_its_connection() -> None:
+    from agentmesh.errors import PeerUnreachable
+    from agentmesh.mesh.discovery import Discovery, Ping, Pong
+    from agentmesh.mesh.node import MeshNode
+
+    client = MeshNode(os.urandom(32), name="client")
+    server = MeshNode(os.urandom(32), name="server")
+    Discovery(server)  # registers the built-in Ping handler; no loops needed here
+    async with client, server:
+        assert server.card is not None
+        client.peers.add(server.card, "test")
+        pong = await client.request(
+            server.address, Ping(note="x"), protocol="mesh", version="1", expect=(Pong,)
+        )
+        assert pong.name == "server"
+        assert any(key.startswith(f"{server.address}|") for key in client._dealers)
+        client.forget(server.address)
+        assert server.address not in client.peers
+        assert not any(key.startswith(f"{server.address}|") for key in client._dealers)
+        with pytest.raises(PeerUnreachable, match="unknown peer"):
+            await client.request(server.address, Ping(), protocol="mesh", version="1")

@@ -13,8 +13,6 @@ from agentmesh.contracts import load_artifact
 from agentmesh.wallets.units import MUSD_DECIMALS
 from agentmesh.wallets.wallet import Wallet
 
-SUITE = ("MeshUSD", "TaskEscrow", "AgentRegistry")
-
 
 def dev_deployer(w3: AsyncWeb3[Any]) -> Wallet:
     """The devnet deployer and faucet: anvil's first, publicly known dev account."""

@@ -8,7 +8,6 @@ revert data; it is decoded recursively so the message shows what really failed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -98,8 +97,3 @@ def decode_revert(data: bytes | str | None, *, detail: str = "") -> ContractReve
         inner = decode_revert(args[-1])
         args[-1] = inner.user_message.removeprefix("transaction reverted: ")
     return ContractRevertError(spec.name, args, contract=spec.contract, raw=raw)
-
-
-def error_selectors() -> Iterable[tuple[str, str]]:
-    """(contract, error name) of every indexed custom error, for docs and tests."""
-    return [(s.contract or "solidity", s.name) for s in _registry().values()]

@@ -286,7 +286,7 @@ class Discovery:
                     continue
                 missed = (now - record.last_seen_ms) / (interval * 1000)
                 if missed >= self.config.remove_after_missed:
-                    node.peers.remove(record.address)
+                    node.forget(record.address)
                     self._unsubscribe(record.card)
                     self._greeted.discard(record.address)
                     node.counters["peers_removed"] += 1

@@ -140,8 +140,6 @@ class MeshNode:
         self._tasks: list[asyncio.Task[None]] = []
         self._handler_tasks: set[asyncio.Task[None]] = set()
         self.card: AgentCard | None = None
-        self._on_card: list[Callable[[AgentCard, str], None]] = []
-        self.started = asyncio.Event()
         self._started_ms = 0
 
     def __repr__(self) -> str:
@@ -221,7 +219,6 @@ class MeshNode:
             asyncio.create_task(self._housekeeping(), name="mesh-housekeeping"),
         ]
         await self._recover_pending()
-        self.started.set()
 
     async def stop(self) -> None:
         """Stop loops, close sockets, write the last counters."""
@@ -292,10 +289,11 @@ class MeshNode:
         self._dealers[key] = dealer
         return dealer
 
-    def _drop_dealer(self, key: str) -> None:
-        dealer = self._dealers.pop(key, None)
-        if dealer is not None:
-            dealer.close()
+    def forget(self, address: str) -> None:
+        """Remove a peer and close its pooled connections (a departed agent)."""
+        self.peers.remove(address)
+        for key in [k for k in self._dealers if k.startswith(f"{address}|")]:
+            self._dealers.pop(key).close()
 
     def _route_to(self, peer: str | AgentCard) -> tuple[str, ReactorSocket]:
         card = peer if isinstance(peer, AgentCard) else None
