@@ -41,13 +41,14 @@ from tests.conftest import (
     rpc,
     token_for,
 )
+from tests.escrow_jobs import SLACK_S, Parties, drive, h32
+from tests.escrow_jobs import open_job as shared_open_job
 
 AMOUNT = 25 * ONE_MUSD
 CLIENT_MUSD = 1_000  # whole mUSD the client starts with
 DEADLINE_S = 3_600
 REVIEW_S = 600
 MAX_REVIEW_S = 30 * 24 * 3_600
-SLACK_S = 30  # moved past a boundary by this much when the exact second does not matter
 FIXED_GAS = 400_000  # sent with an explicit gas limit, the tx is mined even if it reverts
 ZERO_ADDRESS = "0x" + "00" * 20
 ZERO_HASH = bytes(32)
@@ -56,27 +57,7 @@ TEST_CONTRACTS = Path(__file__).resolve().parent / "contracts"
 LIVE = {JobStatus.OPEN, JobStatus.ACCEPTED, JobStatus.SUBMITTED, JobStatus.DISPUTED}
 
 
-def h32(label: str) -> bytes:
-    return hashlib.sha256(label.encode()).digest()
-
-
 # ---------------------------------------------------------------------------- parties
-
-
-@dataclass
-class Parties:
-    client: Wallet
-    provider: Wallet
-    arbiter: Wallet
-    stranger: Wallet
-
-    def by_role(self, role: str) -> Wallet:
-        wallet: Wallet = getattr(self, role)
-        return wallet
-
-    @property
-    def addresses(self) -> list[str]:
-        return [w.address for w in (self.client, self.provider, self.arbiter, self.stranger)]
 
 
 @pytest.fixture
@@ -163,57 +144,21 @@ async def open_job(
     deadline_in: int = DEADLINE_S,
     review_window: int = REVIEW_S,
 ) -> int:
-    client = client or p.client
-    deadline = await chain_now(chain) + deadline_in
-    job_id, _ = await escrow_for(chain, client).open(
-        provider=p.provider.address,
-        token=token_for(chain, client),
+    return await shared_open_job(
+        chain,
+        p,
+        client=client,
         amount=amount,
-        deadline=deadline,
+        deadline_in=deadline_in,
         review_window=review_window,
-        arbiter=p.arbiter.address,
-        terms_hash=h32("terms"),
     )
-    return int(job_id)
-
-
-# Steps from an open job to each state ("wait-deadline"/"wait-review" move chain time).
-PATHS: dict[str, tuple[str, ...]] = {
-    "open": (),
-    "cancelled": ("cancel",),
-    "refunded_open": ("wait-deadline", "refund"),
-    "accepted": ("accept",),
-    "refunded_accepted": ("accept", "wait-deadline", "refund"),
-    "submitted": ("accept", "submit"),
-    "released": ("accept", "submit", "release"),
-    "claimed": ("accept", "submit", "wait-review", "claim"),
-    "disputed": ("accept", "submit", "dispute"),
-    "resolved": ("accept", "submit", "dispute", "resolve"),
-}
-
-
-async def drive(chain: Chain, p: Parties, job_id: int, state: str, split: int) -> None:
-    """Move an open job to ``state`` through the real contract."""
-    client, provider = escrow_for(chain, p.client), escrow_for(chain, p.provider)
-    steps: dict[str, Callable[[], Awaitable[Any]]] = {
-        "wait-deadline": lambda: advance_time(chain, DEADLINE_S + SLACK_S),
-        "wait-review": lambda: advance_time(chain, REVIEW_S + SLACK_S),
-        "cancel": lambda: client.cancel(job_id),
-        "refund": lambda: client.refund(job_id),
-        "accept": lambda: provider.accept(job_id),
-        "submit": lambda: provider.submit(job_id, h32("result")),
-        "release": lambda: client.release(job_id),
-        "claim": lambda: provider.claim(job_id),
-        "dispute": lambda: client.dispute(job_id, h32("reason")),
-        "resolve": lambda: escrow_for(chain, p.arbiter).resolve(job_id, split),
-    }
-    for step in PATHS[state]:
-        await steps[step]()
 
 
 async def job_in(chain: Chain, p: Parties, state: str, *, split: int = AMOUNT // 5) -> int:
     job_id = await open_job(chain, p)
-    await drive(chain, p, job_id, state, split)
+    await drive(
+        chain, p, job_id, state, split=split, deadline_in=DEADLINE_S, review_window=REVIEW_S
+    )
     return job_id
 
 
@@ -1224,7 +1169,15 @@ async def setup_attack(
         arbiter=p.arbiter.address,
         terms_hash=h32("outer"),
     )
-    await drive(chain, p, outer, outer_state, AMOUNT // 2)
+    await drive(
+        chain,
+        p,
+        outer,
+        outer_state,
+        split=AMOUNT // 2,
+        deadline_in=DEADLINE_S,
+        review_window=REVIEW_S,
+    )
 
     if evil_role == "provider":
         inner, _ = await escrow_for(chain, victim).open(

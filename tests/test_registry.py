@@ -6,8 +6,7 @@ registry's trust in ``TaskEscrow.feedbackParties`` is tested end to end.
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -24,16 +23,14 @@ from agentmesh.wallets.clients import (
     RegistryClient,
     ServiceOffer,
 )
-from agentmesh.wallets.wallet import Wallet
 from tests.conftest import (
     ONE_MUSD,
     WalletFactory,
     advance_time,
-    chain_now,
     escrow_for,
     registry_for,
-    token_for,
 )
+from tests.escrow_jobs import Parties, drive, h32, open_job
 
 NOT_REGISTERED_SELECTOR = "bfc6c337"  # NotRegistered(address)
 MAX_BYTES = 256
@@ -41,10 +38,6 @@ MAX_SERVICES = 32
 JOB_AMOUNT = 10 * ONE_MUSD
 JOB_DEADLINE_S = 3_600
 REVIEW_WINDOW_S = 600
-
-
-def h32(label: str) -> bytes:
-    return hashlib.sha256(label.encode()).digest()
 
 
 def make_card(label: str = "alpha", **changes: Any) -> AgentCard:
@@ -290,9 +283,7 @@ async def test_agents_paging_with_huge_limit_and_nonzero_offset(
     assert await registry.agents(1, 2**256 - 1) == expected
 
 
-async def test_only_the_agent_writes_its_own_card(
-    chain: Chain, make_wallet: WalletFactory
-) -> None:
+async def test_only_the_agent_writes_its_own_card(chain: Chain, make_wallet: WalletFactory) -> None:
     alice, mallory = await make_wallet(musd=0), await make_wallet(musd=0)
     alice_registry = registry_for(chain, alice)
     mallory_registry = registry_for(chain, mallory)
@@ -390,9 +381,7 @@ async def test_get_agent_of_unregistered_reverts_not_registered(
             id="empty-service-name",
         ),
         pytest.param({"name": "n" * 257}, "FieldTooLong", ("name", 257), id="long-name"),
-        pytest.param(
-            {"name": "é" * 129}, "FieldTooLong", ("name", 258), id="long-name-utf8-bytes"
-        ),
+        pytest.param({"name": "é" * 129}, "FieldTooLong", ("name", 258), id="long-name-utf8-bytes"),
         pytest.param(
             {"endpoint": "e" * 300}, "FieldTooLong", ("endpoint", 300), id="long-endpoint"
         ),
@@ -447,14 +436,6 @@ async def test_invalid_card_reverts(
 # ---------------------------------------------------------------------------- reputation
 
 
-@dataclass
-class Parties:
-    client: Wallet
-    provider: Wallet
-    arbiter: Wallet
-    stranger: Wallet
-
-
 @pytest.fixture
 async def parties(make_wallet: WalletFactory) -> Parties:
     return Parties(
@@ -465,53 +446,20 @@ async def parties(make_wallet: WalletFactory) -> Parties:
     )
 
 
-async def open_job(chain: Chain, p: Parties) -> int:
-    deadline = await chain_now(chain) + JOB_DEADLINE_S
-    job_id, _ = await escrow_for(chain, p.client).open(
-        provider=p.provider.address,
-        token=token_for(chain, p.client),
-        amount=JOB_AMOUNT,
-        deadline=deadline,
-        review_window=REVIEW_WINDOW_S,
-        arbiter=p.arbiter.address,
-        terms_hash=h32("terms"),
-    )
-    return job_id
-
-
 async def job_in_state(chain: Chain, p: Parties, state: str) -> int:
-    """Drive a fresh TaskEscrow job to ``state`` through the real contract."""
-    client, provider = escrow_for(chain, p.client), escrow_for(chain, p.provider)
-    job_id = await open_job(chain, p)
-    if state == "open":
-        pass
-    elif state == "cancelled":
-        await client.cancel(job_id)
-    elif state == "refunded-unaccepted":
-        await advance_time(chain, JOB_DEADLINE_S + 1)
-        await client.refund(job_id)
-    else:
-        await provider.accept(job_id)
-        if state == "accepted":
-            pass
-        elif state == "refunded-accepted":
-            await advance_time(chain, JOB_DEADLINE_S + 1)
-            await client.refund(job_id)
-        else:
-            await provider.submit(job_id, h32("result"))
-            if state == "submitted":
-                pass
-            elif state == "released":
-                await client.release(job_id)
-            elif state == "claimed":
-                await advance_time(chain, REVIEW_WINDOW_S + 1)
-                await provider.claim(job_id)
-            else:
-                await client.dispute(job_id, h32("bad result"))
-                if state == "resolved":
-                    await escrow_for(chain, p.arbiter).resolve(job_id, JOB_AMOUNT // 4)
-                else:
-                    assert state == "disputed", state
+    """A fresh TaskEscrow job driven to ``state`` through the real contract."""
+    job_id = await open_job(
+        chain, p, amount=JOB_AMOUNT, deadline_in=JOB_DEADLINE_S, review_window=REVIEW_WINDOW_S
+    )
+    await drive(
+        chain,
+        p,
+        job_id,
+        state,
+        split=JOB_AMOUNT // 4,
+        deadline_in=JOB_DEADLINE_S,
+        review_window=REVIEW_WINDOW_S,
+    )
     return job_id
 
 
@@ -523,13 +471,18 @@ EXPECTED_STATUS = {
     "released": JobStatus.RELEASED,
     "claimed": JobStatus.CLAIMED,
     "resolved": JobStatus.RESOLVED,
-    "refunded-accepted": JobStatus.REFUNDED,
-    "refunded-unaccepted": JobStatus.REFUNDED,
+    "refunded_accepted": JobStatus.REFUNDED,
+    "refunded_open": JobStatus.REFUNDED,
     "cancelled": JobStatus.CANCELLED,
 }
-SETTLED = ["released", "claimed", "resolved", "refunded-accepted"]
+SETTLED = ["released", "claimed", "resolved", "refunded_accepted"]
 NOT_SETTLED = [
-    "open", "accepted", "submitted", "disputed", "refunded-unaccepted", "cancelled",
+    "open",
+    "accepted",
+    "submitted",
+    "disputed",
+    "refunded_open",
+    "cancelled",
 ]
 
 
@@ -661,9 +614,7 @@ async def test_score_bounds(chain: Chain, parties: Parties) -> None:
     assert await registry.reputation(parties.provider.address) == (1, 100)
 
 
-async def test_feedback_on_unknown_job_bubbles_escrow_error(
-    chain: Chain, parties: Parties
-) -> None:
+async def test_feedback_on_unknown_job_bubbles_escrow_error(chain: Chain, parties: Parties) -> None:
     escrow = escrow_for(chain, parties.client)
     unknown = int(await escrow._call(escrow.contract.functions.jobCount())) + 1
     registry = registry_for(chain, parties.client)
