@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentmesh.wallets.chain import Chain
+from agentmesh.wallets.clients import JobStatus
 from agentmesh.wallets.wallet import Wallet
 from tests.conftest import advance_time, chain_now, escrow_for, token_for
 
@@ -70,6 +71,20 @@ PATHS: dict[str, tuple[str, ...]] = {
     "claimed": ("accept", "submit", "wait-review", "claim"),
     "disputed": ("accept", "submit", "dispute"),
     "resolved": ("accept", "submit", "dispute", "resolve"),
+}
+
+# The on-chain status each named state ends in.
+STATE_STATUS: dict[str, JobStatus] = {
+    "open": JobStatus.OPEN,
+    "accepted": JobStatus.ACCEPTED,
+    "submitted": JobStatus.SUBMITTED,
+    "disputed": JobStatus.DISPUTED,
+    "released": JobStatus.RELEASED,
+    "claimed": JobStatus.CLAIMED,
+    "resolved": JobStatus.RESOLVED,
+    "cancelled": JobStatus.CANCELLED,
+    "refunded_open": JobStatus.REFUNDED,
+    "refunded_accepted": JobStatus.REFUNDED,
 }
 
 

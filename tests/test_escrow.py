@@ -41,7 +41,7 @@ from tests.conftest import (
     rpc,
     token_for,
 )
-from tests.escrow_jobs import SLACK_S, Parties, drive, h32
+from tests.escrow_jobs import SLACK_S, STATE_STATUS, Parties, drive, h32
 from tests.escrow_jobs import open_job as shared_open_job
 
 AMOUNT = 25 * ONE_MUSD
@@ -161,19 +161,6 @@ async def job_in(chain: Chain, p: Parties, state: str, *, split: int = AMOUNT //
     )
     return job_id
 
-
-STATE_STATUS = {
-    "open": JobStatus.OPEN,
-    "accepted": JobStatus.ACCEPTED,
-    "submitted": JobStatus.SUBMITTED,
-    "disputed": JobStatus.DISPUTED,
-    "released": JobStatus.RELEASED,
-    "claimed": JobStatus.CLAIMED,
-    "resolved": JobStatus.RESOLVED,
-    "cancelled": JobStatus.CANCELLED,
-    "refunded_open": JobStatus.REFUNDED,
-    "refunded_accepted": JobStatus.REFUNDED,
-}
 
 Action = Callable[[EscrowClient, int], Awaitable[Any]]
 ACTIONS: dict[str, Action] = {

@@ -19,7 +19,6 @@ from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import (
     AgentCard,
     EscrowClient,
-    JobStatus,
     RegistryClient,
     ServiceOffer,
 )
@@ -30,7 +29,7 @@ from tests.conftest import (
     escrow_for,
     registry_for,
 )
-from tests.escrow_jobs import Parties, drive, h32, open_job
+from tests.escrow_jobs import STATE_STATUS, Parties, drive, h32, open_job
 
 NOT_REGISTERED_SELECTOR = "bfc6c337"  # NotRegistered(address)
 MAX_BYTES = 256
@@ -463,18 +462,6 @@ async def job_in_state(chain: Chain, p: Parties, state: str) -> int:
     return job_id
 
 
-EXPECTED_STATUS = {
-    "open": JobStatus.OPEN,
-    "accepted": JobStatus.ACCEPTED,
-    "submitted": JobStatus.SUBMITTED,
-    "disputed": JobStatus.DISPUTED,
-    "released": JobStatus.RELEASED,
-    "claimed": JobStatus.CLAIMED,
-    "resolved": JobStatus.RESOLVED,
-    "refunded_accepted": JobStatus.REFUNDED,
-    "refunded_open": JobStatus.REFUNDED,
-    "cancelled": JobStatus.CANCELLED,
-}
 SETTLED = ["released", "claimed", "resolved", "refunded_accepted"]
 NOT_SETTLED = [
     "open",
@@ -491,9 +478,7 @@ async def test_both_parties_rate_each_other_after_settlement(
     chain: Chain, parties: Parties, state: str
 ) -> None:
     job_id = await job_in_state(chain, parties, state)
-    assert (await escrow_for(chain, parties.client).get_job(job_id)).status == EXPECTED_STATUS[
-        state
-    ]
+    assert (await escrow_for(chain, parties.client).get_job(job_id)).status == STATE_STATUS[state]
     from_client = registry_for(chain, parties.client)
     from_provider = registry_for(chain, parties.provider)
     client_addr, provider_addr = parties.client.address, parties.provider.address
@@ -558,9 +543,7 @@ async def test_feedback_before_settlement_reverts(
     chain: Chain, parties: Parties, state: str
 ) -> None:
     job_id = await job_in_state(chain, parties, state)
-    assert (await escrow_for(chain, parties.client).get_job(job_id)).status == EXPECTED_STATUS[
-        state
-    ]
+    assert (await escrow_for(chain, parties.client).get_job(job_id)).status == STATE_STATUS[state]
     for who in (parties.client, parties.provider):
         registry = registry_for(chain, who)
         with pytest.raises(ContractRevertError) as exc:
