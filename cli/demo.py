@@ -7,6 +7,7 @@ release, feedback), then prints both balances and checks that no mUSD was lost.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import tempfile
@@ -39,10 +40,9 @@ async def _demo(scrypt_n: int) -> None:
         config = Config(
             devnet=DevnetConfig(dev_account_musd=0), wallet=WalletConfig(scrypt_n=scrypt_n)
         )
-        with console.status("starting devnet and deploying contracts..."):
-            chain_cm = open_chain(home, config)
-            chain = await chain_cm.__aenter__()
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            with console.status("starting devnet and deploying contracts..."):
+                chain = await stack.enter_async_context(open_chain(home, config))
             console.print(
                 f"[green]✓[/] devnet {chain.rpc_url} (chain {chain.deployment.chain_id})"
                 f", contracts: {', '.join(chain.deployment.contracts)}"
@@ -122,8 +122,6 @@ async def _demo(scrypt_n: int) -> None:
                 f"alice: {musd(balances['alice'])}   bob: {musd(balances['bob'])}   "
                 f"({time.perf_counter() - started:.1f}s)"
             )
-        finally:
-            await chain_cm.__aexit__(None, None, None)
 
 
 def demo(

@@ -714,3 +714,20 @@ def test_wallet_list_shows_full_addresses(offline: Cli) -> None:
     listing = offline.ok("wallet", "list", COLUMNS=None)  # output to a pipe
     for entry in offline.json("wallet", "list"):
         assert entry["address"] in listing, f"{entry['address']} cut short in:\n{listing}"
+
+
+def test_demo_settles_and_prints_both_balances(tmp_path: Path) -> None:
+    # `make demo` runs this; CI runs `make test`, so the demo is checked here.
+    env = {**os.environ, "AGENTMESH_HOME": str(tmp_path / "home")}
+    result = subprocess.run(
+        [sys.executable, "-m", "agentmesh.cli.app", "demo", "--scrypt-n", "16384"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "conservation: alice + bob + escrow = 100 mUSD minted" in result.stdout
+    assert result.stdout.strip().splitlines()[-1].startswith("alice: 65 mUSD   bob: 35 mUSD")
