@@ -85,9 +85,23 @@ class MeshConfig(_Section):
     replay_cache_size: Annotated[int, Field(ge=1000)] = 200_000
 
 
+class AgentConfig(_Section):
+    """How agents trade (``[agent]``): approvals, escrow terms and waiting times."""
+
+    # Spends above this many mUSD wait for `agentmesh approve`; unset: never wait.
+    approval_threshold: Annotated[str | None, Field(pattern=r"^\d+(\.\d{1,6})?$")] = None
+    review_window_s: Annotated[int, Field(ge=1, le=30 * 24 * 3600)] = 120
+    deadline_s: Annotated[int, Field(ge=10, le=7 * 24 * 3600)] = 300
+    proposal_window_s: Annotated[float, Field(gt=0)] = 20.0  # wait for proposals
+    reply_timeout_s: Annotated[float, Field(gt=0)] = 30.0  # per step that needs the chain
+    min_work_s: Annotated[int, Field(ge=1)] = 10  # refuse jobs with less time than this
+    faucet: bool = True  # on an anvil devnet, top up an empty agent wallet from dev funds
+
+
 class Config(_Section):
     """The whole ``config.toml``."""
 
+    agent: AgentConfig = AgentConfig()
     chain: ChainConfig = ChainConfig()
     mesh: MeshConfig = MeshConfig()
     devnet: DevnetConfig = DevnetConfig()

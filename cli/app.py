@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from agentmesh.cli import agent as agent_cmd
 from agentmesh.cli import demo as demo_cmd
 from agentmesh.cli import devnet as devnet_cmd
 from agentmesh.cli import mesh as mesh_cmd
@@ -29,6 +30,10 @@ app.add_typer(wallet_cmd.app, name="wallet")
 app.add_typer(mesh_cmd.app, name="mesh")
 app.add_typer(model_cmd.app, name="model")
 app.command("demo")(demo_cmd.demo)
+app.command("run")(agent_cmd.run_agent)
+app.command("approve")(agent_cmd.approve)
+app.command("reject")(agent_cmd.reject)
+app.command("approvals")(agent_cmd.approvals)
 
 
 @app.callback()

@@ -211,6 +211,10 @@ class EscrowClient(_Client):
     async def claim(self, job_id: int) -> TxReceipt:
         return await self.wallet.transact(self.contract.functions.claim(job_id))
 
+    async def abandon(self, job_id: int) -> TxReceipt:
+        """Provider gives up an accepted job; the client is refunded at once."""
+        return await self.wallet.transact(self.contract.functions.abandon(job_id))
+
     async def refund(self, job_id: int) -> TxReceipt:
         return await self.wallet.transact(self.contract.functions.refund(job_id))
 

@@ -76,6 +76,7 @@ contract TaskEscrow is ReentrancyGuard {
     event JobReleased(uint256 indexed jobId, uint256 amount);
     event JobClaimed(uint256 indexed jobId, uint256 amount);
     event JobRefunded(uint256 indexed jobId, uint256 amount);
+    event JobAbandoned(uint256 indexed jobId, uint256 amount);
     event JobDisputed(uint256 indexed jobId, bytes32 reasonHash);
     event DisputeResolved(uint256 indexed jobId, uint256 providerAmount, uint256 clientAmount);
 
@@ -196,6 +197,17 @@ contract TaskEscrow is ReentrancyGuard {
         job.status = Status.Claimed;
         emit JobClaimed(jobId, job.amount);
         IERC20(job.token).safeTransfer(job.provider, job.amount);
+    }
+
+    /// @notice Provider gives up an accepted job it cannot deliver; the client gets the
+    /// deposit back at once instead of waiting for the deadline.
+    function abandon(uint256 jobId) external nonReentrant {
+        Job storage job = _existing(jobId);
+        if (msg.sender != job.provider) revert NotProvider(jobId, msg.sender);
+        if (job.status != Status.Accepted) revert WrongStatus(jobId, job.status);
+        job.status = Status.Refunded;
+        emit JobAbandoned(jobId, job.amount);
+        IERC20(job.token).safeTransfer(job.client, job.amount);
     }
 
     /// @notice Client takes the deposit back when the deadline passed with nothing delivered.

@@ -1,0 +1,191 @@
+"""An agent's own tables: its tasks and the approvals waiting for a person.
+
+Lives in ``<home>/agents/<name>/agent.db`` (SQLite, WAL) next to the LangGraph
+checkpoints. ``agentmesh approve``/``reject`` write decisions here while the agent
+runs; the agent picks them up and resumes the paused graph, so an approval given while
+the agent is down is applied when it starts.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+
+from agentmesh.errors import AgentMeshValueError
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class TaskRow(SQLModel, table=True):
+    """One conversation this agent takes part in."""
+
+    __tablename__ = "tasks"
+
+    conversation: str = Field(primary_key=True)  # hex
+    role: str  # "provider" | "requester"
+    service: str
+    peer: str = ""  # the other party (the winner, for a requester)
+    state: str = "started"  # last state the graph reported
+    status: str = "active"  # active | done | failed | cancelled
+    price: int = 0
+    job_id: int | None = None
+    detail: str = ""
+    created_ms: int = Field(default_factory=_now_ms)
+    updated_ms: int = Field(default_factory=_now_ms)
+
+
+class ApprovalRow(SQLModel, table=True):
+    """A spend that waits for a person (LangGraph ``interrupt``)."""
+
+    __tablename__ = "approvals"
+
+    id: str = Field(primary_key=True)
+    conversation: str = Field(index=True)
+    amount: int
+    description: str
+    status: str = "pending"  # pending | approved | rejected
+    applied: bool = False  # the agent has resumed the graph with the decision
+    created_ms: int = Field(default_factory=_now_ms)
+    decided_ms: int | None = None
+
+
+def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+class AgentRecords:
+    """Tasks and approvals of one agent."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = path
+        self.engine = create_engine(f"sqlite:///{path}")
+        event.listen(self.engine, "connect", _pragmas)
+        SQLModel.metadata.create_all(
+            self.engine,
+            tables=[TaskRow.__table__, ApprovalRow.__table__],  # type: ignore[attr-defined]
+        )
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------ tasks
+
+    def start_task(self, conversation: str, role: str, service: str, peer: str = "") -> None:
+        with Session(self.engine) as session:
+            if session.get(TaskRow, conversation) is None:
+                session.add(
+                    TaskRow(conversation=conversation, role=role, service=service, peer=peer)
+                )
+                session.commit()
+
+    def update_task(self, conversation: str, **changes: Any) -> None:
+        with Session(self.engine) as session:
+            row = session.get(TaskRow, conversation)
+            if row is None:
+                return
+            for key, value in changes.items():
+                setattr(row, key, value)
+            row.updated_ms = _now_ms()
+            session.add(row)
+            session.commit()
+
+    def task(self, conversation: str) -> TaskRow | None:
+        with Session(self.engine) as session:
+            return session.get(TaskRow, conversation)
+
+    def tasks(self, status: str | None = None) -> list[TaskRow]:
+        with Session(self.engine) as session:
+            query = select(TaskRow).order_by(TaskRow.created_ms)  # type: ignore[arg-type]
+            if status is not None:
+                query = query.where(TaskRow.status == status)
+            return list(session.exec(query))
+
+    # ------------------------------------------------------------------ approvals
+
+    def request_approval(self, conversation: str, amount: int, description: str) -> ApprovalRow:
+        """The pending approval of ``conversation`` (created once, kept across restarts)."""
+        with Session(self.engine) as session:
+            existing = session.exec(
+                select(ApprovalRow).where(
+                    ApprovalRow.conversation == conversation,
+                    ApprovalRow.applied == False,  # noqa: E712 - SQL expression
+                )
+            ).first()
+            if existing is not None:
+                return existing
+            row = ApprovalRow(
+                id=secrets.token_hex(5),
+                conversation=conversation,
+                amount=amount,
+                description=description,
+            )
+            session.add(row)
+            session.commit()
+            session.refresh(row)
+            return row
+
+    def decide(self, approval_id: str, approved: bool) -> ApprovalRow:
+        """Record a person's decision; ``AgentMeshValueError`` if the id is not pending."""
+        with Session(self.engine) as session:
+            row = session.get(ApprovalRow, approval_id)
+            if row is None:
+                raise AgentMeshValueError(f"unknown approval id {approval_id!r}")
+            if row.status != "pending":
+                raise AgentMeshValueError(f"approval {approval_id} is already {row.status}")
+            row.status = "approved" if approved else "rejected"
+            row.decided_ms = _now_ms()
+            session.add(row)
+            session.commit()
+            session.refresh(row)
+            return row
+
+    def approvals(self, status: str | None = None) -> list[ApprovalRow]:
+        with Session(self.engine) as session:
+            query = select(ApprovalRow).order_by(ApprovalRow.created_ms)  # type: ignore[arg-type]
+            if status is not None:
+                query = query.where(ApprovalRow.status == status)
+            return list(session.exec(query))
+
+    def decided_unapplied(self) -> list[ApprovalRow]:
+        """Decisions a person made that the agent has not acted on yet."""
+        with Session(self.engine) as session:
+            query = select(ApprovalRow).where(
+                ApprovalRow.status != "pending",
+                ApprovalRow.applied == False,  # noqa: E712 - SQL expression
+            )
+            return list(session.exec(query))
+
+    def mark_applied(self, approval_id: str) -> None:
+        with Session(self.engine) as session:
+            row = session.get(ApprovalRow, approval_id)
+            if row is not None:
+                row.applied = True
+                session.add(row)
+                session.commit()
+
+
+def find_approval(home: Path, approval_id: str) -> tuple[AgentRecords, ApprovalRow]:
+    """The agent (records) holding pending approval ``approval_id`` under ``home``."""
+    pending: list[str] = []
+    for path in sorted((home / "agents").glob("*/agent.db")):
+        records = AgentRecords(path)
+        for row in records.approvals():
+            if row.id == approval_id:
+                return records, row
+            if row.status == "pending":
+                pending.append(f"{row.id} ({path.parent.name})")
+        records.close()
+    known = ", ".join(pending) or "none"
+    raise AgentMeshValueError(f"unknown approval id {approval_id!r}; pending approvals: {known}")

@@ -1,0 +1,353 @@
+"""The buyer's side of a task as a LangGraph ``StateGraph``.
+
+    solicit -> choose -> approve -> award -> fund -> notify -> await_delivery
+            -> check -> release | dispute
+
+``approve`` pauses with ``interrupt()`` when the price is above the agent's approval
+threshold, until ``agentmesh approve``/``reject``. ``fund`` is the only node that
+spends; it finds a job it opened before a crash (same terms hash) instead of paying
+twice. Every branch that stops early leaves no money behind: nothing is spent before
+``fund``, and a job the provider refuses is cancelled at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Annotated, Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import interrupt
+
+from agentmesh.agents.provider_graph import merge, tx_hex
+from agentmesh.errors import AgentMeshError
+from agentmesh.mesh.card import AgentCard
+from agentmesh.protocols.negotiation import (
+    PROTOCOL,
+    VERSION,
+    Ack,
+    Award,
+    CallForProposals,
+    Decline,
+    Funded,
+    Proposal,
+    Reject,
+    Settled,
+    sha256_hex,
+    terms_hash,
+)
+from agentmesh.wallets.clients import JobStatus
+
+if TYPE_CHECKING:
+    from langgraph.graph.state import CompiledStateGraph
+
+    from agentmesh.agents.agent import Agent
+
+log = logging.getLogger("agentmesh.agent")
+
+REQUESTER_ACCEPTS: dict[str, tuple[str, ...]] = {"notified": ("Delivery", "Failure")}
+FEEDBACK_GOOD = 100
+FEEDBACK_BAD = 0
+
+
+class RequesterState(TypedDict, total=False):
+    conversation: str
+    service: str
+    input: str
+    input_sha256: str
+    budget: int
+    token: str
+    deadline_s: int
+    providers: list[str]  # restrict to these addresses (empty: anyone offering it)
+    phase: str
+    proposals: list[dict[str, Any]]
+    declines: list[dict[str, Any]]
+    winner: str
+    winner_card: dict[str, Any]
+    price: int
+    from_block: int
+    job_id: int
+    result: str
+    result_sha256: str
+    txs: Annotated[dict[str, str], merge]
+    error: str
+
+
+def rank(proposals: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
+    """Affordable proposals, best first: price, then measured latency, then address."""
+    affordable = [p for p in proposals if 0 < p["price"] <= budget]
+    return sorted(affordable, key=lambda p: (p["price"], p["latency_ms"], p["provider"].lower()))
+
+
+def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph[Any]:
+    """Compile the requester graph bound to ``agent``."""
+
+    def conversation(state: RequesterState) -> bytes:
+        return bytes.fromhex(state["conversation"])
+
+    def winner(state: RequesterState) -> AgentCard:
+        return AgentCard.model_validate(state["winner_card"])
+
+    async def solicit(state: RequesterState) -> dict[str, Any]:
+        cards = agent.node.find(state["service"])
+        wanted = {a.lower() for a in state.get("providers") or []}
+        if wanted:
+            cards = [c for c in cards if c.address.lower() in wanted]
+        if not cards:
+            return {"phase": "no_providers", "error": f"no peer offers {state['service']!r}"}
+        assert agent.node.card is not None
+        call = CallForProposals(
+            service=state["service"],
+            input=state["input"],
+            input_sha256=state["input_sha256"],
+            budget=state["budget"],
+            token=state["token"],
+            deadline_s=state["deadline_s"],
+            card=agent.node.card,
+        )
+
+        async def ask(card: AgentCard) -> dict[str, Any]:
+            started = time.perf_counter()
+            try:
+                reply = await agent.node.request(
+                    card,
+                    call,
+                    protocol=PROTOCOL,
+                    version=VERSION,
+                    expect=(Proposal, Decline),
+                    timeout=agent.settings.proposal_window_s,
+                    retries=0,
+                    conversation=conversation(state),
+                )
+            except AgentMeshError as exc:
+                return {"provider": card.address, "declined": exc.user_message}
+            latency = round((time.perf_counter() - started) * 1000)
+            if isinstance(reply, Decline):
+                return {"provider": card.address, "declined": reply.reason}
+            return {
+                "provider": card.address,
+                "card": card.model_dump(),
+                "price": reply.price,
+                "eta_s": reply.eta_s,
+                "model_sha256": reply.model_sha256,
+                "latency_ms": latency,
+            }
+
+        answers = await asyncio.gather(*(ask(card) for card in cards))
+        proposals = [a for a in answers if "price" in a]
+        declines = [a for a in answers if "declined" in a]
+        return {"phase": "solicited", "proposals": proposals, "declines": declines}
+
+    async def choose(state: RequesterState) -> dict[str, Any]:
+        ranked = rank(state.get("proposals", []), state["budget"])
+        if not ranked:
+            reasons = "; ".join(d["declined"] for d in state.get("declines", [])) or "none"
+            return {"phase": "no_proposal", "error": f"no affordable proposal ({reasons})"}
+        best = ranked[0]
+        return {
+            "phase": "chosen",
+            "winner": best["provider"],
+            "winner_card": best["card"],
+            "price": best["price"],
+        }
+
+    async def approve(state: RequesterState) -> dict[str, Any]:
+        threshold = agent.approval_threshold
+        if threshold is not None and state["price"] > threshold:
+            decision = interrupt(
+                {
+                    "kind": "approval",
+                    "amount": state["price"],
+                    "description": f"pay {state['price']} base units to {state['winner']} "
+                    f"for {state['service']}",
+                }
+            )
+            if not decision.get("approved"):
+                return {"phase": "rejected", "error": "the spend was rejected by its owner"}
+        return {"phase": "approved", "from_block": await agent.block_number()}
+
+    async def reject_all(state: RequesterState) -> dict[str, Any]:
+        await tell_losers(state, keep="")
+        return {}
+
+    async def tell_losers(state: RequesterState, keep: str) -> None:
+        reason = state.get("error") or "another proposal was chosen"
+        for proposal in state.get("proposals", []):
+            if proposal["provider"] == keep:
+                continue
+            card = AgentCard.model_validate(proposal["card"])
+            try:
+                await agent.node.request(
+                    card,
+                    Reject(reason=reason[:200]),
+                    protocol=PROTOCOL,
+                    version=VERSION,
+                    expect=(Ack,),
+                    retries=0,
+                    conversation=conversation(state),
+                )
+            except AgentMeshError as exc:  # courtesy only: they forget the offer anyway
+                log.info("reject to %s not delivered: %s", proposal["provider"], exc)
+
+    async def award(state: RequesterState) -> dict[str, Any]:
+        try:
+            await agent.node.request(
+                winner(state),
+                Award(price=state["price"]),
+                protocol=PROTOCOL,
+                version=VERSION,
+                expect=(Ack,),
+                conversation=conversation(state),
+            )
+        except AgentMeshError as exc:
+            return {"phase": "failed", "error": f"award not taken: {exc.user_message}"}
+        agent.spawn(tell_losers(state, keep=state["winner"]))  # courtesy, not awaited
+        return {"phase": "awarded"}
+
+    async def fund(state: RequesterState) -> dict[str, Any]:
+        terms = terms_hash(
+            conversation(state), state["service"], state["input_sha256"], state["price"]
+        )
+        job_id = await agent.find_opened_job(state["winner"], terms, state["from_block"])
+        if job_id is not None:
+            return {"phase": "funded", "job_id": job_id}  # opened before a restart
+        deadline = await agent.chain_time() + state["deadline_s"]
+        try:
+            job_id, receipts = await agent.escrow.open(
+                provider=state["winner"],
+                token=agent.token,
+                amount=state["price"],
+                deadline=deadline,
+                review_window=agent.settings.review_window_s,
+                arbiter=agent.arbiter,
+                terms_hash=terms,
+            )
+        except AgentMeshError as exc:
+            return {"phase": "failed", "error": f"could not fund the job: {exc.user_message}"}
+        return {
+            "phase": "funded",
+            "job_id": job_id,
+            "txs": {"open": tx_hex(receipts[-1])},
+        }
+
+    async def notify(state: RequesterState) -> dict[str, Any]:
+        try:
+            await agent.node.request(
+                winner(state),
+                Funded(job_id=state["job_id"], escrow=agent.escrow.address),
+                protocol=PROTOCOL,
+                version=VERSION,
+                expect=(Ack,),
+                timeout=agent.settings.reply_timeout_s,
+                conversation=conversation(state),
+            )
+        except AgentMeshError as exc:
+            job = await agent.escrow.get_job(state["job_id"])
+            if job.status == JobStatus.OPEN:
+                # Not accepted: take the money back now rather than at the deadline.
+                receipt = await agent.escrow.cancel(state["job_id"])
+                return {
+                    "phase": "cancelled",
+                    "error": f"provider refused the job: {exc.user_message}",
+                    "txs": {"cancel": tx_hex(receipt)},
+                }
+            log.info("funded notice unanswered but job %s is %s", state["job_id"], job.status)
+        return {"phase": "notified"}
+
+    async def await_delivery(state: RequesterState) -> dict[str, Any]:
+        message = interrupt({"await": REQUESTER_ACCEPTS["notified"]})
+        if message["type"] == "Failure":
+            job = await agent.escrow.get_job(state["job_id"])
+            return {
+                "phase": "failed",
+                "error": f"provider failed: {message['reason']} (job {job.status.name})",
+            }
+        return {
+            "phase": "delivered",
+            "result": message["result"],
+            "result_sha256": message["result_sha256"],
+        }
+
+    async def check(state: RequesterState) -> dict[str, Any]:
+        job = await agent.escrow.get_job(state["job_id"])
+        problem = ""
+        if sha256_hex(state["result"]) != state["result_sha256"]:
+            problem = "the result does not match its hash"
+        elif job.result_hash.hex() != state["result_sha256"]:
+            problem = "the result hash on chain differs from the delivered one"
+        else:
+            tid = "r:" + state["conversation"]
+            ok, why = agent.check_result(state["service"], state["result"], tid)
+            if not ok:
+                problem = why
+        if problem:
+            return {"phase": "rejecting", "error": problem}
+        return {"phase": "checked"}
+
+    async def release(state: RequesterState) -> dict[str, Any]:
+        job = await agent.escrow.get_job(state["job_id"])
+        txs: dict[str, str] = {}
+        if job.status == JobStatus.SUBMITTED:
+            txs["release"] = tx_hex(await agent.escrow.release(state["job_id"]))
+        try:
+            receipt = await agent.registry.give_feedback(state["job_id"], FEEDBACK_GOOD, bytes(32))
+            txs["feedback"] = tx_hex(receipt)
+        except AgentMeshError as exc:  # already rated before a restart: fine
+            log.info("feedback for job %s not recorded: %s", state["job_id"], exc.user_message)
+        try:
+            await agent.node.request(
+                winner(state),
+                Settled(tx=txs.get("release", "")),
+                protocol=PROTOCOL,
+                version=VERSION,
+                expect=(Ack,),
+                retries=1,
+                conversation=conversation(state),
+            )
+        except AgentMeshError as exc:  # the release is on chain; the notice is a courtesy
+            log.info("settled notice to %s failed: %s", state["winner"], exc)
+        return {"phase": "settled", "txs": txs}
+
+    async def dispute(state: RequesterState) -> dict[str, Any]:
+        job = await agent.escrow.get_job(state["job_id"])
+        txs: dict[str, str] = {}
+        if job.status == JobStatus.SUBMITTED:
+            reason = bytes.fromhex(sha256_hex(state.get("error", "")))
+            txs["dispute"] = tx_hex(await agent.escrow.dispute(state["job_id"], reason))
+        return {"phase": "disputed", "txs": txs}
+
+    def after(phase_ok: str, next_node: str, otherwise: str = END) -> Any:
+        def route(state: RequesterState) -> str:
+            return next_node if state.get("phase") == phase_ok else otherwise
+
+        return route
+
+    graph = StateGraph(RequesterState)
+    for node in (
+        solicit,
+        choose,
+        approve,
+        reject_all,
+        award,
+        fund,
+        notify,
+        await_delivery,
+        check,
+        release,
+        dispute,
+    ):
+        graph.add_node(node.__name__, node)  # type: ignore[call-overload]
+    graph.add_edge(START, "solicit")
+    graph.add_conditional_edges("solicit", after("solicited", "choose"))
+    graph.add_conditional_edges("choose", after("chosen", "approve", "reject_all"))
+    graph.add_conditional_edges("approve", after("approved", "award", "reject_all"))
+    graph.add_edge("reject_all", END)
+    graph.add_conditional_edges("award", after("awarded", "fund"))
+    graph.add_conditional_edges("fund", after("funded", "notify"))
+    graph.add_conditional_edges("notify", after("notified", "await_delivery"))
+    graph.add_conditional_edges("await_delivery", after("delivered", "check"))
+    graph.add_conditional_edges("check", after("checked", "release", "dispute"))
+    graph.add_edge("release", END)
+    graph.add_edge("dispute", END)
+    return graph.compile(checkpointer=checkpointer)

@@ -1,0 +1,144 @@
+"""The negotiation protocol (``agentmesh.negotiation@1``): buy one task from one agent.
+
+Every message travels in a signed envelope whose conversation id names the task::
+
+    requester                         provider
+    CallForProposals  ------------->  (evaluate, decide)
+                      <-------------  Proposal | Decline
+    Award | Reject    ------------->
+                      <-------------  Ack
+    Funded (job id)   ------------->  (check the job on chain, accept it)
+                      <-------------  Ack
+                      <-------------  Delivery (result, its hash; hash also on chain)
+                                      | Failure (job abandoned: deposit back at once)
+    Ack               ------------->
+    Settled (tx)      ------------->  (release seen on chain)
+                      <-------------  Ack
+
+Each side keeps a per-conversation state; a message that its current state does not
+expect is answered with an ``ErrorReply`` (code ``out_of_order``) naming the states in
+which that message would be accepted. Amounts are token base units.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import Field
+
+from agentmesh.mesh.card import AgentCard
+from agentmesh.message import Message
+
+PROTOCOL = "agentmesh.negotiation"
+VERSION = "1"
+MAX_INPUT_CHARS = 64_000
+MAX_RESULT_CHARS = 64_000
+ADDRESS = r"^0x[0-9a-fA-F]{40}$"
+HEX32 = r"^[0-9a-f]{64}$"
+
+
+class CallForProposals(Message):
+    """A request for a price: what to do, on what input, for at most what budget."""
+
+    service: str = Field(min_length=1, max_length=64)
+    input: str = Field(max_length=MAX_INPUT_CHARS)  # JSON object text
+    input_sha256: str = Field(pattern=HEX32)
+    budget: int = Field(gt=0)
+    token: str = Field(pattern=ADDRESS)
+    deadline_s: int = Field(ge=10, le=7 * 24 * 3600)  # time allowed for the work
+    card: AgentCard  # the requester's signed card: how to reach it with the result
+
+
+class Proposal(Message):
+    """The provider's offer."""
+
+    price: int = Field(gt=0)
+    eta_s: int = Field(ge=0)
+    model_sha256: str = Field(default="", max_length=64)
+    reason: str = Field(default="", max_length=64)
+
+
+class Decline(Message):
+    reason: str = Field(max_length=200)
+
+
+class Award(Message):
+    """The requester takes the proposal at ``price``; ``Funded`` follows."""
+
+    price: int = Field(gt=0)
+
+
+class Reject(Message):
+    reason: str = Field(max_length=200)
+
+
+class Funded(Message):
+    """The escrow job that holds the payment; the provider checks it on chain."""
+
+    job_id: int = Field(ge=0)
+    escrow: str = Field(pattern=ADDRESS)
+
+
+class Delivery(Message):
+    """The result (JSON text) and its sha256, which is also submitted on chain."""
+
+    result: str = Field(max_length=MAX_RESULT_CHARS)
+    result_sha256: str = Field(pattern=HEX32)
+
+
+class Failure(Message):
+    """The provider cannot deliver; it abandoned the escrow job (the deposit is back)."""
+
+    reason: str = Field(max_length=200)
+    tx: str = Field(default="", max_length=80)
+
+
+class Settled(Message):
+    """The requester released the payment in ``tx``."""
+
+    tx: str = Field(max_length=80)
+
+
+class Ack(Message):
+    """Receipt of a step; ``state`` is the sender's state after it."""
+
+    state: str = Field(max_length=32)
+    detail: str = Field(default="", max_length=200)
+
+
+ALL_MESSAGES: tuple[type[Message], ...] = (
+    CallForProposals,
+    Proposal,
+    Decline,
+    Award,
+    Reject,
+    Funded,
+    Delivery,
+    Failure,
+    Settled,
+    Ack,
+)
+
+
+def canonical_json(value: Any) -> str:
+    """Compact, key-sorted JSON: the same value always has the same text and hash."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def terms_hash(conversation: bytes, service: str, input_sha256: str, price: int) -> bytes:
+    """What the escrow job commits to: this conversation, service, input and price."""
+    body = canonical_json(
+        {
+            "conversation": conversation.hex(),
+            "service": service,
+            "input_sha256": input_sha256,
+            "price": price,
+        }
+    )
+    return hashlib.sha256(body.encode()).digest()

@@ -1,0 +1,48 @@
+"""Shared setup for agent tests: a home bound to the session chain, funded agents."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from agentmesh.config import AgentConfig, ChainConfig, Config, MeshConfig, WalletConfig
+from agentmesh.wallets.chain import Chain
+from agentmesh.wallets.clients import TokenClient
+from agentmesh.wallets.wallet import Wallet
+from tests.conftest import ONE_MUSD, TEST_SCRYPT_N
+
+SUMMARY_SYSTEM = "Summarize the user's text in one sentence."
+TEXT = (
+    "The quick brown fox jumps over the lazy dog. It was a sunny day, and the fox was "
+    "happy to be out in the fields."
+)
+
+
+def bind_home(home: Path, chain: Chain, *, approval_threshold: str | None = None) -> Config:
+    """Point ``home`` at the session chain and its deployment (no faucet: tests fund)."""
+    (home / "deployments").mkdir(exist_ok=True)
+    chain.deployment.save(home / "deployments" / f"{chain.deployment.chain_id}.json")
+    threshold = f'approval_threshold = "{approval_threshold}"\n' if approval_threshold else ""
+    (home / "config.toml").write_text(
+        f'[wallet]\nscrypt_n = {TEST_SCRYPT_N}\n[chain]\nrpc_url = "{chain.rpc_url}"\n'
+        f"[agent]\nfaucet = false\nproposal_window_s = 30\n{threshold}"
+        "[mesh]\nheartbeat_s = 0.2\n"
+    )
+    return Config(
+        wallet=WalletConfig(scrypt_n=TEST_SCRYPT_N),
+        chain=ChainConfig(rpc_url=chain.rpc_url),
+        agent=AgentConfig(
+            faucet=False, proposal_window_s=30, approval_threshold=approval_threshold
+        ),
+        mesh=MeshConfig(heartbeat_s=0.2),
+    )
+
+
+async def fund(deployer: Wallet, token: TokenClient, address: str, musd: int = 100) -> None:
+    await deployer.send({"to": address, "value": 10**19})
+    if musd:
+        await token.mint(address, musd * ONE_MUSD)
+
+
+def new_key() -> bytes:
+    return os.urandom(32)

@@ -1,0 +1,274 @@
+"""Agents trading through their LangGraph graphs: real model, real anvil, real mesh."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_account import Account
+from typer.testing import CliRunner
+
+from agentmesh.agents.agent import Agent, TaskFailed
+from agentmesh.agents.records import AgentRecords
+from agentmesh.agents.service import ServiceContext
+from agentmesh.cli.app import app
+from agentmesh.config import Config
+from agentmesh.llm import LocalModel
+from agentmesh.mesh.node import MeshNode, RemoteError
+from agentmesh.protocols.negotiation import PROTOCOL, VERSION, Ack, Award, Funded
+from agentmesh.wallets.chain import Chain
+from agentmesh.wallets.clients import JobStatus, TokenClient
+from agentmesh.wallets.wallet import Wallet
+from tests.agent_fixtures import SUMMARY_SYSTEM, TEXT, bind_home, fund, new_key
+from tests.conftest import escrow_for, registry_for
+
+PRICE = 50_000  # 0.05 mUSD
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[LocalModel]:
+    shared = LocalModel.default()
+    yield shared
+    shared.close()
+
+
+@pytest.fixture
+def config(home: Path, chain: Chain) -> Config:
+    return bind_home(home, chain, approval_threshold="0.1")
+
+
+@pytest.fixture
+async def provider(
+    home: Path, config: Config, model: LocalModel, deployer: Wallet, token: TokenClient
+) -> AsyncIterator[Agent]:
+    key = new_key()
+    await fund(deployer, token, Account.from_key(key).address, musd=0)
+    agent = Agent("provider", wallet=key, model=model, home=home, config=config)
+
+    @agent.service("summarize", price="0.05 mUSD")
+    async def summarize(ctx: ServiceContext, text: str) -> str:
+        return await ctx.model.chat(
+            [{"role": "system", "content": SUMMARY_SYSTEM}, {"role": "user", "content": text}],
+            max_tokens=48,
+        )
+
+    @agent.service("explode", price="0.05 mUSD")
+    async def explode(ctx: ServiceContext, text: str) -> str:
+        raise RuntimeError("the service broke")
+
+    @agent.service("hollow", price="0.05 mUSD")
+    async def hollow(ctx: ServiceContext, text: str) -> str:
+        return "   "  # fails the requester's default check
+
+    async with agent:
+        yield agent
+
+
+@pytest.fixture
+async def requester(
+    home: Path, config: Config, deployer: Wallet, token: TokenClient, provider: Agent
+) -> AsyncIterator[Agent]:
+    key = new_key()
+    await fund(deployer, token, Account.from_key(key).address, musd=100)
+    agent = Agent("requester", wallet=key, home=home, config=config)
+    async with agent:
+        await agent.wait_for_providers("summarize", timeout=20)
+        yield agent
+
+
+async def balances(token: TokenClient, *agents: Agent) -> list[int]:
+    return [await token.balance_of(a.address) for a in agents]
+
+
+async def test_requester_buys_a_summary_through_both_graphs(
+    chain: Chain, token: TokenClient, provider: Agent, requester: Agent
+) -> None:
+    before = await balances(token, provider, requester)
+    outcome = await requester.buy("summarize", text=TEXT, budget="0.5")
+    assert outcome.settled and outcome.provider == provider.address
+    assert isinstance(outcome.result, str) and outcome.result.strip()
+    assert outcome.price == PRICE  # the model proposed the list price, within the rules
+    assert await balances(token, provider, requester) == [before[0] + PRICE, before[1] - PRICE]
+    job = await escrow_for(chain, provider.wallet).get_job(outcome.job_id or 0)
+    assert job.status == JobStatus.RELEASED and job.amount == PRICE
+    assert await registry_for(chain, provider.wallet).reputation(provider.address) == (1, 100)
+    # The provider's decision came from the model, under the grammar: a valid object.
+    task = provider.records.tasks()[0]
+    snapshot = await provider.provider_graph.aget_state(provider._config(task.conversation))
+    decision = snapshot.values["decision"]
+    assert decision["model_action"] in ("propose", "decline") and decision["action"] == "propose"
+    for _ in range(50):  # the provider records the release once Settled arrives
+        if provider.records.task(task.conversation).status == "done":  # type: ignore[union-attr]
+            break
+        await asyncio.sleep(0.1)
+    assert provider.records.task(task.conversation).state == "settled"  # type: ignore[union-attr]
+
+
+async def test_budget_below_the_floor_is_declined_by_rule(
+    chain: Chain, token: TokenClient, provider: Agent, requester: Agent
+) -> None:
+    before = await balances(token, provider, requester)
+    with pytest.raises(TaskFailed, match="below the floor") as failed:
+        await requester.buy("summarize", text=TEXT, budget="0.01")
+    assert failed.value.outcome.phase == "no_proposal"
+    assert failed.value.outcome.job_id is None
+    assert await balances(token, provider, requester) == before
+
+
+async def test_invalid_input_is_declined_with_the_field_named(
+    provider: Agent, requester: Agent
+) -> None:
+    with pytest.raises(TaskFailed, match="text") as failed:
+        await requester.buy("summarize", {"txt": "typo"}, budget="0.5")
+    assert failed.value.outcome.phase == "no_proposal"
+
+
+async def test_a_failing_service_refunds_at_once_and_the_agent_goes_on(
+    chain: Chain, token: TokenClient, provider: Agent, requester: Agent
+) -> None:
+    before = await balances(token, provider, requester)
+    with pytest.raises(TaskFailed, match="the service broke") as failed:
+        await requester.buy("explode", text=TEXT, budget="0.5")
+    outcome = failed.value.outcome
+    assert outcome.phase == "failed" and outcome.job_id is not None
+    job = await escrow_for(chain, requester.wallet).get_job(outcome.job_id)
+    assert job.status == JobStatus.REFUNDED  # abandoned: no wait for the deadline
+    assert await balances(token, provider, requester) == before
+    assert provider.counters["service_errors"] == 1
+    again = await requester.buy("summarize", text=TEXT, budget="0.5")
+    assert again.settled
+
+
+async def test_a_result_failing_the_check_is_disputed_and_frozen(
+    chain: Chain, token: TokenClient, provider: Agent, requester: Agent
+) -> None:
+    before = await balances(token, provider, requester)
+    with pytest.raises(TaskFailed, match="blank") as failed:
+        await requester.buy("hollow", text=TEXT, budget="0.5")
+    outcome = failed.value.outcome
+    assert outcome.phase == "disputed"
+    job = await escrow_for(chain, requester.wallet).get_job(outcome.job_id or 0)
+    assert job.status == JobStatus.DISPUTED
+    escrow_address = requester.escrow.address
+    assert await token.balance_of(escrow_address) >= PRICE  # frozen for the arbiter
+    assert await balances(token, provider, requester) == [before[0], before[1] - PRICE]
+
+
+async def test_a_custom_check_decides_before_paying(provider: Agent, requester: Agent) -> None:
+    with pytest.raises(TaskFailed, match="check"):
+        await requester.buy("summarize", text=TEXT, budget="0.5", check=lambda v: False)
+
+
+async def _pending_approval(records: AgentRecords, timeout: float = 30.0) -> Any:
+    for _ in range(int(timeout / 0.1)):
+        pending = records.approvals("pending")
+        if pending:
+            return pending[0]
+        await asyncio.sleep(0.1)
+    raise AssertionError("no approval was requested")
+
+
+async def test_a_spend_above_the_threshold_waits_for_approve(
+    home: Path, chain: Chain, token: TokenClient, provider: Agent, requester: Agent
+) -> None:
+    provider.services["summarize"] = provider.services["summarize"].__class__(
+        **{**provider.services["summarize"].__dict__, "price": 200_000, "floor": 200_000}
+    )
+    before = await balances(token, provider, requester)
+    buying = asyncio.create_task(requester.buy("summarize", text=TEXT, budget="0.5"))
+    row = await _pending_approval(requester.records)
+    assert row.amount == 200_000 and row.conversation.startswith("r:")
+    await asyncio.sleep(0.5)
+    assert not buying.done()  # paused: nothing paid while waiting
+    assert await balances(token, provider, requester) == before
+    result = CliRunner().invoke(app, ["--home", str(home), "approve", row.id])
+    assert result.exit_code == 0, result.output
+    assert f"approved {row.id}" in result.output
+    outcome = await asyncio.wait_for(buying, 60)
+    assert outcome.settled and outcome.price == 200_000
+    assert await balances(token, provider, requester) == [
+        before[0] + 200_000,
+        before[1] - 200_000,
+    ]
+    listing = CliRunner().invoke(app, ["--home", str(home), "approvals", "--json"])
+    assert '"status": "approved"' in listing.output and '"applied": true' in listing.output
+
+
+async def test_reject_cancels_cleanly_and_pays_nothing(
+    home: Path, chain: Chain, token: TokenClient, provider: Agent, requester: Agent
+) -> None:
+    provider.services["summarize"] = provider.services["summarize"].__class__(
+        **{**provider.services["summarize"].__dict__, "price": 200_000, "floor": 200_000}
+    )
+    jobs_before = await escrow_for(chain, requester.wallet).contract.functions.jobCount().call()
+    before = await balances(token, provider, requester)
+    buying = asyncio.create_task(requester.buy("summarize", text=TEXT, budget="0.5"))
+    row = await _pending_approval(requester.records)
+    result = CliRunner().invoke(app, ["--home", str(home), "reject", row.id])
+    assert result.exit_code == 0, result.output
+    with pytest.raises(TaskFailed, match="rejected by its owner") as failed:
+        await asyncio.wait_for(buying, 30)
+    assert failed.value.outcome.phase == "rejected"
+    assert await balances(token, provider, requester) == before
+    jobs_after = await escrow_for(chain, requester.wallet).contract.functions.jobCount().call()
+    assert jobs_after == jobs_before  # no escrow job was opened
+    for _ in range(50):  # the provider was told and forgot the offer
+        tasks = provider.records.tasks()
+        if tasks and tasks[-1].status == "cancelled":
+            break
+        await asyncio.sleep(0.1)
+    assert provider.records.tasks()[-1].status == "cancelled"
+    again = CliRunner().invoke(app, ["--home", str(home), "approve", row.id])
+    assert again.exit_code == 1 and "already rejected" in str(again.exception or again.output)
+
+
+def test_an_unknown_approval_id_is_a_clear_error(home: Path) -> None:
+    result = CliRunner().invoke(app, ["--home", str(home), "approve", "deadbeef"])
+    assert result.exit_code == 1
+    assert "unknown approval id 'deadbeef'" in str(result.exception)
+
+
+async def test_forged_and_out_of_order_steps_are_refused(
+    chain: Chain, token: TokenClient, provider: Agent, requester: Agent
+) -> None:
+    outcome = await requester.buy("summarize", text=TEXT, budget="0.5")
+    conversation = bytes.fromhex(outcome.conversation)
+    stranger = MeshNode(new_key(), name="stranger", config=provider.node.config)
+    async with stranger:
+        assert provider.node.card is not None
+        with pytest.raises(RemoteError) as forged:
+            await stranger.request(
+                provider.node.card,
+                Award(price=PRICE),
+                protocol=PROTOCOL,
+                version=VERSION,
+                expect=(Ack,),
+                conversation=conversation,
+            )
+        assert forged.value.code == "not_party"
+        with pytest.raises(RemoteError) as unknown:
+            await stranger.request(
+                provider.node.card,
+                Funded(job_id=1, escrow=provider.escrow.address),
+                protocol=PROTOCOL,
+                version=VERSION,
+                expect=(Ack,),
+                conversation=bytes(16),
+            )
+        assert unknown.value.code == "unknown_task"
+    with pytest.raises(RemoteError) as late:
+        await requester.node.request(
+            provider.node.card,
+            Award(price=PRICE),
+            protocol=PROTOCOL,
+            version=VERSION,
+            expect=(Ack,),
+            conversation=conversation,
+        )
+    assert late.value.code == "out_of_order"
+    assert "Award is accepted in state proposed" in late.value.detail
+    assert provider.counters["rejected.not_party"] == 1
+    assert provider.counters["rejected.out_of_order"] == 1
