@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import re
 import signal
 import uuid
@@ -39,7 +40,12 @@ from agentmesh.agents.records import AgentRecords
 from agentmesh.agents.requester_graph import REQUESTER_ACCEPTS, build_requester_graph
 from agentmesh.agents.service import CheckFn, Service, ServiceFn, check_result, parse_price
 from agentmesh.config import Config, MeshConfig, load_config, resolve_home
-from agentmesh.errors import AgentMeshError, AgentMeshValueError, SignatureError
+from agentmesh.errors import (
+    AgentMeshError,
+    AgentMeshValueError,
+    SignatureError,
+    TransactionError,
+)
 from agentmesh.llm import LocalModel
 from agentmesh.mesh.card import ServicePrice
 from agentmesh.mesh.routes import ErrorReply, HandlerContext
@@ -409,10 +415,19 @@ class Agent:
         if "anvil" not in client:
             return
         faucet = dev_deployer(self.chain.w3)
-        if await self.wallet.eth_balance() < 10**18:
-            await faucet.send({"to": self.address, "value": 10 * 10**18})
-        if await self.token.balance_of(self.address) < 100 * 10**6:
-            await TokenClient(faucet, self.token_address).mint(self.address, 1_000 * 10**6)
+        # Agents starting together each send from the dev account with their own nonce
+        # count; a collision is rejected by the node, and a retry reads the nonce anew.
+        for attempt in range(5):
+            try:
+                if await self.wallet.eth_balance() < 10**18:
+                    await faucet.send({"to": self.address, "value": 10 * 10**18})
+                if await self.token.balance_of(self.address) < 100 * 10**6:
+                    await TokenClient(faucet, self.token_address).mint(self.address, 1_000 * 10**6)
+                return
+            except TransactionError:
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.1 + random.random() * 0.3)
 
     # ------------------------------------------------------------------ buying
 

@@ -99,7 +99,8 @@ class Service:
                 f"service {name!r}: price must be positive and at least the floor"
             )
         try:
-            hints = get_type_hints(fn)
+            # ctx may be annotated with a ServiceContext imported anywhere (or nowhere).
+            hints = get_type_hints(fn, localns={"ServiceContext": ServiceContext})
         except NameError as exc:  # an annotation imported only under TYPE_CHECKING
             raise AgentMeshValueError(
                 f"service {name!r}: cannot resolve the annotations of {fn.__name__}: {exc}"

@@ -5,7 +5,10 @@
 Prints tokens/s of raw ``llama_cpp.Llama.create_chat_completion`` next to
 ``LocalModel.chat`` (worker thread, context fitting, prompt cache) and the ratio; time
 to first token with a cold vs a cached system prefix; latency of one structured
-(grammar-constrained) decision. The agent service-call row comes with the Agent runtime.
+(grammar-constrained) decision; and tokens/s through a full agent service call: a
+requester agent buys the same generation from a provider agent over the mesh, with
+the provider's model pricing decision and escrow settlement on a throw-away anvil
+(completion tokens / wall time of the whole purchase).
 """
 
 from __future__ import annotations
@@ -93,14 +96,56 @@ async def figures(tokens: int, rounds: int, threads: int) -> dict[str, float]:
             max_tokens=60,
         )
         decisions.append(time.perf_counter() - start)
+    f_agent = await agent_call(model, tokens, max(1, rounds // 2))
     model.close()
     return {
+        **f_agent,
         "raw": statistics.median(raw_rates),
         "tps": statistics.median(local_rates),
         "cold": statistics.median(colds),
         "warm": statistics.median(warms),
         "decision": statistics.median(decisions),
     }
+
+
+async def agent_call(model: LocalModel, tokens: int, rounds: int) -> dict[str, float]:
+    """Buy the generation through two agents; tokens/s of the whole purchase."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from agentmesh.agents.agent import Agent
+    from agentmesh.agents.service import ServiceContext
+    from agentmesh.chain.devnet import start_anvil
+    from agentmesh.config import ChainConfig, Config, DevnetConfig, WalletConfig
+
+    generated: list[int] = []
+    with tempfile.TemporaryDirectory() as tmp, start_anvil(DevnetConfig()) as anvil:
+        config = Config(
+            chain=ChainConfig(rpc_url=anvil.rpc_url), wallet=WalletConfig(scrypt_n=2**14)
+        )
+        provider = Agent(
+            "bench-provider", wallet=os.urandom(32), model=model, home=Path(tmp), config=config
+        )
+
+        @provider.service("story", price="0.01 mUSD")
+        async def story(ctx: ServiceContext, round: int) -> str:
+            text = await ctx.model.chat(
+                variant(PROMPT, 200 + round), max_tokens=tokens, temperature=0.0
+            )
+            generated.append(ctx.model.last_usage["completion_tokens"])
+            return text
+
+        requester = Agent("bench-requester", wallet=os.urandom(32), home=Path(tmp), config=config)
+        async with provider, requester:
+            await requester.wait_for_providers("story", timeout=30)
+            times = []
+            for i in range(rounds):
+                start = time.perf_counter()
+                await requester.buy("story", round=i, budget="1")
+                times.append(time.perf_counter() - start)
+    rates = [n / t for n, t in zip(generated, times, strict=True)]
+    return {"agent_tps": statistics.median(rates), "agent_s": statistics.median(times)}
 
 
 def main() -> None:
@@ -121,6 +166,9 @@ def main() -> None:
     table.add_row("raw llama_cpp tokens/s (baseline)", f"{f['raw']:.1f}")
     table.add_row("LocalModel tokens/s", f"{f['tps']:.1f}")
     table.add_row("ratio LocalModel / raw", f"{f['tps'] / f['raw']:.2f}")
+    table.add_row("agent service call tokens/s (whole purchase)", f"{f['agent_tps']:.1f}")
+    table.add_row("ratio agent call / raw", f"{f['agent_tps'] / f['raw']:.2f}")
+    table.add_row("agent service call wall time", f"{f['agent_s'] * 1000:.0f} ms")
     table.add_row("time to first token, cold system prefix", f"{f['cold'] * 1000:.0f} ms")
     table.add_row("time to first token, cached system prefix", f"{f['warm'] * 1000:.0f} ms")
     table.add_row("structured decision latency (median of 3)", f"{f['decision'] * 1000:.0f} ms")

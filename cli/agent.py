@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import re
 import sys
@@ -97,6 +98,8 @@ def run_agent(
     if updates:
         agent._mesh_option = mesh.model_copy(update=updates)
 
+    from agentmesh.wallets.units import MUSD_DECIMALS, format_amount
+
     def ready(running: Agent) -> None:
         card = running.node.card
         assert card is not None
@@ -114,9 +117,17 @@ def run_agent(
             tmp.replace(ready_file)
         console.print(f"agent [bold]{running.name}[/] {running.address} on {card.endpoint}")
         if card.services:
-            offered = ", ".join(f"{s.name} ({s.price} units)" for s in card.services)
+            offered = ", ".join(
+                f"{s.name} ({format_amount(s.price, MUSD_DECIMALS, 'mUSD')})" for s in card.services
+            )
             console.print(f"selling: {offered}")
 
+    # What the agent does (resumed tasks, approvals needed, failures) goes to stderr.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    agent_log = logging.getLogger("agentmesh")
+    agent_log.addHandler(handler)
+    agent_log.setLevel(logging.DEBUG if app_state.debug else logging.INFO)
     console.print(f"starting agent {agent.name} (chain, mesh, model)...")
     asyncio.run(agent.serve(ready=ready))
 
