@@ -215,7 +215,11 @@ async def test_execute_with_approval_charges_only_what_escrow_pulled(aw: Setup) 
 
     # The allowance granted (1000 mUSD) is far above the cap: only the pull counts.
     receipt = await aw.as_agent.execute_with_approval(
-        aw.token.address, escrow.address, 1_000 * ONE_MUSD, escrow.address, 0,
+        aw.token.address,
+        escrow.address,
+        1_000 * ONE_MUSD,
+        escrow.address,
+        0,
         calldata(open_call),
     )
 
@@ -226,9 +230,9 @@ async def test_execute_with_approval_charges_only_what_escrow_pulled(aw: Setup) 
     assert events(aw.wallet, "Executed", receipt) == [
         {"target": escrow.address, "selector": ESCROW_OPEN, "value": 0}
     ]
-    job_id = escrow.contract.events.JobOpened().process_receipt(receipt, errors=DISCARD)[0][
-        "args"
-    ]["jobId"]
+    job_id = escrow.contract.events.JobOpened().process_receipt(receipt, errors=DISCARD)[0]["args"][
+        "jobId"
+    ]
     job = await escrow.get_job(job_id)
     assert job.client == aw.address
     assert job.amount == 30 * ONE_MUSD
@@ -240,13 +244,22 @@ async def test_execute_with_approval_over_cap_pull_reverts(aw: Setup) -> None:
     await aw.wallet.set_allowed(aw.token.address, APPROVE, True)
     await aw.wallet.set_allowed(escrow.address, ESCROW_OPEN, True)
     open_call = escrow.contract.functions.open(
-        Account.create().address, aw.token.address, 150 * ONE_MUSD,
-        await chain_now(aw.chain) + DAY, HOUR, Account.create().address, b"\x22" * 32,
+        Account.create().address,
+        aw.token.address,
+        150 * ONE_MUSD,
+        await chain_now(aw.chain) + DAY,
+        HOUR,
+        Account.create().address,
+        b"\x22" * 32,
     )
 
     with pytest.raises(ContractRevertError) as exc:
         await aw.as_agent.execute_with_approval(
-            aw.token.address, escrow.address, 150 * ONE_MUSD, escrow.address, 0,
+            aw.token.address,
+            escrow.address,
+            150 * ONE_MUSD,
+            escrow.address,
+            0,
             calldata(open_call),
         )
 
@@ -260,8 +273,13 @@ async def test_execute_with_approval_needs_approve_allowlisted_on_token(aw: Setu
     escrow = escrow_for(aw.chain, aw.owner)
     await aw.wallet.set_allowed(escrow.address, ESCROW_OPEN, True)
     open_call = escrow.contract.functions.open(
-        Account.create().address, aw.token.address, ONE_MUSD,
-        await chain_now(aw.chain) + DAY, HOUR, Account.create().address, b"\x33" * 32,
+        Account.create().address,
+        aw.token.address,
+        ONE_MUSD,
+        await chain_now(aw.chain) + DAY,
+        HOUR,
+        Account.create().address,
+        b"\x33" * 32,
     )
 
     with pytest.raises(ContractRevertError) as exc:
@@ -382,7 +400,11 @@ async def test_owner_pauses_and_unpauses(aw: Setup) -> None:
     assert_error(exc, "EnforcedPause")
     with pytest.raises(ContractRevertError) as exc:
         await aw.as_agent.execute_with_approval(
-            aw.token.address, aw.recipient, 1, aw.token.address, 0,
+            aw.token.address,
+            aw.recipient,
+            1,
+            aw.token.address,
+            0,
             transfer_data(aw.token, aw.recipient, 1),
         )
     assert_error(exc, "EnforcedPause")
@@ -515,7 +537,11 @@ async def test_only_agent_may_execute(aw: Setup, caller: str) -> None:
     assert_error(exc, "NotAgent", wallet.address)
     with pytest.raises(ContractRevertError) as exc:
         await as_caller.execute_with_approval(
-            aw.token.address, aw.recipient, 1, aw.token.address, 0,
+            aw.token.address,
+            aw.recipient,
+            1,
+            aw.token.address,
+            0,
             transfer_data(aw.token, aw.recipient, 1),
         )
     assert_error(exc, "NotAgent", wallet.address)

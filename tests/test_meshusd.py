@@ -71,9 +71,7 @@ async def test_stranger_cannot_mint(
     assert await token.total_supply() == supply
 
 
-async def test_transfer_moves_balance(
-    chain: Chain, make_wallet: WalletFactory
-) -> None:
+async def test_transfer_moves_balance(chain: Chain, make_wallet: WalletFactory) -> None:
     alice, bob = await make_wallet(musd=100), await make_wallet(musd=0)
     token = token_for(chain, alice)
     supply = await token.total_supply()
@@ -123,9 +121,7 @@ async def test_client_transfer_beyond_balance_fails_before_sending(
     assert await balances(token, alice, bob) == [5 * ONE_MUSD, 3 * ONE_MUSD]
 
 
-async def test_transfer_to_zero_address_reverts(
-    chain: Chain, make_wallet: WalletFactory
-) -> None:
+async def test_transfer_to_zero_address_reverts(chain: Chain, make_wallet: WalletFactory) -> None:
     alice = await make_wallet(musd=10)
     token = token_for(chain, alice)
     supply = await token.total_supply()
@@ -146,7 +142,9 @@ async def test_transfer_to_zero_address_reverts(
 
 async def test_approve_and_transfer_from(chain: Chain, make_wallet: WalletFactory) -> None:
     owner, spender, receiver = (
-        await make_wallet(musd=100), await make_wallet(musd=0), await make_wallet(musd=0)
+        await make_wallet(musd=100),
+        await make_wallet(musd=0),
+        await make_wallet(musd=0),
     )
     owner_token, spender_token = token_for(chain, owner), token_for(chain, spender)
     assert await owner_token.allowance(owner.address, spender.address) == 0
@@ -165,7 +163,9 @@ async def test_approve_and_transfer_from(chain: Chain, make_wallet: WalletFactor
     )
     assert transfers(spender_token, receipt) == [(owner.address, receiver.address, 12 * ONE_MUSD)]
     assert await balances(spender_token, owner, spender, receiver) == [
-        88 * ONE_MUSD, 0, 12 * ONE_MUSD
+        88 * ONE_MUSD,
+        0,
+        12 * ONE_MUSD,
     ]
     assert await owner_token.allowance(owner.address, spender.address) == 18 * ONE_MUSD
 
