@@ -95,6 +95,14 @@ class AgentConfig(_Section):
     proposal_window_s: Annotated[float, Field(gt=0)] = 20.0  # wait for proposals
     reply_timeout_s: Annotated[float, Field(gt=0)] = 30.0  # per step that needs the chain
     min_work_s: Annotated[int, Field(ge=1)] = 10  # refuse jobs with less time than this
+    offer_ttl_s: Annotated[int, Field(ge=1)] = 120  # a proposal not awarded expires
+    funding_ttl_s: Annotated[int, Field(ge=1)] = 120  # an award not funded expires
+    counter_ratio: Annotated[float, Field(gt=0, le=1)] | None = None  # counter at this share
+    # Ranking of proposals: lower score wins. Price in budget shares, latency in seconds,
+    # reputation as the provider's average score out of 100 (unrated: 50).
+    weight_price: Annotated[float, Field(ge=0)] = 1.0
+    weight_reputation: Annotated[float, Field(ge=0)] = 0.2
+    weight_latency: Annotated[float, Field(ge=0)] = 0.05
     faucet: bool = True  # on an anvil devnet, top up an empty agent wallet from dev funds
 
 

@@ -24,6 +24,7 @@ import os
 import random
 import re
 import signal
+import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -56,8 +57,10 @@ from agentmesh.protocols.negotiation import (
     Ack,
     Award,
     CallForProposals,
+    CounterOffer,
     Decline,
     Delivery,
+    Dispute,
     Failure,
     Funded,
     Proposal,
@@ -74,8 +77,20 @@ PASSWORD_ENV = "AGENTMESH_PASSWORD"
 M = TypeVar("M", bound=Message)
 
 # Where each graph ends, by final phase.
+# Steps whose reply waits for the graph to reach one of these phases.
+STEP_ANSWERED_AT: dict[str, set[str]] = {
+    "Funded": {"accepted", "refused", "expired"},
+    "CounterOffer": {"proposed", "expired"},
+}
+STALLED_RETRY_S = 5.0
+STALLED_RETRIES = 20
+_FREE = asyncio.Lock()
+
 FINAL_STATUS = {
     "settled": "done",
+    "claimed": "done",
+    "refunded": "refunded",
+    "expired": "expired",
     "disputed": "disputed",
     "declined": "declined",
     "rejected": "cancelled",
@@ -163,7 +178,9 @@ class Agent:
         self._locks: dict[str, asyncio.Lock] = {}
         self._outcomes: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._checks: dict[str, CheckFn] = {}
-        self._phase_waiters: dict[str, list[tuple[Callable[[str], bool], asyncio.Future[str]]]] = {}
+        self._phase_waiters: dict[str, list[tuple[Callable[[str], bool], asyncio.Future[Any]]]] = {}
+        self._timers: dict[str, int] = {}  # task -> chain time its waiting node times out
+        self._stalled_retries: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stack: contextlib.AsyncExitStack | None = None
         self._main: Callable[[Agent], Awaitable[Any]] | None = None
@@ -319,6 +336,7 @@ class Agent:
                 self.spawn(self.model.load())  # warm up while the mesh settles
             await self._resume_unfinished()
             self.spawn(self._approval_loop())
+            self.spawn(self._timer_loop())
         except BaseException:
             await stack.aclose()
             raise
@@ -392,8 +410,10 @@ class Agent:
         return int(await self.chain.w3.eth.block_number)
 
     async def chain_time(self) -> int:
+        """Now, as the next block will see it: anvil mines only on demand, so the last
+        block's time can lag the clock (and tests may move it ahead)."""
         block = await self.chain.w3.eth.get_block("latest")
-        return int(block["timestamp"])
+        return max(int(block["timestamp"]), int(time.time()))
 
     async def find_opened_job(self, provider: str, terms: bytes, from_block: int) -> int | None:
         """The job this agent opened for ``provider`` with ``terms`` (after a crash)."""
@@ -541,11 +561,12 @@ class Agent:
 
         return self.spawn(body())
 
-    def _phase_changed(self, tid: str, phase: str) -> None:
+    def _phase_changed(self, tid: str, update: dict[str, Any]) -> None:
+        """Wake handlers waiting for this task to reach a phase (with the node's update)."""
         waiters = self._phase_waiters.get(tid, [])
         for predicate, future in list(waiters):
-            if predicate(phase) and not future.done():
-                future.set_result(phase)
+            if predicate(update["phase"]) and not future.done():
+                future.set_result(update)
                 waiters.remove((predicate, future))
 
     async def _advance(self, tid: str, graph: Any, graph_input: Any) -> dict[str, Any]:
@@ -558,7 +579,7 @@ class Agent:
                     if isinstance(update, dict) and "phase" in update:
                         extra = {"detail": update["error"]} if update.get("error") else {}
                         self.records.update_task(tid, state=update["phase"], **extra)
-                        self._phase_changed(tid, update["phase"])
+                        self._phase_changed(tid, update)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the task stays resumable from its last checkpoint
@@ -592,6 +613,7 @@ class Agent:
         elif not snapshot.next:
             changes["status"] = FINAL_STATUS.get(phase, "failed")
         else:
+            self._watch(tid, snapshot)
             for pending in snapshot.interrupts:
                 if isinstance(pending.value, dict) and pending.value.get("kind") == "approval":
                     row = self.records.request_approval(
@@ -599,11 +621,73 @@ class Agent:
                     )
                     changes["state"] = "awaiting_approval"
                     log.warning("approval %s needed: %s", row.id, row.description)
+        if error or not snapshot.next:
+            self._timers.pop(tid, None)
         self.records.update_task(tid, **changes)
-        self._phase_changed(tid, changes["state"])
+        final = {**values, "phase": changes["state"]}
+        self._phase_changed(tid, final)
         for _, future in self._phase_waiters.pop(tid, []):
             if not future.done():
-                future.set_result(changes["state"])
+                future.set_result(final)
+
+    def _watch(self, tid: str, snapshot: Any) -> None:
+        """Arm (or clear) the timer of a task waiting in an ``interrupt``."""
+        untils = [
+            int(i.value["until"])
+            for i in snapshot.interrupts
+            if isinstance(i.value, dict) and i.value.get("until")
+        ]
+        if untils:
+            self._timers[tid] = min(untils)
+        else:
+            self._timers.pop(tid, None)
+
+    async def _timer_loop(self) -> None:
+        """Fire due timers (resume with ``Timeout``); retry tasks stalled by an error."""
+        from langgraph.types import Command
+
+        last_retry = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                if self._timers:
+                    now = await self.chain_time()
+                    for tid in [t for t, until in self._timers.items() if until <= now]:
+                        lock = await self._begin(tid)
+                        graph = self._graph(tid)
+                        snapshot = await graph.aget_state(self._config(tid))
+                        due = [
+                            i
+                            for i in snapshot.interrupts
+                            if isinstance(i.value, dict) and 0 < i.value.get("until", 0) <= now
+                        ]
+                        if not due:
+                            self._watch(tid, snapshot)
+                            lock.release()
+                            continue
+                        self._timers.pop(tid, None)
+                        self.counters["timeouts"] += 1
+                        log.info("task %s timed out in %s", tid, snapshot.values.get("phase"))
+                        self._run_locked(tid, lock, graph, Command(resume={"type": "Timeout"}))
+                if loop.time() - last_retry >= STALLED_RETRY_S:
+                    last_retry = loop.time()
+                    await self._retry_stalled()
+            except Exception:
+                log.exception("timer loop error (continuing)")
+
+    async def _retry_stalled(self) -> None:
+        for row in self.records.tasks("stalled"):
+            tid = row.conversation
+            if (
+                self._stalled_retries[tid] >= STALLED_RETRIES
+                or self._locks.get(tid, _FREE).locked()
+            ):
+                continue
+            self._stalled_retries[tid] += 1
+            lock = await self._begin(tid)
+            self.records.update_task(tid, status="active")
+            self._run_locked(tid, lock, self._graph(tid), None)
 
     async def _resume_unfinished(self) -> None:
         """Continue tasks a previous run left between two pauses (killed mid-step)."""
@@ -613,7 +697,9 @@ class Agent:
             tid = row.conversation
             graph = self._graph(tid)
             snapshot = await graph.aget_state(self._config(tid))
-            if snapshot.next and not snapshot.interrupts:
+            if snapshot.interrupts:
+                self._watch(tid, snapshot)  # its timers run again from now
+            elif snapshot.next:
                 self.counters["resumed"] += 1
                 log.info("resuming task %s from %s", tid, snapshot.values.get("phase"))
                 self.records.update_task(tid, status="active")
@@ -652,7 +738,7 @@ class Agent:
         node.on(CallForProposals, protocol=PROTOCOL, version=VERSION, replies=(Proposal, Decline))(
             self._on_call
         )
-        for message_type in (Award, Reject, Funded, Settled):
+        for message_type in (CounterOffer, Award, Reject, Funded, Settled, Dispute):
             node.on(message_type, protocol=PROTOCOL, version=VERSION, replies=(Ack,))(
                 self._on_provider_step
             )
@@ -730,6 +816,21 @@ class Agent:
     async def _on_requester_step(self, ctx: HandlerContext, message: Message) -> Message:
         return await self._step(ctx, "r:", "winner", message)
 
+    def _answer(self, name: str, update: dict[str, Any]) -> Message:
+        """The reply to a step that waited for the graph (see ``STEP_ANSWERED_AT``)."""
+        phase = update.get("phase", "")
+        if name == "CounterOffer" and phase == "proposed":
+            return Proposal(
+                price=int(update["price"]),
+                eta_s=self.settings.min_work_s,
+                model_sha256=self.model.sha256 if self.model is not None else "",
+                reason="countered",
+            )
+        if name == "Funded" and phase == "accepted":
+            return Ack(state=phase)
+        detail = str(update.get("error") or phase)[:200]
+        return ErrorReply(code="refused", detail=detail)
+
     def _refusal(
         self, snapshot: Any, party: str, sender: str, message: Message
     ) -> ErrorReply | None:
@@ -746,6 +847,9 @@ class Agent:
         accepted = waiting[0].get("await", ()) if waiting else ()
         if name not in accepted:
             return self._out_of_order(name, values.get("phase", "?"))
+        if isinstance(message, CounterOffer) and values.get("countered"):
+            self.counters["rejected.counter_used"] += 1
+            return ErrorReply(code="counter_used", detail="one counter-offer per conversation")
         if isinstance(message, Award) and message.price != values.get("price"):
             return ErrorReply(
                 code="bad_award",
@@ -771,22 +875,19 @@ class Agent:
             if refusal is not None:
                 return refusal
             resume = Command(resume={"type": name, **message.model_dump()})
-            if isinstance(message, Funded):
-                # Answer once the job is checked and accepted on chain (or refused).
-                future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-                done = {"accepted", "refused"}
-                self._phase_waiters.setdefault(tid, []).append((lambda p: p in done, future))
+            awaited = STEP_ANSWERED_AT.get(name)
+            if awaited is None:  # acknowledged now; the graph goes on in the background
                 self._run_locked(tid, lock, graph, resume)
                 handed_over = True
-                phase = await asyncio.wait_for(future, self.settings.reply_timeout_s)
-                if phase != "accepted":
-                    task = self.records.task(tid)
-                    detail = task.detail if task is not None else phase
-                    return ErrorReply(code="refused", detail=detail[:200] or phase)
-                return Ack(state=phase)
+                return Ack(state=values.get("phase", ""))
+            # Answered once the graph has acted on it (the job checked and accepted on
+            # chain, or the counter-offer priced).
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._phase_waiters.setdefault(tid, []).append((lambda p: p in awaited, future))
             self._run_locked(tid, lock, graph, resume)
             handed_over = True
-            return Ack(state=values.get("phase", ""))
+            update = await asyncio.wait_for(future, self.settings.reply_timeout_s)
+            return self._answer(name, update)
         finally:
             if not handed_over:
                 lock.release()

@@ -42,10 +42,11 @@ log = logging.getLogger("agentmesh.agent")
 
 # Messages each waiting phase accepts (the rest are answered `out_of_order`).
 PROVIDER_ACCEPTS: dict[str, tuple[str, ...]] = {
-    "proposed": ("Award", "Reject"),
+    "proposed": ("Award", "Reject", "CounterOffer"),
     "awarded": ("Funded",),
-    "delivered": ("Settled",),
+    "delivered": ("Settled", "Dispute"),
 }
+TIMEOUT = "Timeout"  # what the agent's timer resumes a waiting node with
 
 
 def merge(left: dict[str, str] | None, right: dict[str, str] | None) -> dict[str, str]:
@@ -65,6 +66,10 @@ class ProviderState(TypedDict, total=False):
     phase: str
     decision: dict[str, Any]
     price: int
+    countered: bool
+    offer_until: int  # chain time: the offer expires unless awarded
+    funding_until: int  # chain time: the award expires unless funded
+    claim_after: int  # chain time: the review window has ended
     job_id: int
     escrow: str
     result: str
@@ -143,16 +148,35 @@ def build_provider_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph[
             answer, floor=service.floor, list_price=service.price, budget=state["budget"]
         )
         phase = "proposed" if decision.action == "propose" else "declined"
-        return {"phase": phase, "decision": dataclasses.asdict(decision), "price": decision.price}
+        return {
+            "phase": phase,
+            "decision": dataclasses.asdict(decision),
+            "price": decision.price,
+            "offer_until": await agent.chain_time() + agent.settings.offer_ttl_s,
+        }
 
     async def await_award(state: ProviderState) -> dict[str, Any]:
-        message = interrupt({"await": PROVIDER_ACCEPTS["proposed"]})
-        if message["type"] == "Reject":
+        message = interrupt({"await": PROVIDER_ACCEPTS["proposed"], "until": state["offer_until"]})
+        kind = message["type"]
+        if kind == TIMEOUT:
+            return {"phase": "expired", "error": "the offer was not awarded in time"}
+        if kind == "Reject":
             return {"phase": "rejected", "error": message.get("reason", "")}
-        return {"phase": "awarded"}
+        if kind == "CounterOffer":
+            # One counter per side: meet the asked price if it is above the floor, else
+            # answer with the floor (our last word) and never move again.
+            floor = agent.services[state["service"]].floor
+            price = max(floor, min(message["price"], state["price"]))
+            return {"phase": "proposed", "price": price, "countered": True}
+        return {
+            "phase": "awarded",
+            "funding_until": await agent.chain_time() + agent.settings.funding_ttl_s,
+        }
 
     async def await_funding(state: ProviderState) -> dict[str, Any]:
-        message = interrupt({"await": PROVIDER_ACCEPTS["awarded"]})
+        message = interrupt({"await": PROVIDER_ACCEPTS["awarded"], "until": state["funding_until"]})
+        if message["type"] == TIMEOUT:
+            return {"phase": "expired", "error": "the award was not funded in time"}
         return {"phase": "funded", "job_id": message["job_id"], "escrow": message["escrow"]}
 
     async def verify_accept(state: ProviderState) -> dict[str, Any]:
@@ -206,11 +230,14 @@ def build_provider_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph[
     async def submit(state: ProviderState) -> dict[str, Any]:
         job = await agent.escrow.get_job(state["job_id"])
         digest = bytes.fromhex(state["result_sha256"])
+        txs: dict[str, str] = {}
         if job.status == JobStatus.ACCEPTED:
-            receipt = await agent.escrow.submit(state["job_id"], digest)
-            return {"phase": "submitted", "txs": {"submit": tx_hex(receipt)}}
+            txs["submit"] = tx_hex(await agent.escrow.submit(state["job_id"], digest))
+            job = await agent.escrow.get_job(state["job_id"])
         if job.status == JobStatus.SUBMITTED and job.result_hash == digest:
-            return {"phase": "submitted"}  # submitted before a restart
+            # submitted now, or before a restart
+            claim_after = job.submitted_at + job.review_window + 1
+            return {"phase": "submitted", "txs": txs, "claim_after": claim_after}
         return {"phase": "lost", "error": f"cannot submit: the job is {job.status.name}"}
 
     async def deliver(state: ProviderState) -> dict[str, Any]:
@@ -231,8 +258,17 @@ def build_provider_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph[
         return {"phase": "delivered"}
 
     async def await_settlement(state: ProviderState) -> dict[str, Any]:
-        message = interrupt({"await": PROVIDER_ACCEPTS["delivered"]})
-        return {"phase": "settled", "txs": {"release": message.get("tx", "")}}
+        message = interrupt({"await": PROVIDER_ACCEPTS["delivered"], "until": state["claim_after"]})
+        job = await agent.escrow.get_job(state["job_id"])
+        if job.status == JobStatus.SUBMITTED and message["type"] == TIMEOUT:
+            # The requester never decided within the review window: collect the pay.
+            receipt = await agent.escrow.claim(state["job_id"])
+            return {"phase": "claimed", "txs": {"claim": tx_hex(receipt)}}
+        if job.status in (JobStatus.DISPUTED, JobStatus.RESOLVED):
+            return {"phase": "disputed", "error": message.get("reason", "disputed on chain")}
+        if job.status in (JobStatus.RELEASED, JobStatus.CLAIMED):
+            return {"phase": "settled", "txs": {"release": message.get("tx", "")}}
+        return {"phase": "lost", "error": f"settlement: the job is {job.status.name}"}
 
     def after(phase_ok: str, next_node: str) -> Any:
         def route(state: ProviderState) -> str:
@@ -257,8 +293,11 @@ def build_provider_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph[
     graph.add_edge(START, "evaluate")
     graph.add_conditional_edges("evaluate", after("evaluated", "decide"))
     graph.add_conditional_edges("decide", after("proposed", "await_award"))
-    graph.add_conditional_edges("await_award", after("awarded", "await_funding"))
-    graph.add_edge("await_funding", "verify_accept")
+    graph.add_conditional_edges(
+        "await_award",
+        lambda s: {"awarded": "await_funding", "proposed": "await_award"}.get(s["phase"], END),
+    )
+    graph.add_conditional_edges("await_funding", after("funded", "verify_accept"))
     graph.add_conditional_edges("verify_accept", after("accepted", "execute"))
     graph.add_conditional_edges(
         "execute", lambda s: "submit" if s.get("phase") == "executed" else "abandon"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
@@ -29,7 +30,9 @@ from agentmesh.protocols.negotiation import (
     Ack,
     Award,
     CallForProposals,
+    CounterOffer,
     Decline,
+    Dispute,
     Funded,
     Proposal,
     Reject,
@@ -47,6 +50,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentmesh.agent")
 
 REQUESTER_ACCEPTS: dict[str, tuple[str, ...]] = {"notified": ("Delivery", "Failure")}
+TIMEOUT = "Timeout"
+UNRATED = 50  # the reputation assumed for a provider nobody has rated yet
 FEEDBACK_GOOD = 100
 FEEDBACK_BAD = 0
 
@@ -66,6 +71,9 @@ class RequesterState(TypedDict, total=False):
     winner: str
     winner_card: dict[str, Any]
     price: int
+    excluded: list[str]  # providers that failed an award: the next-best gets it
+    countered: bool
+    delivery_until: int  # chain time after which an undelivered job is refunded
     from_block: int
     job_id: int
     result: str
@@ -74,10 +82,40 @@ class RequesterState(TypedDict, total=False):
     error: str
 
 
-def rank(proposals: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
-    """Affordable proposals, best first: price, then measured latency, then address."""
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """How proposals are ranked: the lowest weighted score wins."""
+
+    price: float = 1.0  # per budget share
+    reputation: float = 0.2  # per missing share of a perfect average score
+    latency: float = 0.05  # per second of measured proposal latency
+
+
+def score(proposal: dict[str, Any], budget: int, weights: Weights) -> float:
+    reputation = proposal.get("reputation")
+    average = UNRATED if reputation is None else reputation
+    return (
+        weights.price * proposal["price"] / budget
+        + weights.reputation * (1 - average / 100)
+        + weights.latency * proposal["latency_ms"] / 1000
+    )
+
+
+def rank(
+    proposals: list[dict[str, Any]], budget: int, weights: Weights | None = None
+) -> list[dict[str, Any]]:
+    """Affordable proposals, best first.
+
+    Without ``weights``: price, then measured latency, then address. With them: the
+    weighted score, ties broken the same way, so the order is always deterministic.
+    """
     affordable = [p for p in proposals if 0 < p["price"] <= budget]
-    return sorted(affordable, key=lambda p: (p["price"], p["latency_ms"], p["provider"].lower()))
+
+    def key(p: dict[str, Any]) -> tuple[Any, ...]:
+        tie = (p["price"], p["latency_ms"], p["provider"].lower())
+        return tie if weights is None else (round(score(p, budget, weights), 9), *tie)
+
+    return sorted(affordable, key=key)
 
 
 def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph[Any]:
@@ -136,21 +174,53 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
 
         answers = await asyncio.gather(*(ask(card) for card in cards))
         proposals = [a for a in answers if "price" in a]
+        for proposal in proposals:  # the chain's word on reputation, not the proposal's
+            count, total = await agent.registry.reputation(proposal["provider"])
+            proposal["reputation"] = total / count if count else None
         declines = [a for a in answers if "declined" in a]
         return {"phase": "solicited", "proposals": proposals, "declines": declines}
 
     async def choose(state: RequesterState) -> dict[str, Any]:
-        ranked = rank(state.get("proposals", []), state["budget"])
+        settings = agent.settings
+        weights = Weights(
+            settings.weight_price, settings.weight_reputation, settings.weight_latency
+        )
+        excluded = set(state.get("excluded") or [])
+        candidates = [p for p in state.get("proposals", []) if p["provider"] not in excluded]
+        ranked = rank(candidates, state["budget"], weights)
         if not ranked:
             reasons = "; ".join(d["declined"] for d in state.get("declines", [])) or "none"
+            if excluded:
+                reasons += f"; {len(excluded)} awarded provider(s) failed"
             return {"phase": "no_proposal", "error": f"no affordable proposal ({reasons})"}
         best = ranked[0]
+        price = best["price"]
+        if settings.counter_ratio is not None and not state.get("countered"):
+            price = await counter(state, best, settings.counter_ratio)
         return {
             "phase": "chosen",
             "winner": best["provider"],
             "winner_card": best["card"],
-            "price": best["price"],
+            "price": price,
+            "countered": bool(state.get("countered")) or settings.counter_ratio is not None,
         }
+
+    async def counter(state: RequesterState, best: dict[str, Any], ratio: float) -> int:
+        """Our one counter-offer; the provider's answer is final (never above its offer)."""
+        asked = max(1, int(best["price"] * ratio))
+        try:
+            reply = await agent.node.request(
+                AgentCard.model_validate(best["card"]),
+                CounterOffer(price=asked),
+                protocol=PROTOCOL,
+                version=VERSION,
+                expect=(Proposal,),
+                conversation=conversation(state),
+            )
+        except AgentMeshError as exc:
+            log.info("counter-offer to %s failed: %s", best["provider"], exc)
+            return int(best["price"])
+        return min(int(reply.price), int(best["price"]))
 
     async def approve(state: RequesterState) -> dict[str, Any]:
         threshold = agent.approval_threshold
@@ -201,7 +271,13 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
                 conversation=conversation(state),
             )
         except AgentMeshError as exc:
-            return {"phase": "failed", "error": f"award not taken: {exc.user_message}"}
+            # Nothing is spent yet: offer the task to the next-best proposal.
+            log.info("award to %s failed (%s); trying the next", state["winner"], exc)
+            return {
+                "phase": "reaward",
+                "excluded": [*(state.get("excluded") or []), state["winner"]],
+                "error": f"award not taken by {state['winner']}: {exc.user_message}",
+            }
         agent.spawn(tell_losers(state, keep=state["winner"]))  # courtesy, not awaited
         return {"phase": "awarded"}
 
@@ -210,8 +286,9 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
             conversation(state), state["service"], state["input_sha256"], state["price"]
         )
         job_id = await agent.find_opened_job(state["winner"], terms, state["from_block"])
-        if job_id is not None:
-            return {"phase": "funded", "job_id": job_id}  # opened before a restart
+        if job_id is not None:  # opened before a restart
+            job = await agent.escrow.get_job(job_id)
+            return {"phase": "funded", "job_id": job_id, "delivery_until": job.deadline + 1}
         deadline = await agent.chain_time() + state["deadline_s"]
         try:
             job_id, receipts = await agent.escrow.open(
@@ -228,6 +305,7 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
         return {
             "phase": "funded",
             "job_id": job_id,
+            "delivery_until": deadline + 1,
             "txs": {"open": tx_hex(receipts[-1])},
         }
 
@@ -245,10 +323,11 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
         except AgentMeshError as exc:
             job = await agent.escrow.get_job(state["job_id"])
             if job.status == JobStatus.OPEN:
-                # Not accepted: take the money back now rather than at the deadline.
+                # Not accepted: take the money back now, and offer the task to the next.
                 receipt = await agent.escrow.cancel(state["job_id"])
                 return {
-                    "phase": "cancelled",
+                    "phase": "reaward",
+                    "excluded": [*(state.get("excluded") or []), state["winner"]],
                     "error": f"provider refused the job: {exc.user_message}",
                     "txs": {"cancel": tx_hex(receipt)},
                 }
@@ -256,7 +335,11 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
         return {"phase": "notified"}
 
     async def await_delivery(state: RequesterState) -> dict[str, Any]:
-        message = interrupt({"await": REQUESTER_ACCEPTS["notified"]})
+        message = interrupt(
+            {"await": REQUESTER_ACCEPTS["notified"], "until": state["delivery_until"]}
+        )
+        if message["type"] == TIMEOUT:
+            return await reclaim(state)
         if message["type"] == "Failure":
             job = await agent.escrow.get_job(state["job_id"])
             return {
@@ -268,6 +351,27 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
             "result": message["result"],
             "result_sha256": message["result_sha256"],
         }
+
+    async def reclaim(state: RequesterState) -> dict[str, Any]:
+        """The deadline passed without a delivery: take the deposit back."""
+        job = await agent.escrow.get_job(state["job_id"])
+        if job.status in (JobStatus.OPEN, JobStatus.ACCEPTED):
+            receipt = await agent.escrow.refund(state["job_id"])
+            return {
+                "phase": "refunded",
+                "error": "nothing delivered before the deadline",
+                "txs": {"refund": tx_hex(receipt)},
+            }
+        if job.status == JobStatus.SUBMITTED:
+            # A result hash is on chain but the result never reached us: contest it.
+            reason = bytes.fromhex(sha256_hex("result never delivered"))
+            receipt = await agent.escrow.dispute(state["job_id"], reason)
+            return {
+                "phase": "disputed",
+                "error": "a result was submitted on chain but never delivered",
+                "txs": {"dispute": tx_hex(receipt)},
+            }
+        return {"phase": "failed", "error": f"after the deadline the job is {job.status.name}"}
 
     async def check(state: RequesterState) -> dict[str, Any]:
         job = await agent.escrow.get_job(state["job_id"])
@@ -315,6 +419,18 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
         if job.status == JobStatus.SUBMITTED:
             reason = bytes.fromhex(sha256_hex(state.get("error", "")))
             txs["dispute"] = tx_hex(await agent.escrow.dispute(state["job_id"], reason))
+        try:
+            await agent.node.request(
+                winner(state),
+                Dispute(reason=state.get("error", "")[:200], tx=txs.get("dispute", "")),
+                protocol=PROTOCOL,
+                version=VERSION,
+                expect=(Ack,),
+                retries=1,
+                conversation=conversation(state),
+            )
+        except AgentMeshError as exc:  # the dispute is on chain; the notice is a courtesy
+            log.info("dispute notice to %s failed: %s", state["winner"], exc)
         return {"phase": "disputed", "txs": txs}
 
     def after(phase_ok: str, next_node: str, otherwise: str = END) -> Any:
@@ -343,9 +459,14 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
     graph.add_conditional_edges("choose", after("chosen", "approve", "reject_all"))
     graph.add_conditional_edges("approve", after("approved", "award", "reject_all"))
     graph.add_edge("reject_all", END)
-    graph.add_conditional_edges("award", after("awarded", "fund"))
+    graph.add_conditional_edges(
+        "award", lambda s: {"awarded": "fund", "reaward": "choose"}.get(s["phase"], END)
+    )
     graph.add_conditional_edges("fund", after("funded", "notify"))
-    graph.add_conditional_edges("notify", after("notified", "await_delivery"))
+    graph.add_conditional_edges(
+        "notify",
+        lambda s: {"notified": "await_delivery", "reaward": "choose"}.get(s["phase"], END),
+    )
     graph.add_conditional_edges("await_delivery", after("delivered", "check"))
     graph.add_conditional_edges("check", after("checked", "release", "dispute"))
     graph.add_edge("release", END)

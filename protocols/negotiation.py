@@ -5,6 +5,8 @@ Every message travels in a signed envelope whose conversation id names the task:
     requester                         provider
     CallForProposals  ------------->  (evaluate, decide)
                       <-------------  Proposal | Decline
+    CounterOffer      ------------->  (once)
+                      <-------------  Proposal (countered price, or its last word)
     Award | Reject    ------------->
                       <-------------  Ack
     Funded (job id)   ------------->  (check the job on chain, accept it)
@@ -13,7 +15,13 @@ Every message travels in a signed envelope whose conversation id names the task:
                                       | Failure (job abandoned: deposit back at once)
     Ack               ------------->
     Settled (tx)      ------------->  (release seen on chain)
+      | Dispute       ------------->  (funds frozen for the arbiter)
                       <-------------  Ack
+
+Every waiting state has a timer with a defined outcome: an offer nobody awards expires;
+an award never funded expires; a funded job never delivered is refunded to the
+requester after its deadline; a delivery never settled is claimed by the provider after
+the review window; a failed award goes to the next-best proposal.
 
 Each side keeps a per-conversation state; a message that its current state does not
 expect is answered with an ``ErrorReply`` (code ``out_of_order``) naming the states in
@@ -64,6 +72,14 @@ class Decline(Message):
     reason: str = Field(max_length=200)
 
 
+class CounterOffer(Message):
+    """A counter-offer: the requester asks for ``price`` (once per conversation); the
+    provider answers with a ``Proposal`` — the countered price if it can, else its own
+    last word (its one counter)."""
+
+    price: int = Field(gt=0)
+
+
 class Award(Message):
     """The requester takes the proposal at ``price``; ``Funded`` follows."""
 
@@ -101,6 +117,13 @@ class Settled(Message):
     tx: str = Field(max_length=80)
 
 
+class Dispute(Message):
+    """The requester disputed the job on chain (``reason_sha256`` is what it recorded)."""
+
+    reason: str = Field(max_length=200)
+    tx: str = Field(default="", max_length=80)
+
+
 class Ack(Message):
     """Receipt of a step; ``state`` is the sender's state after it."""
 
@@ -112,12 +135,14 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     CallForProposals,
     Proposal,
     Decline,
+    CounterOffer,
     Award,
     Reject,
     Funded,
     Delivery,
     Failure,
     Settled,
+    Dispute,
     Ack,
 )
 
