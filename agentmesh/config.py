@@ -96,6 +96,7 @@ class AgentConfig(_Section):
     reply_timeout_s: Annotated[float, Field(gt=0)] = 30.0  # per step that needs the chain
     min_work_s: Annotated[int, Field(ge=1)] = 10  # refuse jobs with less time than this
     offer_ttl_s: Annotated[int, Field(ge=1)] = 120  # a proposal not awarded expires
+    decision_timeout_s: Annotated[float, Field(gt=0)] = 5.0  # then the rules price alone
     funding_ttl_s: Annotated[int, Field(ge=1)] = 120  # an award not funded expires
     counter_ratio: Annotated[float, Field(gt=0, le=1)] | None = None  # counter at this share
     # Ranking of proposals: lower score wins. Price in budget shares, latency in seconds,

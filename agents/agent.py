@@ -607,6 +607,7 @@ class Agent:
             "price": values.get("price", 0),
             "job_id": values.get("job_id"),
             "detail": error or values.get("error", ""),
+            "txs": canonical_json(values.get("txs") or {}),
         }
         if error:
             changes["status"] = "stalled"

@@ -11,6 +11,7 @@ already done, because a node that crashed half-way runs again on restart.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from typing import TYPE_CHECKING, Annotated, Any, TypedDict
@@ -140,10 +141,16 @@ def build_provider_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph[
                 service.name, service.price, state["budget"], len(state["input"])
             )
             try:
-                answer = await agent.model.structured(prompt, PriceDecision, max_tokens=48)
-            except ModelError as exc:  # a model failure falls back to the rules, logged
+                # A model busy with long generations must not make us miss the call's
+                # window: past the timeout the (still queued) decision is dropped.
+                answer = await asyncio.wait_for(
+                    agent.model.structured(prompt, PriceDecision, max_tokens=48),
+                    agent.settings.decision_timeout_s,
+                )
+            except (ModelError, TimeoutError) as exc:  # the rules decide, logged
                 agent.counters["model_fallbacks"] += 1
-                log.warning("pricing model failed, rules decide: %s", exc.user_message)
+                why = exc.user_message if isinstance(exc, ModelError) else "model busy"
+                log.warning("pricing model unavailable, rules decide: %s", why)
         decision = apply_rules(
             answer, floor=service.floor, list_price=service.price, budget=state["budget"]
         )

@@ -37,6 +37,7 @@ class TaskRow(SQLModel, table=True):
     price: int = 0
     job_id: int | None = None
     detail: str = ""
+    txs: str = "{}"  # JSON: step name -> transaction hash, this agent's own
     created_ms: int = Field(default_factory=_now_ms)
     updated_ms: int = Field(default_factory=_now_ms)
 

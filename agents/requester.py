@@ -3,17 +3,21 @@
     AGENTMESH_PASSWORD=... agentmesh run agents/requester.py --wallet buyer
 
 Environment: ``AGENTMESH_AGENT_NAME`` (default ``buyer``), ``AGENTMESH_BUY_COUNT``
-(default 1), ``AGENTMESH_BUDGET`` (default ``0.2`` mUSD per summary). It waits for a
-provider, buys, prints each result and stops.
+(default 1), ``AGENTMESH_CONCURRENCY`` (default 1), ``AGENTMESH_BUDGET`` (default
+``0.2`` mUSD per summary), ``AGENTMESH_PROVIDERS`` (providers to wait for, default 1).
+It waits for the providers, buys, prints each result and stops; it exits non-zero if
+any purchase did not settle.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from rich.console import Console
 
 from agentmesh.agents.agent import Agent
+from agentmesh.errors import AgentMeshError
 from agentmesh.wallets.units import MUSD_DECIMALS, format_amount
 
 TEXTS = (
@@ -31,12 +35,25 @@ console = Console()
 
 @agent.main
 async def buy_summaries(me: Agent) -> None:
-    """Buy ``AGENTMESH_BUY_COUNT`` summaries, one after another."""
+    """Buy ``AGENTMESH_BUY_COUNT`` summaries, ``AGENTMESH_CONCURRENCY`` at a time."""
     count = int(os.environ.get("AGENTMESH_BUY_COUNT", "1"))
     budget = os.environ.get("AGENTMESH_BUDGET", "0.2")
-    await me.wait_for_providers("summarize", timeout=30)
-    for number in range(count):
-        outcome = await me.buy("summarize", text=TEXTS[number % len(TEXTS)], budget=budget)
+    providers = int(os.environ.get("AGENTMESH_PROVIDERS", "1"))
+    slots = asyncio.Semaphore(max(1, int(os.environ.get("AGENTMESH_CONCURRENCY", "1"))))
+    await me.wait_for_providers("summarize", count=providers, timeout=60)
+
+    async def buy_one(number: int) -> bool:
+        async with slots:
+            try:
+                outcome = await me.buy("summarize", text=TEXTS[number % len(TEXTS)], budget=budget)
+            except AgentMeshError as exc:
+                console.print(f"[red]✗[/] summary {number + 1}: {exc.user_message}")
+                return False
         price = format_amount(outcome.price, MUSD_DECIMALS, "mUSD")
         console.print(f"[green]✓[/] summary {number + 1} from {outcome.provider} for {price}:")
         console.print(f"  {outcome.result}")
+        return True
+
+    settled = await asyncio.gather(*(buy_one(n) for n in range(count)))
+    if not all(settled):
+        raise AgentMeshError(f"{settled.count(False)} of {count} purchases did not settle")

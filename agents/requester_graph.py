@@ -306,7 +306,8 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
             "phase": "funded",
             "job_id": job_id,
             "delivery_until": deadline + 1,
-            "txs": {"open": tx_hex(receipts[-1])},
+            "txs": {"open": tx_hex(receipts[-1])}
+            | ({"approve": tx_hex(receipts[0])} if len(receipts) > 1 else {}),
         }
 
     async def notify(state: RequesterState) -> dict[str, Any]:

@@ -1,135 +1,305 @@
-"""``agentmesh demo``: the foundation end to end on a throw-away devnet.
+"""``agentmesh demo``: three agents trade summaries on a throw-away devnet.
 
-Starts anvil, deploys the suite, creates two encrypted wallets (alice, bob), funds
-alice, pays bob directly and through a full TaskEscrow job (open, accept, submit,
-release, feedback), then prints both balances and checks that no mUSD was lost.
+Starts anvil and deploys the contracts; creates encrypted wallets for a requester and
+two summarizer providers with different prices and funds them; runs each agent as its
+own ``agentmesh run`` process (all on the local model); the requester buys N
+summaries. Progress is shown live; at the end a table lists each task's winner, price,
+transactions, gas and time, then every agent's balance before and after, and the
+conservation check (balances + escrow = minted). Exits non-zero if a task did not
+settle or the check fails.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import hashlib
+import json
+import os
 import secrets
+import subprocess
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.live import Live
 from rich.table import Table
 
 from agentmesh.cli.context import console, run, state
 from agentmesh.errors import AgentMeshError
 
+PROVIDERS = (("summarizer-a", "0.05"), ("summarizer-b", "0.08"))
+REQUESTER = "buyer"
+BUYER_MUSD = 10
+FINAL = {"done", "failed", "cancelled", "disputed", "refunded", "expired", "declined"}
 
-async def _demo(scrypt_n: int) -> None:
+
+@dataclass
+class AgentProcess:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    ready: Path
+    address: str = ""
+
+
+def _spawn(home: Path, name: str, target: str, env: dict[str, str]) -> AgentProcess:
+    log, ready = home / f"{name}.log", home / f"{name}.ready"
+    command = [
+        sys.executable,
+        "-m",
+        "agentmesh.cli.app",
+        "--home",
+        str(home),
+        "run",
+        target,
+        "--wallet",
+        name,
+        "--name",
+        name,
+        "--ready-file",
+        str(ready),
+    ]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+        )
+    return AgentProcess(name, process, log, ready)
+
+
+async def _wait_ready(agent: AgentProcess, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not agent.ready.exists():
+        if agent.process.poll() is not None:
+            raise AgentMeshError(f"agent {agent.name} exited: {agent.log.read_text()[-400:]}")
+        if time.monotonic() > deadline:
+            raise AgentMeshError(f"agent {agent.name} did not start within {timeout:g}s")
+        await asyncio.sleep(0.1)
+    agent.address = json.loads(agent.ready.read_text())["address"]
+
+
+def _tasks(home: Path) -> list[Any]:
+    from agentmesh.agents.records import AgentRecords
+
+    path = home / "agents" / REQUESTER / "agent.db"
+    if not path.exists():
+        return []
+    records = AgentRecords(path)
+    try:
+        return records.tasks()
+    finally:
+        records.close()
+
+
+def _progress(tasks: list[Any], names: dict[str, str], count: int, elapsed: float) -> Table:
+    table = Table(title=f"{len(tasks)} of {count} tasks started, {elapsed:.0f}s")
+    for column in ("task", "phase", "status", "provider", "price"):
+        table.add_column(column)
+    for number, task in enumerate(tasks, 1):
+        colour = {"done": "green", "active": "yellow"}.get(task.status, "red")
+        table.add_row(
+            f"{number} {task.conversation[2:10]}",
+            task.state,
+            f"[{colour}]{task.status}[/]",
+            names.get(task.peer.lower(), task.peer[:10]),
+            _musd(task.price) if task.price else "",
+        )
+    return table
+
+
+def _musd(units: int) -> str:
+    from agentmesh.wallets.units import MUSD_DECIMALS, format_amount
+
+    return format_amount(units, MUSD_DECIMALS, "mUSD")
+
+
+async def _job_gas(chain: Any, job_id: int, own_txs: dict[str, str]) -> tuple[int, list[str]]:
+    """Gas of every transaction of a job (the buyer's own, plus the provider's accept and
+    submit found in the escrow's events) and the labelled hashes."""
+    escrow = chain.contract("TaskEscrow")
+    labelled = {step: h for step, h in own_txs.items() if h}
+    for step, event in (("accept", "JobAccepted"), ("submit", "ResultSubmitted")):
+        logs = await getattr(escrow.events, event)().get_logs(
+            argument_filters={"jobId": job_id}, from_block=0
+        )
+        for entry in logs:
+            labelled[step] = "0x" + bytes(entry["transactionHash"]).hex()
+    gas = 0
+    for tx in set(labelled.values()):
+        gas += int((await chain.w3.eth.get_transaction_receipt(tx))["gasUsed"])
+    order = ("approve", "open", "accept", "submit", "release", "feedback")
+    steps = sorted(labelled, key=lambda s: order.index(s) if s in order else len(order))
+    return gas, [f"{step} {labelled[step][:10]}…" for step in steps]
+
+
+async def _demo(tasks: int, timeout: float) -> None:
+
     from agentmesh.config import Config, DevnetConfig, WalletConfig
     from agentmesh.wallets.chain import open_chain
-    from agentmesh.wallets.clients import EscrowClient, RegistryClient, TokenClient
+    from agentmesh.wallets.clients import TokenClient
     from agentmesh.wallets.deployer import dev_deployer
     from agentmesh.wallets.keystore import Keystore
-    from agentmesh.wallets.units import MUSD_DECIMALS, format_amount
-    from agentmesh.wallets.wallet import Wallet
+    from agentmesh.wallets.units import MUSD_DECIMALS
 
-    def musd(units: int) -> str:
-        return format_amount(units, MUSD_DECIMALS, "mUSD")
-
-    started = time.perf_counter()
+    started = time.monotonic()
+    scrypt_n = 2**14  # throw-away demo keys: fast keystores
     with tempfile.TemporaryDirectory(prefix="agentmesh-demo-") as tmp:
         home = Path(tmp)
         config = Config(
             devnet=DevnetConfig(dev_account_musd=0), wallet=WalletConfig(scrypt_n=scrypt_n)
         )
+        agents: list[AgentProcess] = []
         async with contextlib.AsyncExitStack() as stack:
             with console.status("starting devnet and deploying contracts..."):
                 chain = await stack.enter_async_context(open_chain(home, config))
-            console.print(
-                f"[green]✓[/] devnet {chain.rpc_url} (chain {chain.deployment.chain_id})"
-                f", contracts: {', '.join(chain.deployment.contracts)}"
+            chain.deployment.save(home / "deployments" / f"{chain.deployment.chain_id}.json")
+            (home / "config.toml").write_text(
+                f'[chain]\nrpc_url = "{chain.rpc_url}"\n[wallet]\nscrypt_n = {scrypt_n}\n'
+                "[agent]\nfaucet = false\nproposal_window_s = 60\n[mesh]\nheartbeat_s = 0.5\n"
             )
+            console.print(f"[green]✓[/] devnet {chain.rpc_url}, contracts deployed")
+
+            password = secrets.token_urlsafe(16)
             keystore = Keystore(home, scrypt_n=scrypt_n)
-            wallets = {}
-            with console.status("creating encrypted wallets alice and bob..."):
-                for name in ("alice", "bob"):
-                    secret = secrets.token_urlsafe(16)
-                    keystore.create(name, secret)
-                    wallets[name] = Wallet(keystore.load(name, secret), chain.w3, name=name)
-            alice, bob = wallets["alice"], wallets["bob"]
-            console.print(
-                f"[green]✓[/] wallets: alice {alice.address}, bob {bob.address} "
-                "(scrypt keystores, mode 0600)"
-            )
-
             faucet = dev_deployer(chain.w3)
-            minted = 100 * 10**MUSD_DECIMALS
-            with console.status("funding alice and bob..."):
-                for wallet in (alice, bob):
-                    await faucet.send({"to": wallet.address, "value": 10**18})
-                await TokenClient(faucet, chain.token_address).mint(alice.address, minted)
-            console.print(f"[green]✓[/] funded: 1 ETH each for gas, {musd(minted)} to alice")
-
-            token = TokenClient(alice, chain.token_address)
-            direct = 10 * 10**MUSD_DECIMALS
-            with console.status("alice pays bob directly..."):
-                await token.transfer(bob.address, direct)
-            console.print(f"[green]✓[/] alice -> bob {musd(direct)} (ERC-20 transfer)")
-
-            escrow_address = chain.deployment.address("TaskEscrow")
-            price = 25 * 10**MUSD_DECIMALS
-            now = int((await chain.w3.eth.get_block("latest"))["timestamp"])
-            terms = hashlib.sha256(b"summarize: the agentmesh README").digest()
-            with console.status("escrow job: open, accept, submit, release..."):
-                job_id, _ = await EscrowClient(alice, escrow_address).open(
-                    provider=bob.address,
-                    token=token,
-                    amount=price,
-                    deadline=now + 3600,
-                    review_window=600,
-                    arbiter=faucet.address,
-                    terms_hash=terms,
-                )
-                await EscrowClient(bob, escrow_address).accept(job_id)
-                result = hashlib.sha256(b"agentmesh lets agents pay each other.").digest()
-                await EscrowClient(bob, escrow_address).submit(job_id, result)
-                await EscrowClient(alice, escrow_address).release(job_id)
-                registry = RegistryClient(alice, chain.deployment.address("AgentRegistry"))
-                await registry.give_feedback(job_id, 95, b"\x00" * 32)
-            count, total = await registry.reputation(bob.address)
+            token = TokenClient(faucet, chain.token_address)
+            addresses: dict[str, str] = {}
+            with console.status("creating and funding encrypted agent wallets..."):
+                for name in (REQUESTER, *(n for n, _ in PROVIDERS)):
+                    addresses[name] = keystore.create(name, password).address
+                    await faucet.send({"to": addresses[name], "value": 10**19})
+                await token.mint(addresses[REQUESTER], BUYER_MUSD * 10**MUSD_DECIMALS)
+            before = {n: await token.balance_of(a) for n, a in addresses.items()}
             console.print(
-                f"[green]✓[/] escrow job {job_id}: {musd(price)} released to bob; "
-                f"bob's reputation {total}/{count} rating(s)"
+                f"[green]✓[/] wallets for {', '.join(addresses)}; "
+                f"{BUYER_MUSD} mUSD minted to {REQUESTER}"
             )
 
-            balances = {w.name: await token.balance_of(w.address) for w in (alice, bob)}
-            in_escrow = await token.balance_of(escrow_address)
-            table = Table("wallet", "address", "mUSD", "ETH", title="balances")
-            for wallet in (alice, bob):
-                eth = await wallet.eth_balance()
-                table.add_row(
-                    wallet.name,
-                    wallet.address,
-                    musd(balances[str(wallet.name)]),
-                    f"{eth / 10**18:.6f}",
-                )
-            table.add_row("escrow", escrow_address, musd(in_escrow), "")
-            console.print(table)
-            if sum(balances.values()) + in_escrow != minted:
-                raise AgentMeshError("conservation check failed: mUSD was lost")
-            console.print(
-                f"conservation: alice + bob + escrow = {musd(minted)} minted  [green]✓[/]"
+            env = {"AGENTMESH_PASSWORD": password}
+
+            def stop_all() -> None:
+                for agent in agents:
+                    if agent.process.poll() is None:
+                        agent.process.terminate()
+                for agent in agents:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        agent.process.wait(20)
+                    if agent.process.poll() is None:
+                        agent.process.kill()
+
+            stack.callback(stop_all)
+            with console.status("starting two summarizer agents (loading the model)..."):
+                for name, price in PROVIDERS:
+                    agents.append(
+                        _spawn(
+                            home,
+                            name,
+                            "agentmesh.agents.provider",
+                            {**env, "AGENTMESH_PRICE": f"{price} mUSD"},
+                        )
+                    )
+                for agent in agents:
+                    await _wait_ready(agent)
+            for (name, price), agent in zip(PROVIDERS, agents, strict=True):
+                console.print(f"[green]✓[/] {name} {agent.address} sells summaries at {price} mUSD")
+            buyer = _spawn(
+                home,
+                REQUESTER,
+                "agentmesh.agents.requester",
+                {
+                    **env,
+                    "AGENTMESH_BUY_COUNT": str(tasks),
+                    "AGENTMESH_CONCURRENCY": str(tasks),
+                    "AGENTMESH_PROVIDERS": str(len(PROVIDERS)),
+                    "AGENTMESH_BUDGET": "0.5",
+                },
             )
-            console.print(
-                f"alice: {musd(balances['alice'])}   bob: {musd(balances['bob'])}   "
-                f"({time.perf_counter() - started:.1f}s)"
-            )
+            agents.append(buyer)
+            names = {a.lower(): n for n, a in addresses.items()}
+            with Live(console=console, refresh_per_second=4) as live:
+                while buyer.process.poll() is None:
+                    if time.monotonic() - started > timeout:
+                        raise AgentMeshError(f"the demo did not finish within {timeout:g}s")
+                    live.update(_progress(_tasks(home), names, tasks, time.monotonic() - started))
+                    await asyncio.sleep(0.25)
+                rows = _tasks(home)
+                live.update(_progress(rows, names, tasks, time.monotonic() - started))
+            await _report(chain, home, rows, names, addresses, before, tasks, buyer)
+    console.print(f"demo finished in {time.monotonic() - started:.1f}s")
+
+
+async def _report(
+    chain: Any,
+    home: Path,
+    rows: list[Any],
+    names: dict[str, str],
+    addresses: dict[str, str],
+    before: dict[str, int],
+    tasks: int,
+    buyer: AgentProcess,
+) -> None:
+    from agentmesh.wallets.clients import TokenClient
+    from agentmesh.wallets.deployer import dev_deployer
+
+    table = Table(title="tasks")
+    for column in ("task", "winner", "price", "job", "transactions", "gas", "seconds", "status"):
+        table.add_column(column)
+    settled = 0
+    for number, task in enumerate(rows, 1):
+        txs = json.loads(task.txs or "{}")
+        gas, hashes = (0, []) if task.job_id is None else await _job_gas(chain, task.job_id, txs)
+        settled += task.status == "done"
+        table.add_row(
+            str(number),
+            names.get(task.peer.lower(), task.peer[:10]),
+            _musd(task.price),
+            str(task.job_id or ""),
+            "\n".join(hashes),
+            f"{gas:,}",
+            f"{(task.updated_ms - task.created_ms) / 1000:.1f}",
+            task.status if task.status == "done" else f"[red]{task.status}: {task.detail[:80]}[/]",
+        )
+    console.print(table)
+
+    token = TokenClient(dev_deployer(chain.w3), chain.token_address)
+    escrow = chain.deployment.address("TaskEscrow")
+    balances = Table("agent", "address", "before", "after", "change", title="balances (mUSD)")
+    after = {n: await token.balance_of(a) for n, a in addresses.items()}
+    for name, address in addresses.items():
+        change = after[name] - before[name]
+        balances.add_row(
+            name,
+            address,
+            _musd(before[name]),
+            _musd(after[name]),
+            ("+" if change > 0 else "") + _musd(change) if change >= 0 else "-" + _musd(-change),
+        )
+    in_escrow = await token.balance_of(escrow)
+    balances.add_row("escrow", escrow, "", _musd(in_escrow), "")
+    console.print(balances)
+    minted = await token.total_supply()
+    conserved = sum(after.values()) + in_escrow == minted
+    mark = "[green]✓[/]" if conserved else "[red]✗[/]"
+    console.print(
+        f"conservation: agents {_musd(sum(after.values()))} + escrow {_musd(in_escrow)} "
+        f"= {_musd(sum(after.values()) + in_escrow)}; minted {_musd(minted)}  {mark}"
+    )
+    if buyer.process.returncode != 0 or settled != tasks:
+        tail = buyer.log.read_text()[-600:]
+        raise AgentMeshError(f"{settled} of {tasks} tasks settled; buyer log: {tail}")
+    if not conserved:
+        raise AgentMeshError("conservation check failed: mUSD was lost or created")
+    console.print(f"[green]✓[/] {settled} of {tasks} tasks settled")
 
 
 def demo(
     ctx: typer.Context,
-    scrypt_n: Annotated[
-        int, typer.Option(help="scrypt work factor for the demo's keystores", min=2**14, max=2**20)
-    ] = 2**18,
+    tasks: Annotated[int, typer.Option(help="summaries to buy", min=1, max=50)] = 5,
+    timeout: Annotated[float, typer.Option(help="give up after this many seconds", min=10)] = 600,
 ) -> None:
-    """Run the end-to-end demo on a throw-away devnet and print the balances."""
+    """Three agents trade summaries on a throw-away devnet; prints tasks and balances."""
     state(ctx)
-    run(_demo(scrypt_n))
+    run(_demo(tasks, timeout))

@@ -7,7 +7,9 @@ and job records as dataclasses.
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,6 +158,15 @@ class EscrowJob:
     result_hash: bytes
 
 
+_open_locks: weakref.WeakKeyDictionary[Any, dict[str, asyncio.Lock]] = weakref.WeakKeyDictionary()
+
+
+def _open_lock(wallet: Wallet) -> asyncio.Lock:
+    """One lock per (chain connection, address), shared by every client of the wallet."""
+    per_chain = _open_locks.setdefault(wallet.w3, {})
+    return per_chain.setdefault(wallet.address, asyncio.Lock())
+
+
 class EscrowClient(_Client):
     """TaskEscrow: open, accept, submit, release, claim, refund, dispute, resolve."""
 
@@ -179,6 +190,23 @@ class EscrowClient(_Client):
         # Approve and pay from this escrow client's own wallet, whatever wallet the
         # given token client is bound to.
         token = TokenClient(self.wallet, token.address)
+        # approve() sets the allowance outright: two opens from one wallet at once would
+        # overwrite each other's allowance, so approve+open run one at a time per wallet.
+        async with _open_lock(self.wallet):
+            return await self._open_locked(
+                provider, token, amount, deadline, review_window, arbiter, terms_hash
+            )
+
+    async def _open_locked(
+        self,
+        provider: str,
+        token: TokenClient,
+        amount: int,
+        deadline: int,
+        review_window: int,
+        arbiter: str,
+        terms_hash: bytes,
+    ) -> tuple[int, list[TxReceipt]]:
         await token.require_balance(amount)
         receipts = []
         if await token.allowance(self.wallet.address, self.address) < amount:
