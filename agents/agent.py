@@ -318,6 +318,10 @@ class Agent:
                 services=[ServicePrice(name=s.name, price=s.price) for s in self.services.values()],
                 model_sha256=self.model.sha256 if self.model is not None else "",
             )
+            # One set of counters: the node saves them, so `agentmesh mesh stats` shows
+            # the agent's (forged steps, timeouts, model fallbacks) beside the mesh's.
+            self.node.counters.update(self.counters)
+            self.counters = self.node.counters
             self._install_handlers()
             await self.node.start()
             stack.push_async_callback(self.node.stop)

@@ -18,7 +18,13 @@ TEXT = (
 )
 
 
-def bind_home(home: Path, chain: Chain, *, approval_threshold: str | None = None) -> Config:
+def bind_home(
+    home: Path,
+    chain: Chain,
+    *,
+    approval_threshold: str | None = None,
+    review_window_s: int = 120,
+) -> Config:
     """Point ``home`` at the session chain and its deployment (no faucet: tests fund)."""
     (home / "deployments").mkdir(exist_ok=True)
     chain.deployment.save(home / "deployments" / f"{chain.deployment.chain_id}.json")
@@ -26,13 +32,17 @@ def bind_home(home: Path, chain: Chain, *, approval_threshold: str | None = None
     (home / "config.toml").write_text(
         f'[wallet]\nscrypt_n = {TEST_SCRYPT_N}\n[chain]\nrpc_url = "{chain.rpc_url}"\n'
         f"[agent]\nfaucet = false\nproposal_window_s = 30\n{threshold}"
+        f"review_window_s = {review_window_s}\n"
         "[mesh]\nheartbeat_s = 0.2\n"
     )
     return Config(
         wallet=WalletConfig(scrypt_n=TEST_SCRYPT_N),
         chain=ChainConfig(rpc_url=chain.rpc_url),
         agent=AgentConfig(
-            faucet=False, proposal_window_s=30, approval_threshold=approval_threshold
+            faucet=False,
+            proposal_window_s=30,
+            approval_threshold=approval_threshold,
+            review_window_s=review_window_s,
         ),
         mesh=MeshConfig(heartbeat_s=0.2),
     )

@@ -1,0 +1,25 @@
+"""A requester that freezes while checking a delivery (the test kills it there).
+
+Its check blocks the whole process, like a crash between receiving the result and
+releasing the payment.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from agentmesh.agents.agent import Agent
+
+agent = Agent("stalling-buyer")
+
+
+def freeze(result: Any) -> bool:
+    time.sleep(3600)
+    return True
+
+
+@agent.main
+async def buy_once(me: Agent) -> None:
+    await me.wait_for_providers("summarize", timeout=30)
+    await me.buy("summarize", text="Summarize me, then get stuck.", budget="0.5", check=freeze)
