@@ -14,6 +14,7 @@ from agentmesh.cli import demo as demo_cmd
 from agentmesh.cli import devnet as devnet_cmd
 from agentmesh.cli import mesh as mesh_cmd
 from agentmesh.cli import model as model_cmd
+from agentmesh.cli import task as task_cmd
 from agentmesh.cli import wallet as wallet_cmd
 from agentmesh.cli.context import AppState, err_console
 from agentmesh.errors import AgentMeshError
@@ -29,6 +30,7 @@ app.add_typer(devnet_cmd.app, name="devnet")
 app.add_typer(wallet_cmd.app, name="wallet")
 app.add_typer(mesh_cmd.app, name="mesh")
 app.add_typer(model_cmd.app, name="model")
+app.add_typer(task_cmd.app, name="task")
 app.command("demo")(demo_cmd.demo)
 app.command("run")(agent_cmd.run_agent)
 app.command("approve")(agent_cmd.approve)
