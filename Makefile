@@ -50,6 +50,9 @@ contracts: $(STAMP_TOOLS) $(STAMP_PY)
 
 bench: setup
 	$(PY) bench/chain_bench.py
+	$(PY) bench/mesh_bench.py
+	$(PY) bench/llm_bench.py
+	$(PY) bench/market_bench.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) build dist *.egg-info

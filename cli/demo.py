@@ -116,25 +116,6 @@ def _musd(units: int) -> str:
     return format_amount(units, MUSD_DECIMALS, "mUSD")
 
 
-async def _job_gas(chain: Any, job_id: int, own_txs: dict[str, str]) -> tuple[int, list[str]]:
-    """Gas of every transaction of a job (the buyer's own, plus the provider's accept and
-    submit found in the escrow's events) and the labelled hashes."""
-    escrow = chain.contract("TaskEscrow")
-    labelled = {step: h for step, h in own_txs.items() if h}
-    for step, event in (("accept", "JobAccepted"), ("submit", "ResultSubmitted")):
-        logs = await getattr(escrow.events, event)().get_logs(
-            argument_filters={"jobId": job_id}, from_block=0
-        )
-        for entry in logs:
-            labelled[step] = "0x" + bytes(entry["transactionHash"]).hex()
-    gas = 0
-    for tx in set(labelled.values()):
-        gas += int((await chain.w3.eth.get_transaction_receipt(tx))["gasUsed"])
-    order = ("approve", "open", "accept", "submit", "release", "feedback")
-    steps = sorted(labelled, key=lambda s: order.index(s) if s in order else len(order))
-    return gas, [f"{step} {labelled[step][:10]}…" for step in steps]
-
-
 async def _demo(tasks: int, timeout: float) -> None:
 
     from agentmesh.config import Config, DevnetConfig, WalletConfig
@@ -241,6 +222,7 @@ async def _report(
     tasks: int,
     buyer: AgentProcess,
 ) -> None:
+    from agentmesh.agents.accounting import task_gas
     from agentmesh.wallets.clients import TokenClient
     from agentmesh.wallets.deployer import dev_deployer
 
@@ -250,7 +232,8 @@ async def _report(
     settled = 0
     for number, task in enumerate(rows, 1):
         txs = json.loads(task.txs or "{}")
-        gas, hashes = (0, []) if task.job_id is None else await _job_gas(chain, task.job_id, txs)
+        gas, steps = (0, {}) if task.job_id is None else await task_gas(chain, task.job_id, txs)
+        hashes = [f"{step} {tx[:10]}…" for step, tx in steps.items()]
         settled += task.status == "done"
         table.add_row(
             str(number),
