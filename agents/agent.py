@@ -798,11 +798,17 @@ class Agent:
             lock.release()
         decision = values.get("decision") or {}
         if values.get("phase") in ("proposed", "awarded", "funded", "accepted"):
+            try:
+                count, total = await self.registry.reputation(self.address)
+            except AgentMeshError:
+                count = total = 0  # the snapshot is informative; the chain is the truth
             return Proposal(
                 price=values["price"],
                 eta_s=self.settings.min_work_s,
                 model_sha256=self.model.sha256 if self.model is not None else "",
                 reason=str(decision.get("reason", ""))[:64],
+                reputation_count=count,
+                reputation_total=total,
             )
         return Decline(reason=str(decision.get("reason", "declined"))[:200])
 

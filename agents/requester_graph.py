@@ -169,6 +169,7 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
                 "price": reply.price,
                 "eta_s": reply.eta_s,
                 "model_sha256": reply.model_sha256,
+                "claimed_reputation": [reply.reputation_count, reply.reputation_total],
                 "latency_ms": latency,
             }
 
@@ -278,7 +279,6 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
                 "excluded": [*(state.get("excluded") or []), state["winner"]],
                 "error": f"award not taken by {state['winner']}: {exc.user_message}",
             }
-        agent.spawn(tell_losers(state, keep=state["winner"]))  # courtesy, not awaited
         return {"phase": "awarded"}
 
     async def fund(state: RequesterState) -> dict[str, Any]:
@@ -333,6 +333,8 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
                     "txs": {"cancel": tx_hex(receipt)},
                 }
             log.info("funded notice unanswered but job %s is %s", state["job_id"], job.status)
+        # The others' offers stayed open until now, in case this one fell through.
+        agent.spawn(tell_losers(state, keep=state["winner"]))  # courtesy, not awaited
         return {"phase": "notified"}
 
     async def await_delivery(state: RequesterState) -> dict[str, Any]:

@@ -66,6 +66,10 @@ class Proposal(Message):
     eta_s: int = Field(ge=0)
     model_sha256: str = Field(default="", max_length=64)
     reason: str = Field(default="", max_length=64)
+    # The provider's AgentRegistry reputation when it answered (the requester ranks by
+    # what the chain says, this is for display and logs).
+    reputation_count: int = Field(default=0, ge=0)
+    reputation_total: int = Field(default=0, ge=0)
 
 
 class Decline(Message):

@@ -1,0 +1,127 @@
+"""Negotiation beyond the happy path: counter-offers, re-award, weighted ranking."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_account import Account
+
+from agentmesh.agents.agent import Agent
+from agentmesh.agents.requester_graph import Weights, rank
+from agentmesh.agents.service import ServiceContext
+from agentmesh.config import Config
+from agentmesh.mesh.node import RemoteError
+from agentmesh.protocols.negotiation import PROTOCOL, VERSION, CounterOffer, Proposal
+from agentmesh.wallets.chain import Chain
+from agentmesh.wallets.clients import JobStatus, TokenClient
+from agentmesh.wallets.wallet import Wallet
+from tests.agent_fixtures import bind_home, fund, new_key
+from tests.conftest import escrow_for
+
+
+def with_agent_settings(config: Config, **changes: Any) -> Config:
+    return config.model_copy(update={"agent": config.agent.model_copy(update=changes)})
+
+
+async def seller(
+    home: Path,
+    config: Config,
+    deployer: Wallet,
+    token: TokenClient,
+    name: str,
+    price: str,
+    floor: str | None = None,
+) -> Agent:
+    key = new_key()
+    await fund(deployer, token, Account.from_key(key).address, musd=0)
+    agent = Agent(name, wallet=key, home=home, config=config)
+
+    @agent.service("echo", price=price, floor=floor)
+    async def echo(ctx: ServiceContext, text: str) -> str:
+        return text
+
+    return agent
+
+
+@pytest.fixture
+async def buyer_key(deployer: Wallet, token: TokenClient) -> AsyncIterator[bytes]:
+    key = new_key()
+    await fund(deployer, token, Account.from_key(key).address, musd=10)
+    yield key
+
+
+async def test_one_counter_offer_each_way(
+    home: Path, chain: Chain, deployer: Wallet, token: TokenClient, buyer_key: bytes
+) -> None:
+    config = bind_home(home, chain)
+    provider = await seller(
+        home, config, deployer, token, "haggler", "0.10 mUSD", floor="0.06 mUSD"
+    )
+    buyer_config = with_agent_settings(config, counter_ratio=0.5)
+    async with provider, Agent("buyer", wallet=buyer_key, home=home, config=buyer_config) as buyer:
+        await buyer.wait_for_providers("echo", timeout=20)
+        outcome = await buyer.buy("echo", text="hi", budget="1")
+        # Asked 0.05, below the floor: the provider's one counter is its floor.
+        assert outcome.settled and outcome.price == 60_000
+        assert await token.balance_of(provider.address) == 60_000
+        # A second counter in the same conversation is refused.
+        with pytest.raises(RemoteError) as again:
+            assert provider.node.card is not None
+            await buyer.node.request(
+                provider.node.card,
+                CounterOffer(price=1),
+                protocol=PROTOCOL,
+                version=VERSION,
+                expect=(Proposal,),
+                conversation=bytes.fromhex(outcome.conversation),
+            )
+        assert again.value.code in ("counter_used", "out_of_order")
+
+
+async def test_refused_award_is_cancelled_and_goes_to_the_next_proposal(
+    home: Path, chain: Chain, deployer: Wallet, token: TokenClient, buyer_key: bytes
+) -> None:
+    config = bind_home(home, chain)
+    # The cheaper provider refuses every funded job (it wants more time than offered).
+    picky = await seller(
+        home, with_agent_settings(config, min_work_s=10**6), deployer, token, "picky", "0.02 mUSD"
+    )
+    steady = await seller(home, config, deployer, token, "steady", "0.04 mUSD")
+    async with picky, steady, Agent("buyer", wallet=buyer_key, home=home, config=config) as buyer:
+        await buyer.wait_for_providers("echo", count=2, timeout=20)
+        before = await token.balance_of(buyer.address)
+        outcome = await buyer.buy("echo", text="hi", budget="1")
+        assert outcome.settled and outcome.provider == steady.address and outcome.price == 40_000
+        assert outcome.txs.get("cancel", "").startswith("0x")  # the refused job's refund
+        escrow = escrow_for(chain, buyer.wallet)
+        cancelled = await escrow.get_job((outcome.job_id or 0) - 1)
+        assert cancelled.provider == picky.address and cancelled.status == JobStatus.CANCELLED
+        assert await token.balance_of(buyer.address) == before - 40_000
+        assert await token.balance_of(picky.address) == 0
+        for _ in range(50):
+            if picky.records.tasks() and picky.records.tasks()[0].status == "failed":
+                break
+            await asyncio.sleep(0.1)
+        assert picky.records.tasks()[0].state == "refused"
+
+
+def test_weighted_ranking_trades_price_for_reputation() -> None:
+    cheap_unknown = {"provider": "0xA", "price": 50, "latency_ms": 10, "reputation": None}
+    dearer_trusted = {"provider": "0xB", "price": 55, "latency_ms": 10, "reputation": 100}
+    budget = 100
+    assert rank([cheap_unknown, dearer_trusted], budget)[0] is cheap_unknown  # price only
+    weighted = rank([cheap_unknown, dearer_trusted], budget, Weights(1.0, 0.2, 0.05))
+    assert weighted[0] is dearer_trusted  # 0.55 + 0 < 0.50 + 0.1
+    heavy_price = rank([cheap_unknown, dearer_trusted], budget, Weights(1.0, 0.05, 0.0))
+    assert heavy_price[0] is cheap_unknown  # 0.50 + 0.025 < 0.55
+
+
+def test_weighted_ranking_ties_are_deterministic() -> None:
+    a = {"provider": "0xBB", "price": 50, "latency_ms": 10, "reputation": 80}
+    b = {"provider": "0xaa", "price": 50, "latency_ms": 10, "reputation": 80}
+    weights = Weights()
+    assert rank([a, b], 100, weights) == rank([b, a], 100, weights) == [b, a]
