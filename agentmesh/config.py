@@ -95,6 +95,7 @@ class AgentConfig(_Section):
     proposal_window_s: Annotated[float, Field(gt=0)] = 20.0  # wait for proposals
     reply_timeout_s: Annotated[float, Field(gt=0)] = 30.0  # per step that needs the chain
     min_work_s: Annotated[int, Field(ge=1)] = 10  # refuse jobs with less time than this
+    max_review_window_s: Annotated[int, Field(ge=1)] = 3600  # refuse longer payment holds
     offer_ttl_s: Annotated[int, Field(ge=1)] = 120  # a proposal not awarded expires
     decision_timeout_s: Annotated[float, Field(gt=0)] = 5.0  # then the rules price alone
     funding_ttl_s: Annotated[int, Field(ge=1)] = 120  # an award not funded expires

@@ -24,7 +24,6 @@ import os
 import random
 import re
 import signal
-import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -82,6 +81,8 @@ STEP_ANSWERED_AT: dict[str, set[str]] = {
     "Funded": {"accepted", "refused", "expired"},
     "CounterOffer": {"proposed", "expired"},
 }
+# Init code that returns block.timestamp: TIMESTAMP PUSH1 0 MSTORE PUSH1 32 PUSH1 0 RETURN
+TIMESTAMP_PROBE = "0x4260005260206000f3"
 STALLED_RETRY_S = 5.0
 STALLED_RETRIES = 20
 _FREE = asyncio.Lock()
@@ -157,6 +158,7 @@ class Agent:
         config: Config | None = None,
         mesh: MeshConfig | None = None,
         approval_threshold: str | int | None = None,
+        rpc_url: str | None = None,
     ) -> None:
         if not re.match(AGENT_NAME, name):
             raise AgentMeshValueError(
@@ -170,6 +172,7 @@ class Agent:
         self._config_option = config
         self._mesh_option = mesh
         self._threshold_option = approval_threshold
+        self._rpc_url_option = rpc_url
         self.services: dict[str, Service] = {}
         self._raw_handlers: list[
             tuple[type[Message], str, str, tuple[type[Message], ...], Any]
@@ -239,6 +242,27 @@ class Agent:
         self._main = fn
         return fn
 
+    def bind(
+        self,
+        *,
+        home: Path | str | None = None,
+        config: Config | None = None,
+        wallet: str | bytes | LocalAccount | None = None,
+        mesh: MeshConfig | None = None,
+    ) -> Agent:
+        """Set where the agent runs before it starts (tests, `agentmesh run` options)."""
+        if self.started:
+            raise AgentMeshError(f"agent {self.name} is running: bind it before start")
+        if home is not None:
+            self._home_option = home
+        if config is not None:
+            self._config_option = config
+        if wallet is not None:
+            self._wallet_spec = wallet
+        if mesh is not None:
+            self._mesh_option = mesh
+        return self
+
     # ------------------------------------------------------------------ lifecycle
 
     @property
@@ -279,6 +303,9 @@ class Agent:
 
         self.home = resolve_home(self._home_option)
         self.config = self._config_option or load_config(self.home)
+        if self._rpc_url_option:
+            chain = self.config.chain.model_copy(update={"rpc_url": self._rpc_url_option})
+            self.config = self.config.model_copy(update={"chain": chain})
         settings = self.config.agent
         self.settings = settings
         threshold = self._threshold_option
@@ -414,10 +441,18 @@ class Agent:
         return int(await self.chain.w3.eth.block_number)
 
     async def chain_time(self) -> int:
-        """Now, as the next block will see it: anvil mines only on demand, so the last
-        block's time can lag the clock (and tests may move it ahead)."""
-        block = await self.chain.w3.eth.get_block("latest")
-        return max(int(block["timestamp"]), int(time.time()))
+        """Now, as the next block will see it (``block.timestamp`` of a pending call).
+
+        The latest block's time is not enough: anvil mines only on demand, so it lags
+        while nothing happens; and the wall clock is not the chain's (a devnet's clock
+        can be moved). Falls back to the latest block where pending calls fail.
+        """
+        try:
+            raw = await self.chain.w3.eth.call({"data": TIMESTAMP_PROBE}, "pending")
+            return int.from_bytes(raw, "big")
+        except Exception:  # noqa: BLE001 - nodes refuse pending calls in various ways
+            block = await self.chain.w3.eth.get_block("latest")
+            return int(block["timestamp"])
 
     async def find_opened_job(self, provider: str, terms: bytes, from_block: int) -> int | None:
         """The job this agent opened for ``provider`` with ``terms`` (after a crash)."""
@@ -877,7 +912,18 @@ class Agent:
         tid = prefix + ctx.conversation.hex()
         graph = self._graph(tid)
         name = type(message).__name__
-        lock = await self._begin(tid)
+        # Refuse what the latest checkpoint already rules out without queueing for the
+        # task's lock: two agents whose graphs each wait on the other's reply must not
+        # deadlock until a timeout.
+        early = await graph.aget_state(self._config(tid))
+        refusal = self._refusal(early, str(early.values.get(party, "")), ctx.sender, message)
+        if refusal is not None:
+            return refusal
+        lock = self._locks.setdefault(tid, asyncio.Lock())
+        try:
+            await asyncio.wait_for(lock.acquire(), self.settings.reply_timeout_s / 3)
+        except TimeoutError:
+            return ErrorReply(code="busy", detail="the task is busy; retry shortly")
         handed_over = False
         try:
             snapshot = await graph.aget_state(self._config(tid))

@@ -21,7 +21,7 @@ from langgraph.types import interrupt
 
 from agentmesh.agents.decisions import PriceDecision, apply_rules, pricing_prompt
 from agentmesh.agents.service import ServiceContext
-from agentmesh.errors import AgentMeshError, ModelError, PeerUnreachable
+from agentmesh.errors import AgentMeshError, ModelError
 from agentmesh.mesh.card import AgentCard
 from agentmesh.protocols.negotiation import (
     PROTOCOL,
@@ -48,6 +48,7 @@ PROVIDER_ACCEPTS: dict[str, tuple[str, ...]] = {
     "delivered": ("Settled", "Dispute"),
 }
 TIMEOUT = "Timeout"  # what the agent's timer resumes a waiting node with
+DELIVERY_ATTEMPTS = 5
 
 
 def merge(left: dict[str, str] | None, right: dict[str, str] | None) -> dict[str, str]:
@@ -88,7 +89,14 @@ def tx_hex(receipt: Any) -> str:
 
 
 def job_problem(
-    job: EscrowJob, state: ProviderState, me: str, token: str, now: int, min_work_s: int
+    job: EscrowJob,
+    state: ProviderState,
+    me: str,
+    token: str,
+    now: int,
+    min_work_s: int,
+    arbiter: str = "",
+    max_review_window_s: int = 0,
 ) -> str:
     """Why the funded job does not match what was agreed ('' when it does)."""
     expected_terms = terms_hash(
@@ -104,6 +112,14 @@ def job_problem(
         (job.amount == state["price"], f"amount {job.amount} != agreed price {state['price']}"),
         (job.terms_hash == expected_terms, "the terms hash does not match this conversation"),
         (job.deadline >= now + min_work_s, f"the deadline leaves less than {min_work_s}s"),
+        (
+            not arbiter or job.arbiter.lower() == arbiter.lower(),
+            f"the arbiter {job.arbiter} is not the one this agent trusts",
+        ),
+        (
+            not max_review_window_s or job.review_window <= max_review_window_s,
+            f"the review window {job.review_window}s exceeds {max_review_window_s}s",
+        ),
         (
             job.status in (JobStatus.OPEN, JobStatus.ACCEPTED, JobStatus.SUBMITTED),
             f"the job is {job.status.name}",
@@ -195,7 +211,14 @@ def build_provider_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph[
             return {"phase": "refused", "error": exc.user_message}
         now = await agent.chain_time()
         problem = job_problem(
-            job, state, agent.address, agent.token_address, now, agent.settings.min_work_s
+            job,
+            state,
+            agent.address,
+            agent.token_address,
+            now,
+            agent.settings.min_work_s,
+            arbiter=agent.arbiter,
+            max_review_window_s=agent.settings.max_review_window_s,
         )
         if problem:
             return {"phase": "refused", "error": problem}
@@ -249,20 +272,28 @@ def build_provider_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph[
 
     async def deliver(state: ProviderState) -> dict[str, Any]:
         delivery = Delivery(result=state["result"], result_sha256=state["result_sha256"])
-        try:
-            await agent.node.request(
-                requester_card(state),
-                delivery,
-                protocol=PROTOCOL,
-                version=VERSION,
-                expect=(Ack,),
-                timeout=agent.settings.reply_timeout_s,
-                conversation=bytes.fromhex(state["conversation"]),
-            )
-        except PeerUnreachable as exc:
-            # The hash is on chain: the payment can be claimed after the review window.
-            return {"phase": "delivered", "error": f"requester unreachable: {exc.user_message}"}
-        return {"phase": "delivered"}
+        error = ""
+        for attempt in range(DELIVERY_ATTEMPTS):
+            try:
+                # A fresh envelope per attempt: a retried one would outlive its TTL.
+                await agent.node.request(
+                    requester_card(state),
+                    delivery,
+                    protocol=PROTOCOL,
+                    version=VERSION,
+                    expect=(Ack,),
+                    timeout=agent.settings.reply_timeout_s,
+                    retries=0,
+                    conversation=bytes.fromhex(state["conversation"]),
+                )
+                return {"phase": "delivered"}
+            except AgentMeshError as exc:
+                # Unreachable, or not ready for it yet (still finishing the previous
+                # step): wait a little and send a fresh envelope.
+                error = exc.user_message
+                await asyncio.sleep(min(2**attempt, 10))
+        # The hash is on chain: the payment can be claimed after the review window.
+        return {"phase": "delivered", "error": f"requester unreachable: {error}"}
 
     async def await_settlement(state: ProviderState) -> dict[str, Any]:
         message = interrupt({"await": PROVIDER_ACCEPTS["delivered"], "until": state["claim_after"]})
@@ -275,6 +306,10 @@ def build_provider_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph[
             return {"phase": "disputed", "error": message.get("reason", "disputed on chain")}
         if job.status in (JobStatus.RELEASED, JobStatus.CLAIMED):
             return {"phase": "settled", "txs": {"release": message.get("tx", "")}}
+        if job.status == JobStatus.SUBMITTED:
+            # A notice the chain does not (yet) confirm: keep waiting; the review-window
+            # timer claims the payment if nothing changes.
+            return {"phase": "delivered", "error": f"unconfirmed {message['type']}"}
         return {"phase": "lost", "error": f"settlement: the job is {job.status.name}"}
 
     def after(phase_ok: str, next_node: str) -> Any:
@@ -312,5 +347,8 @@ def build_provider_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph[
     graph.add_edge("abandon", END)
     graph.add_conditional_edges("submit", after("submitted", "deliver"))
     graph.add_edge("deliver", "await_settlement")
-    graph.add_edge("await_settlement", END)
+    graph.add_conditional_edges(
+        "await_settlement",
+        lambda s: "await_settlement" if s.get("phase") == "delivered" else END,
+    )
     return graph.compile(checkpointer=checkpointer)

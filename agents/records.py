@@ -33,7 +33,9 @@ class TaskRow(SQLModel, table=True):
     service: str
     peer: str = ""  # the other party (the winner, for a requester)
     state: str = "started"  # last state the graph reported
-    status: str = "active"  # active | done | failed | cancelled
+    # active | stalled (an error; retried) | done | failed | cancelled | declined |
+    # refunded | expired | disputed
+    status: str = "active"
     price: int = 0
     job_id: int | None = None
     detail: str = ""

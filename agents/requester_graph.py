@@ -318,7 +318,10 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
                 protocol=PROTOCOL,
                 version=VERSION,
                 expect=(Ack,),
-                timeout=agent.settings.reply_timeout_s,
+                # Three tries of one envelope within reply_timeout_s (inside its TTL): a
+                # provider restarted meanwhile answers the retry.
+                timeout=agent.settings.reply_timeout_s / 3,
+                retries=2,
                 conversation=conversation(state),
             )
         except AgentMeshError as exc:
@@ -345,9 +348,14 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
             return await reclaim(state)
         if message["type"] == "Failure":
             job = await agent.escrow.get_job(state["job_id"])
+            if job.status != JobStatus.REFUNDED:
+                # Words are not money: until the job is refunded on chain, keep waiting
+                # (the deadline timer still refunds it).
+                log.warning("provider reported a failure but job %s is %s", job.job_id, job.status)
+                return {"phase": "notified", "error": f"unconfirmed failure: {message['reason']}"}
             return {
                 "phase": "failed",
-                "error": f"provider failed: {message['reason']} (job {job.status.name})",
+                "error": f"provider failed: {message['reason']} (deposit refunded)",
             }
         return {
             "phase": "delivered",
@@ -470,7 +478,10 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
         "notify",
         lambda s: {"notified": "await_delivery", "reaward": "choose"}.get(s["phase"], END),
     )
-    graph.add_conditional_edges("await_delivery", after("delivered", "check"))
+    graph.add_conditional_edges(
+        "await_delivery",
+        lambda s: {"delivered": "check", "notified": "await_delivery"}.get(s["phase"], END),
+    )
     graph.add_conditional_edges("check", after("checked", "release", "dispute"))
     graph.add_edge("release", END)
     graph.add_edge("dispute", END)

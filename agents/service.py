@@ -2,8 +2,10 @@
 
 The function's parameters after ``ctx`` become the service's input schema (a pydantic
 model with ``extra="forbid"``), and its return annotation the result type. A requester
-sends the input as a JSON object; the provider validates it before the work starts,
-and the requester validates the result against the same type before it pays.
+sends the input as a JSON object; the provider validates it before the work starts and
+serializes the result as canonical JSON of that type. The requester, which does not
+know the provider's code, checks that the result is non-empty JSON and applies the
+``check=`` it passed to ``Agent.buy`` before it pays.
 """
 
 from __future__ import annotations

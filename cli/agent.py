@@ -15,13 +15,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from agentmesh.cli.context import console, print_json, state
+from agentmesh.cli.context import JsonOption, console, print_json, state
 from agentmesh.errors import AgentMeshValueError
 
 if TYPE_CHECKING:
     from agentmesh.agents.agent import Agent
-
-JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
 
 def load_agent(target: str) -> Agent:

@@ -12,8 +12,10 @@ from rich.markup import escape
 from agentmesh.cli import agent as agent_cmd
 from agentmesh.cli import demo as demo_cmd
 from agentmesh.cli import devnet as devnet_cmd
+from agentmesh.cli import doctor as doctor_cmd
 from agentmesh.cli import mesh as mesh_cmd
 from agentmesh.cli import model as model_cmd
+from agentmesh.cli import new as new_cmd
 from agentmesh.cli import task as task_cmd
 from agentmesh.cli import wallet as wallet_cmd
 from agentmesh.cli.context import AppState, err_console
@@ -31,6 +33,8 @@ app.add_typer(wallet_cmd.app, name="wallet")
 app.add_typer(mesh_cmd.app, name="mesh")
 app.add_typer(model_cmd.app, name="model")
 app.add_typer(task_cmd.app, name="task")
+app.command("new")(new_cmd.new)
+app.command("doctor")(doctor_cmd.doctor)
 app.command("demo")(demo_cmd.demo)
 app.command("run")(agent_cmd.run_agent)
 app.command("approve")(agent_cmd.approve)

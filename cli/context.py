@@ -9,7 +9,7 @@ import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -26,6 +26,8 @@ console = Console(soft_wrap=True, width=_PIPE_WIDTH)
 err_console = Console(stderr=True, soft_wrap=True)
 
 PASSWORD_ENV = "AGENTMESH_PASSWORD"
+# Every listing command takes --json (machine-readable output on stdout only).
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
 
 @dataclass

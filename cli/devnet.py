@@ -13,14 +13,12 @@ from agentmesh.chain.deployment import Deployment
 from agentmesh.chain.devnet import start_anvil
 from agentmesh.chain.home import DevnetPaths, DevnetRecord, running_devnet, stop_devnet
 from agentmesh.chain.rpc import rpc_call
-from agentmesh.cli.context import AppState, console, print_json, run, state
+from agentmesh.cli.context import AppState, JsonOption, console, print_json, run, state
 from agentmesh.config import Config
 
 app = typer.Typer(
     help="Run a local anvil devnet with the agentmesh contracts deployed.", no_args_is_help=True
 )
-
-JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
 
 async def _deploy(home: Path, config: Config, rpc_url: str) -> Deployment:

@@ -14,14 +14,12 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from agentmesh.cli.context import AppState, console, password, print_json, run, state
+from agentmesh.cli.context import AppState, JsonOption, console, password, print_json, run, state
 from agentmesh.errors import AgentMeshValueError
 
 app = typer.Typer(
     help="Run a mesh node; list peers and counters; ping agents.", no_args_is_help=True
 )
-
-JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
 
 def mesh_dir(home: Path) -> Path:

@@ -14,15 +14,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from agentmesh.cli.context import AppState, console, password, print_json, run, state
+from agentmesh.cli.context import AppState, JsonOption, console, password, print_json, run, state
 from agentmesh.errors import AgentMeshError, AgentMeshValueError, DevnetError
 
 if TYPE_CHECKING:
     from agentmesh.agents.records import TaskRow
 
 app = typer.Typer(help="Buy a service; list and inspect tasks.", no_args_is_help=True)
-
-JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
 
 def _input(input_json: str | None, text: str | None) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from agentmesh.cli.context import AppState, console, password, print_json, run, state
+from agentmesh.cli.context import AppState, JsonOption, console, password, print_json, run, state
 from agentmesh.errors import AgentMeshValueError, DevnetError
 
 if TYPE_CHECKING:
@@ -20,7 +20,6 @@ app = typer.Typer(
     help="Encrypted wallets: create, import, inspect, pay, fund.", no_args_is_help=True
 )
 
-JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 PRIVATE_KEY_ENV = "AGENTMESH_PRIVATE_KEY"
 
 

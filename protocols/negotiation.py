@@ -129,7 +129,8 @@ class Dispute(Message):
 
 
 class Ack(Message):
-    """Receipt of a step; ``state`` is the sender's state after it."""
+    """Receipt of a step; ``state`` is the sender's state when it took the step (for
+    ``Funded``: ``accepted``, the job is accepted on chain)."""
 
     state: str = Field(max_length=32)
     detail: str = Field(default="", max_length=200)

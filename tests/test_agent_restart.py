@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -116,7 +117,12 @@ async def test_provider_killed_after_accepting_finishes_from_its_checkpoint(
             job = await escrow.get_job(job_id)
             assert job.status == JobStatus.RELEASED
             assert await token.balance_of(info["address"]) == 50_000
-            assert f"resuming task p:{outcome.conversation} from accepted" in log.read_text()
+            # Killed in `execute` (or, if the kill beat the checkpoint write, just after
+            # the accept transaction: then the re-run `verify_accept` finds it done).
+            resumed = re.search(
+                rf"resuming task p:{outcome.conversation} from (\w+)", log.read_text()
+            )
+            assert resumed is not None and resumed.group(1) in ("accepted", "funded")
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
