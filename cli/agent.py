@@ -126,8 +126,20 @@ def run_agent(
     agent_log = logging.getLogger("agentmesh")
     agent_log.addHandler(handler)
     agent_log.setLevel(logging.DEBUG if app_state.debug else logging.INFO)
-    console.print(f"starting agent {agent.name} (chain, mesh, model)...")
-    asyncio.run(agent.serve(ready=ready))
+    console.print(f"starting agent {agent.name}...")
+    # A spinner while the chain connects, contracts deploy (throw-away devnet), the mesh
+    # binds and the model loads; it stops when the agent is ready (or fails to start).
+    spinner = console.status(f"starting {agent.name}: chain, contracts, mesh, model...")
+    spinner.start()
+
+    def started(running: Agent) -> None:
+        spinner.stop()
+        ready(running)
+
+    try:
+        asyncio.run(agent.serve(ready=started))
+    finally:
+        spinner.stop()
 
 
 def _decide(ctx: typer.Context, approval_id: str, approved: bool) -> None:
