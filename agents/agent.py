@@ -78,6 +78,8 @@ M = TypeVar("M", bound=Message)
 # Where each graph ends, by final phase.
 # Steps whose reply waits for the graph to reach one of these phases.
 STEP_ANSWERED_AT: dict[str, set[str]] = {
+    # The Ack means "awarded": the Funded that follows must find the task waiting for it.
+    "Award": {"awarded", "expired", "rejected"},
     "Funded": {"accepted", "refused", "expired"},
     "CounterOffer": {"proposed", "expired"},
 }
@@ -872,7 +874,7 @@ class Agent:
                 model_sha256=self.model.sha256 if self.model is not None else "",
                 reason="countered",
             )
-        if name == "Funded" and phase == "accepted":
+        if (name, phase) in (("Funded", "accepted"), ("Award", "awarded")):
             return Ack(state=phase)
         detail = str(update.get("error") or phase)[:200]
         return ErrorReply(code="refused", detail=detail)
@@ -915,11 +917,13 @@ class Agent:
         # Refuse what the latest checkpoint already rules out without queueing for the
         # task's lock: two agents whose graphs each wait on the other's reply must not
         # deadlock until a timeout.
-        early = await graph.aget_state(self._config(tid))
-        refusal = self._refusal(early, str(early.values.get(party, "")), ctx.sender, message)
-        if refusal is not None:
-            return refusal
         lock = self._locks.setdefault(tid, asyncio.Lock())
+        if not lock.locked():  # mid-run the checkpoint is about to change: wait instead
+            early = await graph.aget_state(self._config(tid))
+            party_address = str(early.values.get(party, ""))
+            refusal = self._refusal(early, party_address, ctx.sender, message)
+            if refusal is not None:
+                return refusal
         try:
             await asyncio.wait_for(lock.acquire(), self.settings.reply_timeout_s / 3)
         except TimeoutError:

@@ -273,7 +273,7 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
             )
         except AgentMeshError as exc:
             # Nothing is spent yet: offer the task to the next-best proposal.
-            log.info("award to %s failed (%s); trying the next", state["winner"], exc)
+            log.warning("award to %s failed (%s); trying the next", state["winner"], exc)
             return {
                 "phase": "reaward",
                 "excluded": [*(state.get("excluded") or []), state["winner"]],
@@ -328,6 +328,7 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
             job = await agent.escrow.get_job(state["job_id"])
             if job.status == JobStatus.OPEN:
                 # Not accepted: take the money back now, and offer the task to the next.
+                log.warning("%s did not take job %s: %s", state["winner"], job.job_id, exc)
                 receipt = await agent.escrow.cancel(state["job_id"])
                 return {
                     "phase": "reaward",

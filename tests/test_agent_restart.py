@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from eth_account import Account
 
@@ -75,13 +76,21 @@ def start_provider(
 
 
 async def wait_for_status(
-    chain: Chain, wallet: Wallet, status: JobStatus, timeout: float = 60
+    chain: Chain,
+    wallet: Wallet,
+    status: JobStatus,
+    timeout: float = 60,
+    watching: asyncio.Task[Any] | None = None,
 ) -> int:
+    """The newest job once it has ``status``; fails at once if ``watching`` ended."""
     escrow = escrow_for(chain, wallet)
     for _ in range(int(timeout / 0.1)):
         count = await escrow.contract.functions.jobCount().call()
         if count and (await escrow.get_job(count)).status == status:
             return int(count)
+        if watching is not None and watching.done():
+            watching.result()  # its error explains why no job got there
+            raise AssertionError(f"the task ended before a job reached {status.name}")
         await asyncio.sleep(0.1)
     raise AssertionError(f"no job reached {status.name}")
 
@@ -100,7 +109,9 @@ async def test_provider_killed_after_accepting_finishes_from_its_checkpoint(
         async with Agent("buyer", wallet=key, home=home, config=config) as requester:
             await requester.wait_for_providers("summarize", timeout=30)
             buying = asyncio.create_task(requester.buy("summarize", text=TEXT, budget="0.5"))
-            job_id = await wait_for_status(chain, requester.wallet, JobStatus.ACCEPTED)
+            job_id = await wait_for_status(
+                chain, requester.wallet, JobStatus.ACCEPTED, watching=buying
+            )
             process.send_signal(signal.SIGKILL)
             assert wait_gone(process.pid)
             process.wait()

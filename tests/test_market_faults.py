@@ -110,7 +110,9 @@ async def test_provider_killed_after_funded_never_back_requester_reclaims(
             buying = asyncio.create_task(
                 requester.buy("summarize", text=TEXT, budget="0.5", deadline_s=DEADLINE_S)
             )
-            job_id = await wait_for_status(chain, requester.wallet, JobStatus.ACCEPTED)
+            job_id = await wait_for_status(
+                chain, requester.wallet, JobStatus.ACCEPTED, watching=buying
+            )
             kill(process)  # mid-work, and it never comes back
             await asyncio.sleep(1)
             assert not buying.done()  # waiting for a delivery that will not come
