@@ -121,14 +121,25 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+def sqlite_engine(path: Path) -> Engine:
+    """An engine on the SQLite file ``path``; every connection gets the pragmas above."""
+    return create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False})
+
+
 class Store:
     """One agent's database file."""
+
+    TABLES = (PeerRow, MessageRow, DialogueRow, EffectRow, StatRow)
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.engine = create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False})
-        SQLModel.metadata.create_all(self.engine)
+        self.engine = sqlite_engine(path)
+        # Only the mesh tables: other modules' SQLModel tables live in their own files.
+        SQLModel.metadata.create_all(
+            self.engine,
+            tables=[t.__table__ for t in self.TABLES],  # type: ignore[attr-defined]
+        )
         self._raw = self.engine.raw_connection()
 
     def close(self) -> None:

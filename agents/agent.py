@@ -47,7 +47,7 @@ from agentmesh.errors import (
     TransactionError,
 )
 from agentmesh.llm import LocalModel
-from agentmesh.mesh.card import ServicePrice
+from agentmesh.mesh.card import AgentCard, ServicePrice
 from agentmesh.mesh.routes import ErrorReply, HandlerContext
 from agentmesh.message import Message
 from agentmesh.protocols.negotiation import (
@@ -87,7 +87,6 @@ STEP_ANSWERED_AT: dict[str, set[str]] = {
 TIMESTAMP_PROBE = "0x4260005260206000f3"
 STALLED_RETRY_S = 5.0
 STALLED_RETRIES = 20
-_FREE = asyncio.Lock()
 
 FINAL_STATUS = {
     "settled": "done",
@@ -566,6 +565,39 @@ class Agent:
             await asyncio.sleep(0.1)
         return found
 
+    async def ask(
+        self,
+        peer: AgentCard,
+        message: Message,
+        conversation: str,
+        *,
+        expect: tuple[type[Message], ...] = (Ack,),
+        timeout: float | None = None,
+        retries: int | None = None,
+    ) -> Any:
+        """One negotiation request to ``peer`` in ``conversation`` (hex); the reply."""
+        return await self.node.request(
+            peer,
+            message,
+            protocol=PROTOCOL,
+            version=VERSION,
+            expect=expect,
+            timeout=timeout,
+            retries=retries,
+            conversation=bytes.fromhex(conversation),
+        )
+
+    async def tell(
+        self, peer: AgentCard, message: Message, conversation: str, *, retries: int | None = None
+    ) -> bool:
+        """A notice whose loss changes nothing on chain: a failure is logged, not raised."""
+        try:
+            await self.ask(peer, message, conversation, retries=retries)
+        except AgentMeshError as exc:
+            log.info("%s to %s not delivered: %s", type(message).__name__, peer.address, exc)
+            return False
+        return True
+
     def check_result(self, service: str, text: str, tid: str = "") -> tuple[bool, str]:
         """The requester's acceptance check of a delivered result."""
         import json
@@ -721,10 +753,8 @@ class Agent:
     async def _retry_stalled(self) -> None:
         for row in self.records.tasks("stalled"):
             tid = row.conversation
-            if (
-                self._stalled_retries[tid] >= STALLED_RETRIES
-                or self._locks.get(tid, _FREE).locked()
-            ):
+            running = tid in self._locks and self._locks[tid].locked()
+            if running or self._stalled_retries[tid] >= STALLED_RETRIES:
                 continue
             self._stalled_retries[tid] += 1
             lock = await self._begin(tid)

@@ -24,9 +24,6 @@ from agentmesh.agents.service import ServiceContext
 from agentmesh.errors import AgentMeshError, ModelError
 from agentmesh.mesh.card import AgentCard
 from agentmesh.protocols.negotiation import (
-    PROTOCOL,
-    VERSION,
-    Ack,
     Delivery,
     Failure,
     sha256_hex,
@@ -244,17 +241,8 @@ def build_provider_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph[
         if job.status == JobStatus.ACCEPTED:
             txs["abandon"] = tx_hex(await agent.escrow.abandon(state["job_id"]))
         failure = Failure(reason=state.get("error", "service failed"), tx=txs.get("abandon", ""))
-        try:
-            await agent.node.request(
-                requester_card(state),
-                failure,
-                protocol=PROTOCOL,
-                version=VERSION,
-                expect=(Ack,),
-                conversation=bytes.fromhex(state["conversation"]),
-            )
-        except AgentMeshError as exc:  # the refund is on chain either way
-            log.info("could not tell %s about the failure: %s", state["requester"], exc)
+        # The refund is on chain either way: the notice only saves the requester a wait.
+        await agent.tell(requester_card(state), failure, state["conversation"])
         return {"phase": "abandoned", "txs": txs}
 
     async def submit(state: ProviderState) -> dict[str, Any]:
@@ -276,15 +264,12 @@ def build_provider_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph[
         for attempt in range(DELIVERY_ATTEMPTS):
             try:
                 # A fresh envelope per attempt: a retried one would outlive its TTL.
-                await agent.node.request(
+                await agent.ask(
                     requester_card(state),
                     delivery,
-                    protocol=PROTOCOL,
-                    version=VERSION,
-                    expect=(Ack,),
+                    state["conversation"],
                     timeout=agent.settings.reply_timeout_s,
                     retries=0,
-                    conversation=bytes.fromhex(state["conversation"]),
                 )
                 return {"phase": "delivered"}
             except AgentMeshError as exc:

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
-from sqlmodel import Field, Session, SQLModel, create_engine, select
+from sqlmodel import Field, Session, SQLModel, select
 
 from agentmesh.errors import AgentMeshValueError
+from agentmesh.store import sqlite_engine
 
 
 def _now_ms() -> int:
@@ -59,22 +59,13 @@ class ApprovalRow(SQLModel, table=True):
     decided_ms: int | None = None
 
 
-def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.close()
-
-
 class AgentRecords:
     """Tasks and approvals of one agent."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
-        self.engine = create_engine(f"sqlite:///{path}")
-        event.listen(self.engine, "connect", _pragmas)
+        self.engine = sqlite_engine(path)  # WAL, like the mesh store
         SQLModel.metadata.create_all(
             self.engine,
             tables=[TaskRow.__table__, ApprovalRow.__table__],  # type: ignore[attr-defined]

@@ -25,9 +25,6 @@ from agentmesh.agents.provider_graph import merge, tx_hex
 from agentmesh.errors import AgentMeshError
 from agentmesh.mesh.card import AgentCard
 from agentmesh.protocols.negotiation import (
-    PROTOCOL,
-    VERSION,
-    Ack,
     Award,
     CallForProposals,
     CounterOffer,
@@ -121,9 +118,6 @@ def rank(
 def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph[Any]:
     """Compile the requester graph bound to ``agent``."""
 
-    def conversation(state: RequesterState) -> bytes:
-        return bytes.fromhex(state["conversation"])
-
     def winner(state: RequesterState) -> AgentCard:
         return AgentCard.model_validate(state["winner_card"])
 
@@ -148,15 +142,13 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
         async def ask(card: AgentCard) -> dict[str, Any]:
             started = time.perf_counter()
             try:
-                reply = await agent.node.request(
+                reply = await agent.ask(
                     card,
                     call,
-                    protocol=PROTOCOL,
-                    version=VERSION,
+                    state["conversation"],
                     expect=(Proposal, Decline),
                     timeout=agent.settings.proposal_window_s,
                     retries=0,
-                    conversation=conversation(state),
                 )
             except AgentMeshError as exc:
                 return {"provider": card.address, "declined": exc.user_message}
@@ -210,13 +202,11 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
         """Our one counter-offer; the provider's answer is final (never above its offer)."""
         asked = max(1, int(best["price"] * ratio))
         try:
-            reply = await agent.node.request(
+            reply = await agent.ask(
                 AgentCard.model_validate(best["card"]),
                 CounterOffer(price=asked),
-                protocol=PROTOCOL,
-                version=VERSION,
+                state["conversation"],
                 expect=(Proposal,),
-                conversation=conversation(state),
             )
         except AgentMeshError as exc:
             log.info("counter-offer to %s failed: %s", best["provider"], exc)
@@ -248,29 +238,12 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
             if proposal["provider"] == keep:
                 continue
             card = AgentCard.model_validate(proposal["card"])
-            try:
-                await agent.node.request(
-                    card,
-                    Reject(reason=reason[:200]),
-                    protocol=PROTOCOL,
-                    version=VERSION,
-                    expect=(Ack,),
-                    retries=0,
-                    conversation=conversation(state),
-                )
-            except AgentMeshError as exc:  # courtesy only: they forget the offer anyway
-                log.info("reject to %s not delivered: %s", proposal["provider"], exc)
+            # Courtesy only: an offer nobody awards expires anyway.
+            await agent.tell(card, Reject(reason=reason[:200]), state["conversation"], retries=0)
 
     async def award(state: RequesterState) -> dict[str, Any]:
         try:
-            await agent.node.request(
-                winner(state),
-                Award(price=state["price"]),
-                protocol=PROTOCOL,
-                version=VERSION,
-                expect=(Ack,),
-                conversation=conversation(state),
-            )
+            await agent.ask(winner(state), Award(price=state["price"]), state["conversation"])
         except AgentMeshError as exc:
             # Nothing is spent yet: offer the task to the next-best proposal.
             log.warning("award to %s failed (%s); trying the next", state["winner"], exc)
@@ -283,7 +256,10 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
 
     async def fund(state: RequesterState) -> dict[str, Any]:
         terms = terms_hash(
-            conversation(state), state["service"], state["input_sha256"], state["price"]
+            bytes.fromhex(state["conversation"]),
+            state["service"],
+            state["input_sha256"],
+            state["price"],
         )
         job_id = await agent.find_opened_job(state["winner"], terms, state["from_block"])
         if job_id is not None:  # opened before a restart
@@ -312,17 +288,14 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
 
     async def notify(state: RequesterState) -> dict[str, Any]:
         try:
-            await agent.node.request(
+            await agent.ask(
                 winner(state),
                 Funded(job_id=state["job_id"], escrow=agent.escrow.address),
-                protocol=PROTOCOL,
-                version=VERSION,
-                expect=(Ack,),
+                state["conversation"],
                 # Three tries of one envelope within reply_timeout_s (inside its TTL): a
                 # provider restarted meanwhile answers the retry.
                 timeout=agent.settings.reply_timeout_s / 3,
                 retries=2,
-                conversation=conversation(state),
             )
         except AgentMeshError as exc:
             job = await agent.escrow.get_job(state["job_id"])
@@ -411,18 +384,10 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
             txs["feedback"] = tx_hex(receipt)
         except AgentMeshError as exc:  # already rated before a restart: fine
             log.info("feedback for job %s not recorded: %s", state["job_id"], exc.user_message)
-        try:
-            await agent.node.request(
-                winner(state),
-                Settled(tx=txs.get("release", "")),
-                protocol=PROTOCOL,
-                version=VERSION,
-                expect=(Ack,),
-                retries=1,
-                conversation=conversation(state),
-            )
-        except AgentMeshError as exc:  # the release is on chain; the notice is a courtesy
-            log.info("settled notice to %s failed: %s", state["winner"], exc)
+        # The release is on chain; the notice is a courtesy.
+        await agent.tell(
+            winner(state), Settled(tx=txs.get("release", "")), state["conversation"], retries=1
+        )
         return {"phase": "settled", "txs": txs}
 
     async def dispute(state: RequesterState) -> dict[str, Any]:
@@ -431,18 +396,9 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
         if job.status == JobStatus.SUBMITTED:
             reason = bytes.fromhex(sha256_hex(state.get("error", "")))
             txs["dispute"] = tx_hex(await agent.escrow.dispute(state["job_id"], reason))
-        try:
-            await agent.node.request(
-                winner(state),
-                Dispute(reason=state.get("error", "")[:200], tx=txs.get("dispute", "")),
-                protocol=PROTOCOL,
-                version=VERSION,
-                expect=(Ack,),
-                retries=1,
-                conversation=conversation(state),
-            )
-        except AgentMeshError as exc:  # the dispute is on chain; the notice is a courtesy
-            log.info("dispute notice to %s failed: %s", state["winner"], exc)
+        # The dispute is on chain; the notice is a courtesy.
+        notice = Dispute(reason=state.get("error", "")[:200], tx=txs.get("dispute", ""))
+        await agent.tell(winner(state), notice, state["conversation"], retries=1)
         return {"phase": "disputed", "txs": txs}
 
     def after(phase_ok: str, next_node: str, otherwise: str = END) -> Any:

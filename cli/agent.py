@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import logging
 import os
 import re
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from agentmesh.cli.context import JsonOption, console, print_json, state
+from agentmesh.cli.context import JsonOption, console, print_json, state, write_ready_file
 from agentmesh.errors import AgentMeshValueError
 
 if TYPE_CHECKING:
@@ -110,9 +109,7 @@ def run_agent(
             "pid": os.getpid(),
         }
         if ready_file is not None:
-            tmp = ready_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(info))
-            tmp.replace(ready_file)
+            write_ready_file(ready_file, info)
         console.print(f"agent [bold]{running.name}[/] {running.address} on {card.endpoint}")
         if card.services:
             offered = ", ".join(

@@ -80,6 +80,14 @@ def password(prompt: str = "Password", *, confirm: bool = False) -> str:
     return value
 
 
+def write_ready_file(path: Path, info: dict[str, Any]) -> None:
+    """Announce a started agent to whoever waits on ``path`` (written atomically, so a
+    reader never sees half a file)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info))
+    tmp.replace(path)
+
+
 def print_json(data: Any) -> None:
     """Machine-readable output for ``--json``: plain JSON on stdout, nothing else."""
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")

@@ -14,7 +14,16 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from agentmesh.cli.context import AppState, JsonOption, console, password, print_json, run, state
+from agentmesh.cli.context import (
+    AppState,
+    JsonOption,
+    console,
+    password,
+    print_json,
+    run,
+    state,
+    write_ready_file,
+)
 from agentmesh.errors import AgentMeshValueError
 
 app = typer.Typer(
@@ -168,9 +177,7 @@ async def _serve_until(
         "pid": os.getpid(),
     }
     if ready_file is not None:
-        tmp = ready_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info))
-        tmp.replace(ready_file)
+        write_ready_file(ready_file, info)
     console.print(f"agent [bold]{name}[/] {node.address} on {node.card.endpoint}")
     console.print(f"bootstrap address: {node.card.bootstrap_address}")
     try:

@@ -193,35 +193,21 @@ class EscrowClient(_Client):
         # approve() sets the allowance outright: two opens from one wallet at once would
         # overwrite each other's allowance, so approve+open run one at a time per wallet.
         async with _open_lock(self.wallet):
-            return await self._open_locked(
-                provider, token, amount, deadline, review_window, arbiter, terms_hash
+            await token.require_balance(amount)
+            receipts = []
+            if await token.allowance(self.wallet.address, self.address) < amount:
+                receipts.append(await token.approve(self.address, amount))
+            receipt = await self.wallet.transact(
+                self.contract.functions.open(
+                    checksum(provider),
+                    token.address,
+                    amount,
+                    deadline,
+                    review_window,
+                    checksum(arbiter),
+                    terms_hash,
+                )
             )
-
-    async def _open_locked(
-        self,
-        provider: str,
-        token: TokenClient,
-        amount: int,
-        deadline: int,
-        review_window: int,
-        arbiter: str,
-        terms_hash: bytes,
-    ) -> tuple[int, list[TxReceipt]]:
-        await token.require_balance(amount)
-        receipts = []
-        if await token.allowance(self.wallet.address, self.address) < amount:
-            receipts.append(await token.approve(self.address, amount))
-        receipt = await self.wallet.transact(
-            self.contract.functions.open(
-                checksum(provider),
-                token.address,
-                amount,
-                deadline,
-                review_window,
-                checksum(arbiter),
-                terms_hash,
-            )
-        )
         receipts.append(receipt)
         # The receipt also holds the token's Transfer/Approval logs: skip them.
         events = self.contract.events.JobOpened().process_receipt(receipt, errors=DISCARD)
