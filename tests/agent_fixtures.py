@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from agentmesh.config import AgentConfig, ChainConfig, Config, MeshConfig, WalletConfig
 from agentmesh.wallets.chain import Chain
@@ -11,6 +14,7 @@ from agentmesh.wallets.clients import TokenClient
 from agentmesh.wallets.wallet import Wallet
 from tests.conftest import ONE_MUSD, TEST_SCRYPT_N
 
+T = TypeVar("T")
 SUMMARY_SYSTEM = "Summarize the user's text in one sentence."
 TEXT = (
     "The quick brown fox jumps over the lazy dog. It was a sunny day, and the fox was "
@@ -56,3 +60,15 @@ async def fund(deployer: Wallet, token: TokenClient, address: str, musd: int = 1
 
 def new_key() -> bytes:
     return os.urandom(32)
+
+
+async def eventually(probe: Callable[[], T], done: Callable[[T], bool], timeout: float = 10.0) -> T:
+    """Call ``probe`` every 0.1 s until ``done(value)`` or ``timeout``; the last value, for
+    the caller to assert on (agents record what other agents do a moment later)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = probe()
+        if done(value) or loop.time() >= deadline:
+            return value
+        await asyncio.sleep(0.1)

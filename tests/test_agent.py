@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from agentmesh.protocols.negotiation import PROTOCOL, VERSION, Ack, Award, Funde
 from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import JobStatus, TokenClient
 from agentmesh.wallets.wallet import Wallet
-from tests.agent_fixtures import SUMMARY_SYSTEM, TEXT, bind_home, fund, new_key
+from tests.agent_fixtures import SUMMARY_SYSTEM, TEXT, bind_home, eventually, fund, new_key
 from tests.conftest import escrow_for, registry_for
 
 PRICE = 50_000  # 0.05 mUSD
@@ -79,6 +80,11 @@ async def requester(
         yield agent
 
 
+def reprice(agent: Agent, service: str, price: int) -> None:
+    """Sell ``service`` at exactly ``price`` from now on (list price and floor)."""
+    agent.services[service] = dataclasses.replace(agent.services[service], price=price, floor=price)
+
+
 async def balances(token: TokenClient, *agents: Agent) -> list[int]:
     return [await token.balance_of(a.address) for a in agents]
 
@@ -100,11 +106,12 @@ async def test_requester_buys_a_summary_through_both_graphs(
     snapshot = await provider.provider_graph.aget_state(provider._config(task.conversation))
     decision = snapshot.values["decision"]
     assert decision["model_action"] in ("propose", "decline") and decision["action"] == "propose"
-    for _ in range(50):  # the provider records the release once Settled arrives
-        if provider.records.task(task.conversation).status == "done":  # type: ignore[union-attr]
-            break
-        await asyncio.sleep(0.1)
-    assert provider.records.task(task.conversation).state == "settled"  # type: ignore[union-attr]
+    # The provider records the release once Settled arrives.
+    recorded = await eventually(
+        lambda: provider.records.task(task.conversation),
+        lambda t: t is not None and t.status == "done",
+    )
+    assert recorded is not None and recorded.state == "settled"
 
 
 async def test_budget_below_the_floor_is_declined_by_rule(
@@ -174,9 +181,7 @@ async def _pending_approval(records: AgentRecords, timeout: float = 30.0) -> Any
 async def test_a_spend_above_the_threshold_waits_for_approve(
     home: Path, chain: Chain, token: TokenClient, provider: Agent, requester: Agent
 ) -> None:
-    provider.services["summarize"] = provider.services["summarize"].__class__(
-        **{**provider.services["summarize"].__dict__, "price": 200_000, "floor": 200_000}
-    )
+    reprice(provider, "summarize", 200_000)
     before = await balances(token, provider, requester)
     buying = asyncio.create_task(requester.buy("summarize", text=TEXT, budget="0.5"))
     row = await _pending_approval(requester.records)
@@ -200,9 +205,7 @@ async def test_a_spend_above_the_threshold_waits_for_approve(
 async def test_reject_cancels_cleanly_and_pays_nothing(
     home: Path, chain: Chain, token: TokenClient, provider: Agent, requester: Agent
 ) -> None:
-    provider.services["summarize"] = provider.services["summarize"].__class__(
-        **{**provider.services["summarize"].__dict__, "price": 200_000, "floor": 200_000}
-    )
+    reprice(provider, "summarize", 200_000)
     jobs_before = await escrow_for(chain, requester.wallet).contract.functions.jobCount().call()
     before = await balances(token, provider, requester)
     buying = asyncio.create_task(requester.buy("summarize", text=TEXT, budget="0.5"))
@@ -215,12 +218,11 @@ async def test_reject_cancels_cleanly_and_pays_nothing(
     assert await balances(token, provider, requester) == before
     jobs_after = await escrow_for(chain, requester.wallet).contract.functions.jobCount().call()
     assert jobs_after == jobs_before  # no escrow job was opened
-    for _ in range(50):  # the provider was told and forgot the offer
-        tasks = provider.records.tasks()
-        if tasks and tasks[-1].status == "cancelled":
-            break
-        await asyncio.sleep(0.1)
-    assert provider.records.tasks()[-1].status == "cancelled"
+    # The provider was told and forgot the offer.
+    tasks = await eventually(
+        provider.records.tasks, lambda t: bool(t) and t[-1].status == "cancelled"
+    )
+    assert tasks[-1].status == "cancelled"
     again = CliRunner().invoke(app, ["--home", str(home), "approve", row.id])
     assert again.exit_code == 1 and "already rejected" in str(again.exception or again.output)
 

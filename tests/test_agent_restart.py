@@ -135,9 +135,14 @@ async def test_provider_killed_after_accepting_finishes_from_its_checkpoint(
             )
             assert resumed is not None and resumed.group(1) in ("accepted", "funded")
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(process)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM an agent process (SIGKILL if it does not leave within 20 s)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()

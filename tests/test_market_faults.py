@@ -33,9 +33,15 @@ from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import EscrowClient, JobStatus, TokenClient
 from agentmesh.wallets.keystore import Keystore
 from agentmesh.wallets.wallet import Wallet
-from tests.agent_fixtures import TEXT, bind_home, fund, new_key
+from tests.agent_fixtures import TEXT, bind_home, eventually, fund, new_key
 from tests.conftest import TEST_SCRYPT_N, advance_time, escrow_for, wait_gone
-from tests.test_agent_restart import PASSWORD, free_port, start_provider, wait_for_status
+from tests.test_agent_restart import (
+    PASSWORD,
+    free_port,
+    start_provider,
+    stop,
+    wait_for_status,
+)
 
 AGENTS = Path(__file__).parent / "agents"
 REVIEW_S = 30
@@ -73,15 +79,6 @@ def kill(process: subprocess.Popen[bytes]) -> None:
     process.send_signal(signal.SIGKILL)
     assert wait_gone(process.pid)
     process.wait()
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 async def provider_wallet(home: Path, name: str, deployer: Wallet, token: TokenClient) -> str:
@@ -154,21 +151,14 @@ async def test_requester_killed_after_delivery_provider_claims_after_review(
         )
         try:
             job_id = await wait_for_status(chain, seller.wallet, JobStatus.SUBMITTED)
-            for _ in range(100):  # delivered and acknowledged: the buyer is checking
-                task = seller.records.tasks()[0]
-                if task.state == "delivered":
-                    break
-                await asyncio.sleep(0.1)
+            # Delivered and acknowledged: the buyer is checking.
+            await eventually(lambda: seller.records.tasks()[0], lambda t: t.state == "delivered")
             await asyncio.sleep(0.5)
             kill(process)  # frozen in its check: it never releases
             job = await escrow_for(chain, seller.wallet).get_job(job_id)
             assert job.status == JobStatus.SUBMITTED
             await advance_time(chain, REVIEW_S + 1)
-            for _ in range(100):
-                task = seller.records.tasks()[0]
-                if task.status == "done":
-                    break
-                await asyncio.sleep(0.1)
+            task = await eventually(lambda: seller.records.tasks()[0], lambda t: t.status == "done")
             assert task.state == "claimed" and task.status == "done"
             assert await ledger.conserved() == [PRICE, -PRICE, 0]
             await assert_settled_for_good(chain, job_id)
@@ -200,11 +190,9 @@ async def test_garbage_delivery_is_disputed_and_frozen_until_the_arbiter(
             await advance_time(chain, REVIEW_S + 1)
             records = AgentRecords(home / "agents" / "garbage-summarizer" / "agent.db")
             try:
-                for _ in range(100):
-                    task = records.tasks()[0]
-                    if task.status == "disputed":
-                        break
-                    await asyncio.sleep(0.1)
+                task = await eventually(
+                    lambda: records.tasks()[0], lambda t: t.status == "disputed"
+                )
                 assert task.state == "disputed"
             finally:
                 records.close()

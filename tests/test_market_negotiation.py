@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from agentmesh.protocols.negotiation import PROTOCOL, VERSION, CounterOffer, Pro
 from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import JobStatus, TokenClient
 from agentmesh.wallets.wallet import Wallet
-from tests.agent_fixtures import bind_home, fund, new_key
+from tests.agent_fixtures import bind_home, eventually, fund, new_key
 from tests.conftest import escrow_for
 
 
@@ -102,11 +101,8 @@ async def test_refused_award_is_cancelled_and_goes_to_the_next_proposal(
         assert cancelled.provider == picky.address and cancelled.status == JobStatus.CANCELLED
         assert await token.balance_of(buyer.address) == before - 40_000
         assert await token.balance_of(picky.address) == 0
-        for _ in range(50):
-            if picky.records.tasks() and picky.records.tasks()[0].status == "failed":
-                break
-            await asyncio.sleep(0.1)
-        assert picky.records.tasks()[0].state == "refused"
+        tasks = await eventually(picky.records.tasks, lambda t: bool(t) and t[0].status == "failed")
+        assert tasks[0].state == "refused"
 
 
 def test_weighted_ranking_trades_price_for_reputation() -> None:

@@ -17,7 +17,7 @@ from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import TokenClient
 from agentmesh.wallets.keystore import Keystore
 from agentmesh.wallets.wallet import Wallet
-from tests.agent_fixtures import bind_home, fund, new_key
+from tests.agent_fixtures import bind_home, eventually, fund, new_key
 from tests.conftest import TEST_SCRYPT_N
 
 PASSWORD = "task cli password"
@@ -52,10 +52,8 @@ async def test_request_list_and_show_a_task(
         assert bought["phase"] == "settled" and bought["result"] == "HELLO"
         assert bought["price"] == 30_000 and bought["provider"] == seller.address
         assert await token.balance_of(seller.address) == 30_000
-        for _ in range(50):  # the seller records the release once Settled arrives
-            if seller.records.tasks()[0].status == "done":
-                break
-            await asyncio.sleep(0.1)
+        # The seller records the release once Settled arrives.
+        await eventually(lambda: seller.records.tasks()[0], lambda t: t.status == "done")
 
         listing = await asyncio.to_thread(cli, home, "task", "list", "--json")
         assert listing.exit_code == 0, listing.output
