@@ -17,9 +17,20 @@ from agentmesh.agents.records import AgentRecords
 from agentmesh.agents.service import ServiceContext
 from agentmesh.cli.app import app
 from agentmesh.config import Config
+from agentmesh.errors import ModelOutputError
 from agentmesh.llm import LocalModel
 from agentmesh.mesh.node import MeshNode, RemoteError
-from agentmesh.protocols.negotiation import PROTOCOL, VERSION, Ack, Award, Funded
+from agentmesh.protocols.negotiation import (
+    PROTOCOL,
+    VERSION,
+    Ack,
+    Award,
+    CallForProposals,
+    Decline,
+    Funded,
+    Proposal,
+    sha256_hex,
+)
 from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import JobStatus, TokenClient
 from agentmesh.wallets.wallet import Wallet
@@ -274,3 +285,56 @@ async def test_forged_and_out_of_order_steps_are_refused(
     assert "Award is accepted in state proposed" in late.value.detail
     assert provider.counters["rejected.not_party"] == 1
     assert provider.counters["rejected.out_of_order"] == 1
+
+
+async def test_a_call_with_someone_elses_card_is_refused(provider: Agent, requester: Agent) -> None:
+    assert provider.node.card is not None and requester.node.card is not None
+    stranger = MeshNode(new_key(), name="stranger", config=provider.node.config)
+    async with stranger:
+        call = CallForProposals(
+            service="summarize",
+            input='{"text":"hi"}',
+            input_sha256=sha256_hex('{"text":"hi"}'),
+            budget=500_000,
+            token=provider.token_address,
+            deadline_s=60,
+            card=requester.node.card,  # validly signed, but not by the sender
+        )
+        with pytest.raises(RemoteError) as refused:
+            await stranger.request(
+                provider.node.card,
+                call,
+                protocol=PROTOCOL,
+                version=VERSION,
+                expect=(Proposal, Decline),
+            )
+    assert refused.value.code == "bad_card"
+    assert provider.counters["rejected.bad_card"] == 1
+    assert provider.records.tasks() == []  # nothing started for it
+
+
+class BrokenModel:
+    """A model whose structured output always fails (the decide node's failure path)."""
+
+    sha256 = ""
+
+    async def structured(self, *args: Any, **kwargs: Any) -> Any:
+        raise ModelOutputError("model output is not a valid PriceDecision")
+
+
+async def test_when_the_model_fails_the_rules_price_the_offer(
+    provider: Agent, requester: Agent, token: TokenClient
+) -> None:
+    real_model = provider.model
+    provider.model = BrokenModel()  # type: ignore[assignment]
+    try:
+        with pytest.raises(TaskFailed):  # the summary itself needs the real model
+            await requester.buy("summarize", text=TEXT, budget="0.5")
+    finally:
+        provider.model = real_model
+    task = provider.records.tasks()[0]
+    snapshot = await provider.provider_graph.aget_state(provider._config(task.conversation))
+    decision = snapshot.values["decision"]
+    assert decision["reason"] == "rules (no model answer)" and decision["model_action"] == "none"
+    assert snapshot.values["price"] == PRICE  # the list price, within the budget
+    assert provider.counters["model_fallbacks"] == 1
