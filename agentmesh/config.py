@@ -99,6 +99,9 @@ class AgentConfig(_Section):
     offer_ttl_s: Annotated[int, Field(ge=1)] = 120  # a proposal not awarded expires
     decision_timeout_s: Annotated[float, Field(gt=0)] = 5.0  # then the rules price alone
     funding_ttl_s: Annotated[int, Field(ge=1)] = 120  # an award not funded expires
+    # Tries to hand a result to an unreachable requester (1, 2, 4, 8, 10 s apart); after
+    # that the requester asks for it again (`Redeliver`) when it looks at the job.
+    delivery_attempts: Annotated[int, Field(ge=1, le=50)] = 5
     counter_ratio: Annotated[float, Field(gt=0, le=1)] | None = None  # counter at this share
     # Ranking of proposals: lower score wins. Price in budget shares, latency in seconds,
     # reputation as the provider's average score out of 100 (unrated: 50).

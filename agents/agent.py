@@ -35,7 +35,11 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from pydantic import BaseModel
 
-from agentmesh.agents.provider_graph import PROVIDER_ACCEPTS, build_provider_graph
+from agentmesh.agents.provider_graph import (
+    PROVIDER_ACCEPTS,
+    REDELIVERABLE,
+    build_provider_graph,
+)
 from agentmesh.agents.records import AgentRecords
 from agentmesh.agents.requester_graph import REQUESTER_ACCEPTS, build_requester_graph
 from agentmesh.agents.service import CheckFn, Service, ServiceFn, check_result, parse_price
@@ -63,6 +67,7 @@ from agentmesh.protocols.negotiation import (
     Failure,
     Funded,
     Proposal,
+    Redeliver,
     Reject,
     Settled,
     canonical_json,
@@ -85,8 +90,8 @@ STEP_ANSWERED_AT: dict[str, set[str]] = {
 }
 # Init code that returns block.timestamp: TIMESTAMP PUSH1 0 MSTORE PUSH1 32 PUSH1 0 RETURN
 TIMESTAMP_PROBE = "0x4260005260206000f3"
-STALLED_RETRY_S = 5.0
-STALLED_RETRIES = 20
+STALLED_RETRY_S = 5.0  # first retry of a task stopped by an error; doubles each time
+STALLED_RETRY_MAX_S = 300.0  # ... up to this: never given up while money may be held
 
 FINAL_STATUS = {
     "settled": "done",
@@ -181,10 +186,11 @@ class Agent:
         self.counters: Counter[str] = Counter()
         self._locks: dict[str, asyncio.Lock] = {}
         self._outcomes: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._checks: dict[str, CheckFn] = {}
+        self._checks: dict[str, tuple[CheckFn | None, Any]] = {}  # task -> (check, type)
         self._phase_waiters: dict[str, list[tuple[Callable[[str], bool], asyncio.Future[Any]]]] = {}
         self._timers: dict[str, int] = {}  # task -> chain time its waiting node times out
         self._stalled_retries: Counter[str] = Counter()
+        self._stalled_next: dict[str, float] = {}  # task -> loop time of its next retry
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stack: contextlib.AsyncExitStack | None = None
         self._main: Callable[[Agent], Awaitable[Any]] | None = None
@@ -500,14 +506,17 @@ class Agent:
         providers: tuple[str, ...] | list[str] = (),
         deadline_s: int | None = None,
         check: CheckFn | None = None,
+        result_type: Any = None,
         timeout: float | None = 300.0,
         **fields: Any,
     ) -> TaskOutcome:
         """Buy one run of ``service`` for at most ``budget``; raises ``TaskFailed``.
 
-        The input is a dict, a pydantic model or keyword fields. ``check`` is applied
-        to the parsed result before paying (default: non-empty); a failing result is
-        disputed instead. Returns when the payment is released.
+        The input is a dict, a pydantic model or keyword fields. Before paying, the
+        parsed result must be non-empty, of ``result_type`` if given (e.g. ``str``), and
+        pass ``check``; a failing result is disputed instead. Both live in memory: after
+        a restart of this agent only the default check applies. Returns when the payment
+        is released.
         """
         if not self.started:
             raise AgentMeshError("start the agent first (async with agent: ...)")
@@ -529,8 +538,8 @@ class Agent:
             "phase": "started",
             "txs": {},
         }
-        if check is not None:
-            self._checks[tid] = check
+        if check is not None or result_type is not None:
+            self._checks[tid] = (check, result_type)
         future = self._outcomes[tid] = asyncio.get_running_loop().create_future()
         self.records.start_task(tid, "requester", service)
         lock = await self._begin(tid)
@@ -606,7 +615,8 @@ class Agent:
             value = json.loads(text)
         except ValueError:
             return False, "result is not JSON"
-        return check_result(value, self._checks.get(tid))
+        check, result_type = self._checks.get(tid, (None, None))
+        return check_result(value, check, result_type)
 
     # ------------------------------------------------------------------ graph driving
 
@@ -720,14 +730,16 @@ class Agent:
         """Fire due timers (resume with ``Timeout``); retry tasks stalled by an error."""
         from langgraph.types import Command
 
-        last_retry = 0.0
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(0.5)
             try:
                 if self._timers:
                     now = await self.chain_time()
                     for tid in [t for t, until in self._timers.items() if until <= now]:
+                        if self._busy(tid):
+                            # Running: it re-arms its timer when it pauses. Waiting for
+                            # it here would hold up every other task's timer.
+                            continue
                         lock = await self._begin(tid)
                         graph = self._graph(tid)
                         snapshot = await graph.aget_state(self._config(tid))
@@ -744,19 +756,26 @@ class Agent:
                         self.counters["timeouts"] += 1
                         log.info("task %s timed out in %s", tid, snapshot.values.get("phase"))
                         self._run_locked(tid, lock, graph, Command(resume={"type": "Timeout"}))
-                if loop.time() - last_retry >= STALLED_RETRY_S:
-                    last_retry = loop.time()
-                    await self._retry_stalled()
+                await self._retry_stalled()
             except Exception:
                 log.exception("timer loop error (continuing)")
 
+    def _busy(self, tid: str) -> bool:
+        return tid in self._locks and self._locks[tid].locked()
+
     async def _retry_stalled(self) -> None:
+        """Run again tasks an error stopped, backing off (5 s, 10 s, ... 5 min)."""
+        now = asyncio.get_running_loop().time()
         for row in self.records.tasks("stalled"):
             tid = row.conversation
-            running = tid in self._locks and self._locks[tid].locked()
-            if running or self._stalled_retries[tid] >= STALLED_RETRIES:
+            if self._busy(tid):
+                continue
+            due = self._stalled_next.setdefault(tid, now + STALLED_RETRY_S)
+            if now < due:
                 continue
             self._stalled_retries[tid] += 1
+            delay = STALLED_RETRY_S * 2 ** min(self._stalled_retries[tid], 10)
+            self._stalled_next[tid] = now + min(STALLED_RETRY_MAX_S, delay)
             lock = await self._begin(tid)
             self.records.update_task(tid, status="active")
             self._run_locked(tid, lock, self._graph(tid), None)
@@ -818,6 +837,9 @@ class Agent:
             node.on(message_type, protocol=PROTOCOL, version=VERSION, replies=(Ack,))(
                 self._on_requester_step
             )
+        node.on(Redeliver, protocol=PROTOCOL, version=VERSION, replies=(Delivery,))(
+            self._on_redeliver
+        )
         for message_type, protocol, version, replies, fn in self._raw_handlers:
             node.on(message_type, protocol=protocol, version=version, replies=replies)(fn)
 
@@ -876,8 +898,33 @@ class Agent:
                 reason=str(decision.get("reason", ""))[:64],
                 reputation_count=count,
                 reputation_total=total,
+                valid_until=values.get("offer_until", 0),
             )
         return Decline(reason=str(decision.get("reason", "declined"))[:200])
+
+    async def _on_redeliver(self, ctx: HandlerContext, message: Redeliver) -> Message:
+        """Send a delivery again, to the requester only and once it is on chain.
+
+        Read from the checkpoint without the task's lock: the result is immutable once
+        submitted, and a requester asking must not wait behind a settlement.
+        """
+        tid = "p:" + ctx.conversation.hex()
+        values = (await self.provider_graph.aget_state(self._config(tid))).values
+        if not values:
+            self.counters["rejected.unknown_task"] += 1
+            return ErrorReply(code="unknown_task", detail="no such task here")
+        if str(values.get("requester", "")).lower() != ctx.sender.lower():
+            self.counters["rejected.not_party"] += 1
+            return ErrorReply(code="not_party", detail=f"{ctx.sender} is not in this task")
+        phase = values.get("phase", "?")
+        if phase not in REDELIVERABLE or not values.get("result_sha256"):
+            self.counters["rejected.out_of_order"] += 1
+            return ErrorReply(
+                code="out_of_order",
+                detail=f"Redeliver is accepted in state {', '.join(REDELIVERABLE)}; "
+                f"this task is in {phase}",
+            )
+        return Delivery(result=values["result"], result_sha256=values["result_sha256"])
 
     def _out_of_order(self, name: str, phase: str) -> ErrorReply:
         self.counters["rejected.out_of_order"] += 1
@@ -903,6 +950,7 @@ class Agent:
                 eta_s=self.settings.min_work_s,
                 model_sha256=self.model.sha256 if self.model is not None else "",
                 reason="countered",
+                valid_until=update.get("offer_until", 0),
             )
         if (name, phase) in (("Funded", "accepted"), ("Award", "awarded")):
             return Ack(state=phase)

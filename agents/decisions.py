@@ -3,8 +3,9 @@
 The model answers under a grammar built from ``PriceDecision``'s JSON schema, so even
 the 135M default model returns a valid object. No free-text field: tiny models loop
 inside free strings until they run out of tokens. The rules then bound the answer:
-never below the floor (cost), never above the buyer's budget, and a budget below the
-floor is always a decline.
+never below the floor (cost), never above the buyer's budget, a budget below the floor
+is always a decline, and a decline whose stated reason the numbers contradict (the
+budget "below" a list price it covers) is overruled.
 """
 
 from __future__ import annotations
@@ -79,6 +80,12 @@ def apply_rules(
         # No usable model answer: fall back to the list price, capped by the budget.
         return Decision("propose", min(list_price, budget), "rules (no model answer)", "none", True)
     if answer.action == "decline":
+        if answer.reason == "budget_below_price" and budget >= list_price:
+            # The model's stated reason is false (small models misread numbers): the
+            # facts decide. A decline for a judgement (input_too_long) stands.
+            return Decision(
+                "propose", list_price, "rules (the budget covers the list price)", "decline", True
+            )
         return Decision("decline", 0, f"model declined: {answer.reason}", model_action, False)
     finite = math.isfinite(answer.price) and answer.price < 1e12  # no overflow on round
     wanted = round(answer.price * 10**MUSD_DECIMALS) if finite and answer.price > 0 else list_price

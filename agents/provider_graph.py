@@ -44,8 +44,9 @@ PROVIDER_ACCEPTS: dict[str, tuple[str, ...]] = {
     "awarded": ("Funded",),
     "delivered": ("Settled", "Dispute"),
 }
+# Phases in which the result is committed on chain, so a `Redeliver` is answered.
+REDELIVERABLE = ("submitted", "delivered", "settled", "claimed", "disputed")
 TIMEOUT = "Timeout"  # what the agent's timer resumes a waiting node with
-DELIVERY_ATTEMPTS = 5
 
 
 def merge(left: dict[str, str] | None, right: dict[str, str] | None) -> dict[str, str]:
@@ -187,7 +188,12 @@ def build_provider_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph[
             # answer with the floor (our last word) and never move again.
             floor = agent.services[state["service"]].floor
             price = max(floor, min(message["price"], state["price"]))
-            return {"phase": "proposed", "price": price, "countered": True}
+            return {
+                "phase": "proposed",
+                "price": price,
+                "countered": True,
+                "offer_until": state["offer_until"],  # the counter does not extend it
+            }
         return {
             "phase": "awarded",
             "funding_until": await agent.chain_time() + agent.settings.funding_ttl_s,
@@ -233,6 +239,13 @@ def build_provider_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph[
             agent.counters["service_errors"] += 1
             log.warning("service %s failed: %r", service.name, exc)
             return {"phase": "failing", "error": f"{type(exc).__name__}: {exc}"[:200]}
+        ok, why = service.accepts_result(result)
+        if not ok:
+            # The service's own check (declared type, non-empty, `check=`): a result it
+            # would not buy itself is abandoned (refund at once), never delivered.
+            agent.counters["service_check_failed"] += 1
+            log.warning("service %s result refused by its own check: %s", service.name, why)
+            return {"phase": "failing", "error": f"result failed its check: {why}"[:200]}
         return {"phase": "executed", "result": result, "result_sha256": sha256_hex(result)}
 
     async def abandon(state: ProviderState) -> dict[str, Any]:
@@ -261,7 +274,7 @@ def build_provider_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph[
     async def deliver(state: ProviderState) -> dict[str, Any]:
         delivery = Delivery(result=state["result"], result_sha256=state["result_sha256"])
         error = ""
-        for attempt in range(DELIVERY_ATTEMPTS):
+        for attempt in range(agent.settings.delivery_attempts):
             try:
                 # A fresh envelope per attempt: a retried one would outlive its TTL.
                 await agent.ask(
@@ -276,7 +289,8 @@ def build_provider_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph[
                 # Unreachable, or not ready for it yet (still finishing the previous
                 # step): wait a little and send a fresh envelope.
                 error = exc.user_message
-                await asyncio.sleep(min(2**attempt, 10))
+                if attempt + 1 < agent.settings.delivery_attempts:
+                    await asyncio.sleep(min(2**attempt, 10))
         # The hash is on chain: the payment can be claimed after the review window.
         return {"phase": "delivered", "error": f"requester unreachable: {error}"}
 

@@ -53,7 +53,7 @@ class ApprovalRow(SQLModel, table=True):
     conversation: str = Field(index=True)
     amount: int
     description: str
-    status: str = "pending"  # pending | approved | rejected
+    status: str = "pending"  # pending | approved | rejected | expired
     applied: bool = False  # the agent has resumed the graph with the decision
     created_ms: int = Field(default_factory=_now_ms)
     decided_ms: int | None = None
@@ -144,6 +144,21 @@ class AgentRecords:
             session.commit()
             session.refresh(row)
             return row
+
+    def expire_approvals(self, conversation: str) -> None:
+        """The task stopped waiting (its offer lapsed): a later decision is refused."""
+        with Session(self.engine) as session:
+            for row in session.exec(
+                select(ApprovalRow).where(
+                    ApprovalRow.conversation == conversation,
+                    ApprovalRow.status == "pending",
+                )
+            ):
+                row.status = "expired"
+                row.applied = True
+                row.decided_ms = _now_ms()
+                session.add(row)
+            session.commit()
 
     def approvals(self, status: str | None = None) -> list[ApprovalRow]:
         with Session(self.engine) as session:

@@ -4,10 +4,17 @@
             -> check -> release | dispute
 
 ``approve`` pauses with ``interrupt()`` when the price is above the agent's approval
-threshold, until ``agentmesh approve``/``reject``. ``fund`` is the only node that
-spends; it finds a job it opened before a crash (same terms hash) instead of paying
+threshold, until ``agentmesh approve``/``reject`` (or until the chosen offer lapses:
+then the task expires, nothing spent). ``fund`` is the only node that spends; it finds
+a job it opened before a crash or a lost receipt (same terms hash) instead of paying
 twice. Every branch that stops early leaves no money behind: nothing is spent before
 ``fund``, and a job the provider refuses is cancelled at once.
+
+``await_delivery`` also wakes up several times per review window to look at the job: a
+result committed on chain but never received (we were down) is asked for again with
+``Redeliver``, and disputed only if it cannot be had before the review window closes.
+A delivery that fails the check before its hash is on chain is refused and the wait
+goes on (disputing needs the hash on chain; ending would let the provider claim).
 """
 
 from __future__ import annotations
@@ -29,15 +36,17 @@ from agentmesh.protocols.negotiation import (
     CallForProposals,
     CounterOffer,
     Decline,
+    Delivery,
     Dispute,
     Funded,
     Proposal,
+    Redeliver,
     Reject,
     Settled,
     sha256_hex,
     terms_hash,
 )
-from agentmesh.wallets.clients import JobStatus
+from agentmesh.wallets.clients import EscrowJob, JobStatus
 
 if TYPE_CHECKING:
     from langgraph.graph.state import CompiledStateGraph
@@ -48,6 +57,9 @@ log = logging.getLogger("agentmesh.agent")
 
 REQUESTER_ACCEPTS: dict[str, tuple[str, ...]] = {"notified": ("Delivery", "Failure")}
 TIMEOUT = "Timeout"
+# Job states in which the provider has committed a result on chain that we may not have
+# received (we were down when it was delivered): ask for it again before deciding.
+RESULT_ON_CHAIN = (JobStatus.SUBMITTED, JobStatus.CLAIMED, JobStatus.RELEASED)
 UNRATED = 50  # the reputation assumed for a provider nobody has rated yet
 FEEDBACK_GOOD = 100
 FEEDBACK_BAD = 0
@@ -67,6 +79,7 @@ class RequesterState(TypedDict, total=False):
     declines: list[dict[str, Any]]
     winner: str
     winner_card: dict[str, Any]
+    offer_until: int  # chain time the winner's offer lapses (0: not said)
     price: int
     excluded: list[str]  # providers that failed an award: the next-best gets it
     countered: bool
@@ -118,6 +131,12 @@ def rank(
 def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph[Any]:
     """Compile the requester graph bound to ``agent``."""
 
+    def poll_s() -> int:
+        """How often a requester waiting for a delivery looks at the job on chain:
+        several times per review window, so a result committed but not received is
+        fetched (or contested) before the provider may claim it."""
+        return max(1, agent.settings.review_window_s // 3)
+
     def winner(state: RequesterState) -> AgentCard:
         return AgentCard.model_validate(state["winner_card"])
 
@@ -162,6 +181,7 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
                 "eta_s": reply.eta_s,
                 "model_sha256": reply.model_sha256,
                 "claimed_reputation": [reply.reputation_count, reply.reputation_total],
+                "valid_until": reply.valid_until,
                 "latency_ms": latency,
             }
 
@@ -194,6 +214,7 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
             "phase": "chosen",
             "winner": best["provider"],
             "winner_card": best["card"],
+            "offer_until": best.get("valid_until", 0),
             "price": price,
             "countered": bool(state.get("countered")) or settings.counter_ratio is not None,
         }
@@ -222,8 +243,18 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
                     "amount": state["price"],
                     "description": f"pay {state['price']} base units to {state['winner']} "
                     f"for {state['service']}",
+                    # The offer does not wait forever: when it lapses, so does the request
+                    # (0: the provider did not say; wait as long as it takes).
+                    "until": state.get("offer_until", 0),
                 }
             )
+            if decision.get("type") == TIMEOUT:
+                agent.records.expire_approvals("r:" + state["conversation"])
+                return {
+                    "phase": "expired",
+                    "error": "not approved before the provider's offer lapsed; nothing was "
+                    "spent (buy again, or ask providers for a longer offer_ttl_s)",
+                }
             if not decision.get("approved"):
                 return {"phase": "rejected", "error": "the spend was rejected by its owner"}
         return {"phase": "approved", "from_block": await agent.block_number()}
@@ -277,7 +308,14 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
                 terms_hash=terms,
             )
         except AgentMeshError as exc:
-            return {"phase": "failed", "error": f"could not fund the job: {exc.user_message}"}
+            # The transaction may be mined although its receipt never came back (a
+            # timeout): a job we opened must not be left behind unaccounted.
+            job_id = await agent.find_opened_job(state["winner"], terms, state["from_block"])
+            if job_id is None:
+                return {"phase": "failed", "error": f"could not fund the job: {exc.user_message}"}
+            log.warning("opening job %s reported %s, but it is open", job_id, exc)
+            job = await agent.escrow.get_job(job_id)
+            return {"phase": "funded", "job_id": job_id, "delivery_until": job.deadline + 1}
         return {
             "phase": "funded",
             "job_id": job_id,
@@ -315,11 +353,13 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
         return {"phase": "notified"}
 
     async def await_delivery(state: RequesterState) -> dict[str, Any]:
-        message = interrupt(
-            {"await": REQUESTER_ACCEPTS["notified"], "until": state["delivery_until"]}
-        )
+        # Wake up now and then to look at the job, not only at the deadline: a provider
+        # may commit a result we never receive (we were down, or the network was) and
+        # claim it after the review window, which can end before our deadline.
+        until = min(state["delivery_until"], await agent.chain_time() + poll_s())
+        message = interrupt({"await": REQUESTER_ACCEPTS["notified"], "until": until})
         if message["type"] == TIMEOUT:
-            return await reclaim(state)
+            return await look_at_job(state)
         if message["type"] == "Failure":
             job = await agent.escrow.get_job(state["job_id"])
             if job.status != JobStatus.REFUNDED:
@@ -331,32 +371,57 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
                 "phase": "failed",
                 "error": f"provider failed: {message['reason']} (deposit refunded)",
             }
+        return delivered(Delivery(result=message["result"], result_sha256=message["result_sha256"]))
+
+    async def look_at_job(state: RequesterState) -> dict[str, Any]:
+        """No delivery yet: fetch a result committed on chain, refund after the
+        deadline, contest a result we cannot get before the provider may claim it."""
+        job = await agent.escrow.get_job(state["job_id"])
+        now = await agent.chain_time()
+        if job.status in RESULT_ON_CHAIN:
+            # It may have been sent while we could not receive it: ask again before
+            # contesting what may be an honest delivery.
+            delivery = await request_redelivery(agent, state)
+            if delivery is not None:
+                return delivered(delivery)
+        if job.status in (JobStatus.OPEN, JobStatus.ACCEPTED):
+            return await refund_after_deadline(state, now)
+        if job.status == JobStatus.SUBMITTED:
+            return await contest_undelivered(state, job, now)
+        if job.status == JobStatus.REFUNDED:
+            return {"phase": "refunded", "error": "the provider abandoned the job (refunded)"}
+        return {"phase": "failed", "error": f"waiting for a delivery, the job is {job.status.name}"}
+
+    async def refund_after_deadline(state: RequesterState, now: int) -> dict[str, Any]:
+        if now < state["delivery_until"]:
+            return {"phase": "notified"}  # still within the deadline: wait on
+        receipt = await agent.escrow.refund(state["job_id"])
         return {
-            "phase": "delivered",
-            "result": message["result"],
-            "result_sha256": message["result_sha256"],
+            "phase": "refunded",
+            "error": "nothing delivered before the deadline",
+            "txs": {"refund": tx_hex(receipt)},
         }
 
-    async def reclaim(state: RequesterState) -> dict[str, Any]:
-        """The deadline passed without a delivery: take the deposit back."""
-        job = await agent.escrow.get_job(state["job_id"])
-        if job.status in (JobStatus.OPEN, JobStatus.ACCEPTED):
-            receipt = await agent.escrow.refund(state["job_id"])
+    async def contest_undelivered(
+        state: RequesterState, job: EscrowJob, now: int
+    ) -> dict[str, Any]:
+        """A result is on chain but its delivery cannot be had: dispute it in time."""
+        review_ends = job.submitted_at + job.review_window
+        if now > review_ends:  # we were away too long: the chain no longer listens
             return {
-                "phase": "refunded",
-                "error": "nothing delivered before the deadline",
-                "txs": {"refund": tx_hex(receipt)},
+                "phase": "failed",
+                "error": "a result was committed on chain but never reached us, and the "
+                "review window has closed",
             }
-        if job.status == JobStatus.SUBMITTED:
-            # A result hash is on chain but the result never reached us: contest it.
-            reason = bytes.fromhex(sha256_hex("result never delivered"))
-            receipt = await agent.escrow.dispute(state["job_id"], reason)
-            return {
-                "phase": "disputed",
-                "error": "a result was submitted on chain but never delivered",
-                "txs": {"dispute": tx_hex(receipt)},
-            }
-        return {"phase": "failed", "error": f"after the deadline the job is {job.status.name}"}
+        if now + poll_s() < review_ends:
+            return {"phase": "notified"}  # the provider has time to answer a retry
+        reason = bytes.fromhex(sha256_hex("result never delivered"))
+        receipt = await agent.escrow.dispute(state["job_id"], reason)
+        return {
+            "phase": "disputed",
+            "error": "a result was submitted on chain but never delivered",
+            "txs": {"dispute": tx_hex(receipt)},
+        }
 
     async def check(state: RequesterState) -> dict[str, Any]:
         job = await agent.escrow.get_job(state["job_id"])
@@ -392,9 +457,20 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
 
     async def dispute(state: RequesterState) -> dict[str, Any]:
         job = await agent.escrow.get_job(state["job_id"])
+        problem = state.get("error", "")
+        if job.status == JobStatus.ACCEPTED:
+            # Delivered before its hash is on chain: nothing to dispute yet, and ending
+            # here would let the provider submit and claim later. Keep waiting: the
+            # deadline timer refunds the job, or contests a hash submitted meanwhile.
+            log.warning("job %s: delivery refused before submission: %s", job.job_id, problem)
+            agent.counters["deliveries_refused"] += 1
+            return {"phase": "notified", "error": f"delivery refused: {problem}"}
+        if job.status not in (JobStatus.SUBMITTED, JobStatus.DISPUTED, JobStatus.RESOLVED):
+            # Paid already (claimed while we were away): too late to contest on chain.
+            return {"phase": "failed", "error": f"{problem}; the job is already {job.status.name}"}
         txs: dict[str, str] = {}
         if job.status == JobStatus.SUBMITTED:
-            reason = bytes.fromhex(sha256_hex(state.get("error", "")))
+            reason = bytes.fromhex(sha256_hex(problem))
             txs["dispute"] = tx_hex(await agent.escrow.dispute(state["job_id"], reason))
         # The dispute is on chain; the notice is a courtesy.
         notice = Dispute(reason=state.get("error", "")[:200], tx=txs.get("dispute", ""))
@@ -441,5 +517,30 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
     )
     graph.add_conditional_edges("check", after("checked", "release", "dispute"))
     graph.add_edge("release", END)
-    graph.add_edge("dispute", END)
+    graph.add_conditional_edges("dispute", after("notified", "await_delivery"))
     return graph.compile(checkpointer=checkpointer)
+
+
+def delivered(delivery: Delivery) -> dict[str, Any]:
+    """The state update for a received (or re-requested) delivery."""
+    return {
+        "phase": "delivered",
+        "result": delivery.result,
+        "result_sha256": delivery.result_sha256,
+    }
+
+
+async def request_redelivery(agent: Agent, state: RequesterState) -> Delivery | None:
+    """Ask the winner again for a delivery we missed; None if it does not answer."""
+    try:
+        reply = await agent.ask(
+            AgentCard.model_validate(state["winner_card"]),
+            Redeliver(),
+            state["conversation"],
+            expect=(Delivery,),
+        )
+    except AgentMeshError as exc:
+        log.info("redelivery of job %s not obtained: %s", state.get("job_id"), exc.user_message)
+        return None
+    agent.counters["redeliveries"] += 1
+    return reply  # type: ignore[no-any-return]

@@ -3,9 +3,12 @@
 The function's parameters after ``ctx`` become the service's input schema (a pydantic
 model with ``extra="forbid"``), and its return annotation the result type. A requester
 sends the input as a JSON object; the provider validates it before the work starts and
-serializes the result as canonical JSON of that type. The requester, which does not
-know the provider's code, checks that the result is non-empty JSON and applies the
-``check=`` it passed to ``Agent.buy`` before it pays.
+serializes the result as canonical JSON of that type. Before delivering, the provider
+applies its own check (the declared type, non-empty, and the service's ``check=``) and
+abandons the job (refund at once) rather than deliver a result that fails it. The
+requester, which does not know the provider's code, checks that the result is non-empty
+JSON (of the ``result_type`` it passed to ``Agent.buy``, if any) and applies the
+``check=`` it passed before it pays.
 """
 
 from __future__ import annotations
@@ -157,8 +160,13 @@ class Service:
         return check_result(value, self.check)
 
 
-def check_result(value: Any, check: CheckFn | None) -> tuple[bool, str]:
-    """Default check (non-empty) plus an optional custom one."""
+def check_result(value: Any, check: CheckFn | None, result_type: Any = None) -> tuple[bool, str]:
+    """Default check (non-empty; of ``result_type`` when given) plus an optional custom one."""
+    if result_type is not None:
+        try:
+            TypeAdapter(result_type).validate_python(value, strict=True)
+        except ValidationError as exc:
+            return False, f"result is not a valid {result_type}: {_first(exc)}"
     if value is None or (hasattr(value, "__len__") and len(value) == 0):
         return False, "result is empty"
     if isinstance(value, str) and not value.strip():

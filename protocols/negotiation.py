@@ -14,6 +14,8 @@ Every message travels in a signed envelope whose conversation id names the task:
                       <-------------  Delivery (result, its hash; hash also on chain)
                                       | Failure (job abandoned: deposit back at once)
     Ack               ------------->
+    Redeliver         ------------->  (a requester that missed the Delivery, e.g. while
+                      <-------------  Delivery   it was down, asks for it again)
     Settled (tx)      ------------->  (release seen on chain)
       | Dispute       ------------->  (funds frozen for the arbiter)
                       <-------------  Ack
@@ -70,6 +72,9 @@ class Proposal(Message):
     # what the chain says, this is for display and logs).
     reputation_count: int = Field(default=0, ge=0)
     reputation_total: int = Field(default=0, ge=0)
+    # Chain time after which the offer is no longer awarded (0: not said). A requester
+    # waiting for a person's approval gives up on the offer then.
+    valid_until: int = Field(default=0, ge=0)
 
 
 class Decline(Message):
@@ -106,6 +111,11 @@ class Delivery(Message):
 
     result: str = Field(max_length=MAX_RESULT_CHARS)
     result_sha256: str = Field(pattern=HEX32)
+
+
+class Redeliver(Message):
+    """The requester asks again for a ``Delivery`` it missed; the provider answers with
+    it once the result hash is on chain (its work is done and committed)."""
 
 
 class Failure(Message):
@@ -145,6 +155,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     Reject,
     Funded,
     Delivery,
+    Redeliver,
     Failure,
     Settled,
     Dispute,

@@ -35,7 +35,7 @@ def bind_home(
     threshold = f'approval_threshold = "{approval_threshold}"\n' if approval_threshold else ""
     (home / "config.toml").write_text(
         f'[wallet]\nscrypt_n = {TEST_SCRYPT_N}\n[chain]\nrpc_url = "{chain.rpc_url}"\n'
-        f"[agent]\nfaucet = false\nproposal_window_s = 30\n{threshold}"
+        f"[agent]\nfaucet = false\nproposal_window_s = 30\ndecision_timeout_s = 25\n{threshold}"
         f"review_window_s = {review_window_s}\n"
         "[mesh]\nheartbeat_s = 0.2\n"
     )
@@ -45,6 +45,9 @@ def bind_home(
         agent=AgentConfig(
             faucet=False,
             proposal_window_s=30,
+            # Inside the proposal window, and long enough that a loaded test machine
+            # still gets the model's answer (the tests check it came from the model).
+            decision_timeout_s=25,
             approval_threshold=approval_threshold,
             review_window_s=review_window_s,
         ),

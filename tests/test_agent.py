@@ -73,7 +73,11 @@ async def provider(
 
     @agent.service("hollow", price="0.05 mUSD")
     async def hollow(ctx: ServiceContext, text: str) -> str:
-        return "   "  # fails the requester's default check
+        return "   "  # fails the provider's own (and any requester's) default check
+
+    @agent.service("echo", price="0.05 mUSD")
+    async def echo(ctx: ServiceContext, text: str) -> str:
+        return text[:20]
 
     async with agent:
         yield agent
@@ -160,12 +164,27 @@ async def test_a_failing_service_refunds_at_once_and_the_agent_goes_on(
     assert again.settled
 
 
-async def test_a_result_failing_the_check_is_disputed_and_frozen(
+async def test_a_result_failing_its_own_check_is_abandoned_not_delivered(
     chain: Chain, token: TokenClient, provider: Agent, requester: Agent
 ) -> None:
     before = await balances(token, provider, requester)
     with pytest.raises(TaskFailed, match="blank") as failed:
         await requester.buy("hollow", text=TEXT, budget="0.5")
+    outcome = failed.value.outcome
+    assert outcome.phase == "failed" and outcome.job_id is not None
+    job = await escrow_for(chain, requester.wallet).get_job(outcome.job_id)
+    assert job.status == JobStatus.REFUNDED  # the provider gave the deposit back at once
+    assert await balances(token, provider, requester) == before
+    assert provider.counters["service_check_failed"] == 1
+
+
+async def test_a_result_failing_the_buyers_check_is_disputed_and_frozen(
+    chain: Chain, token: TokenClient, provider: Agent, requester: Agent
+) -> None:
+    before = await balances(token, provider, requester)
+    # The provider's result is a fine string; this buyer wanted a number.
+    with pytest.raises(TaskFailed, match="not a valid") as failed:
+        await requester.buy("echo", text=TEXT, budget="0.5", result_type=int)
     outcome = failed.value.outcome
     assert outcome.phase == "disputed"
     job = await escrow_for(chain, requester.wallet).get_job(outcome.job_id or 0)

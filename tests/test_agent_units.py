@@ -92,6 +92,24 @@ def test_no_model_answer_caps_list_price_by_budget() -> None:
     assert decision.price == 30_000
 
 
+def test_a_decline_for_a_budget_that_covers_the_list_price_is_overruled() -> None:
+    answer = _answer("decline", 0, "budget_below_price")
+    decision = apply_rules(answer, floor=FLOOR, list_price=LIST, budget=MUSD)
+
+    assert decision.action == "propose"
+    assert decision.price == LIST
+    assert decision.model_action == "decline"
+    assert decision.overridden is True
+
+
+def test_a_decline_for_a_budget_between_floor_and_list_price_stands() -> None:
+    answer = _answer("decline", 0, "budget_below_price")
+    decision = apply_rules(answer, floor=FLOOR, list_price=LIST, budget=LIST - 1)
+
+    assert decision.action == "decline"
+    assert decision.overridden is False
+
+
 def test_model_decline_is_respected_when_budget_covers_floor() -> None:
     answer = _answer("decline", 0, "input_too_long")
     decision = apply_rules(answer, floor=FLOOR, list_price=LIST, budget=MUSD)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from agentmesh.agents.agent import Agent
-from agentmesh.agents.service import ServiceContext
+from agentmesh.agents.service import Service, ServiceContext
 
 agent = Agent("garbage-summarizer")
+# A dishonest provider runs modified code: it skips the check an honest agent applies
+# to its own result before delivering it.
+Service.accepts_result = lambda self, text: (True, "")  # type: ignore[method-assign]
 
 
 @agent.service("summarize", price="0.05 mUSD")
