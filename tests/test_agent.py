@@ -118,7 +118,7 @@ async def test_requester_buys_a_summary_through_both_graphs(
     assert await registry_for(chain, provider.wallet).reputation(provider.address) == (1, 100)
     # The provider's decision came from the model, under the grammar: a valid object.
     task = provider.records.tasks()[0]
-    snapshot = await provider.provider_graph.aget_state(provider._config(task.conversation))
+    snapshot = await provider.provider_graph.aget_state(provider.runner.config(task.conversation))
     decision = snapshot.values["decision"]
     assert decision["model_action"] in ("propose", "decline") and decision["action"] == "propose"
     # The provider records the release once Settled arrives.
@@ -352,7 +352,7 @@ async def test_when_the_model_fails_the_rules_price_the_offer(
     finally:
         provider.model = real_model
     task = provider.records.tasks()[0]
-    snapshot = await provider.provider_graph.aget_state(provider._config(task.conversation))
+    snapshot = await provider.provider_graph.aget_state(provider.runner.config(task.conversation))
     decision = snapshot.values["decision"]
     assert decision["reason"] == "rules (no model answer)" and decision["model_action"] == "none"
     assert snapshot.values["price"] == PRICE  # the list price, within the budget

@@ -1,0 +1,65 @@
+"""How a purchase ended: ``TaskOutcome``, ``TaskFailed``, and each final phase's status."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentmesh.errors import AgentMeshError
+
+FINAL_STATUS = {
+    "settled": "done",
+    "claimed": "done",
+    "refunded": "refunded",
+    "expired": "expired",
+    "disputed": "disputed",
+    "declined": "declined",
+    "rejected": "cancelled",
+    "cancelled": "cancelled",
+}
+
+
+class TaskFailed(AgentMeshError):
+    """A purchase ended without a settled result; ``outcome`` says how far it got."""
+
+    def __init__(self, outcome: TaskOutcome) -> None:
+        super().__init__(f"task {outcome.conversation[:12]} ended {outcome.phase}: {outcome.error}")
+        self.outcome = outcome
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """Where a purchase ended."""
+
+    conversation: str
+    phase: str
+    service: str
+    provider: str = ""
+    price: int = 0
+    job_id: int | None = None
+    result: Any = None
+    error: str = ""
+    txs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def settled(self) -> bool:
+        return self.phase == "settled"
+
+    @classmethod
+    def from_state(cls, conversation: str, values: dict[str, Any]) -> TaskOutcome:
+        result = values.get("result")
+        with contextlib.suppress(TypeError, ValueError):
+            result = json.loads(result) if isinstance(result, str) else result
+        return cls(
+            conversation=conversation,
+            phase=values.get("phase", "unknown"),
+            service=values.get("service", ""),
+            provider=values.get("winner", ""),
+            price=values.get("price", 0),
+            job_id=values.get("job_id"),
+            result=result,
+            error=values.get("error", ""),
+            txs=dict(values.get("txs") or {}),
+        )

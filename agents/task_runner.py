@@ -1,0 +1,246 @@
+"""Drives an agent's task graphs: one run per task at a time, timers, approvals, retries.
+
+Each task is a LangGraph thread (``p:<conversation>`` for a sale, ``r:<conversation>``
+for a purchase) whose runs are serialized by a per-task lock. A run goes until the
+graph pauses in an ``interrupt`` (waiting for a message, a timer or a person) or ends;
+where it stands is written to the agent's records. Background loops resume paused
+graphs when their chain-time timer comes due or a person decides an approval, and run
+again tasks an error stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from agentmesh.agents.outcome import FINAL_STATUS
+from agentmesh.protocols.negotiation import canonical_json
+
+if TYPE_CHECKING:
+    from agentmesh.agents.agent import Agent
+
+log = logging.getLogger("agentmesh.agent")
+
+STALLED_RETRY_S = 5.0  # first retry of a task stopped by an error; doubles each time
+STALLED_RETRY_MAX_S = 300.0  # ... up to this: never given up while money may be held
+PhaseWaiter = tuple[Callable[[str], bool], "asyncio.Future[Any]"]
+
+
+class TaskRunner:
+    """Runs, records and resumes the task graphs of one agent."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.locks: dict[str, asyncio.Lock] = {}
+        # Purchases waiting for their end: task -> the final state values.
+        self.outcomes: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        # Handlers waiting for a task to reach a phase before they answer.
+        self.phase_waiters: dict[str, list[PhaseWaiter]] = {}
+        self.timers: dict[str, int] = {}  # task -> chain time its waiting node times out
+        self._stalled_retries: Counter[str] = Counter()
+        self._stalled_next: dict[str, float] = {}  # task -> loop time of its next retry
+
+    def config(self, tid: str) -> dict[str, Any]:
+        return {"configurable": {"thread_id": tid}}
+
+    def graph(self, tid: str) -> Any:
+        return self.agent.provider_graph if tid.startswith("p:") else self.agent.requester_graph
+
+    async def begin(self, tid: str) -> asyncio.Lock:
+        lock = self.locks.setdefault(tid, asyncio.Lock())
+        await lock.acquire()
+        return lock
+
+    def run_locked(
+        self, tid: str, lock: asyncio.Lock, graph: Any, graph_input: Any
+    ) -> asyncio.Task[Any]:
+        """Run ``graph`` in the background; the caller's held ``lock`` passes to the run."""
+
+        async def body() -> None:
+            try:
+                await self.advance(tid, graph, graph_input)
+            finally:
+                lock.release()
+
+        return self.agent.spawn(body())
+
+    def _phase_changed(self, tid: str, update: dict[str, Any]) -> None:
+        """Wake handlers waiting for this task to reach a phase (with the node's update)."""
+        waiters = self.phase_waiters.get(tid, [])
+        for predicate, future in list(waiters):
+            if predicate(update["phase"]) and not future.done():
+                future.set_result(update)
+                waiters.remove((predicate, future))
+
+    async def advance(self, tid: str, graph: Any, graph_input: Any) -> dict[str, Any]:
+        """Run until the graph pauses or ends; record where it stands."""
+        config = self.config(tid)
+        error = ""
+        try:
+            async for chunk in graph.astream(graph_input, config, stream_mode="updates"):
+                for update in chunk.values():
+                    if isinstance(update, dict) and "phase" in update:
+                        extra = {"detail": update["error"]} if update.get("error") else {}
+                        self.agent.records.update_task(tid, state=update["phase"], **extra)
+                        self._phase_changed(tid, update)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the task stays resumable from its last checkpoint
+            self.agent.counters["graph_errors"] += 1
+            error = f"{type(exc).__name__}: {getattr(exc, 'user_message', exc)}"
+            log.exception("task %s stopped", tid)
+        snapshot = await graph.aget_state(config)
+        values = dict(snapshot.values)
+        self._record(tid, snapshot, error)
+        if not snapshot.next or error:
+            future = self.outcomes.pop(tid, None)
+            if future is not None and not future.done():
+                if error:
+                    values = {**values, "phase": "stalled", "error": error}
+                future.set_result(values)
+        return values
+
+    def _record(self, tid: str, snapshot: Any, error: str) -> None:
+        """Write where the task stands; open an approval if the graph waits for one."""
+        values = snapshot.values
+        phase = values.get("phase", "unknown")
+        changes: dict[str, Any] = {
+            "state": phase,
+            "peer": values.get("winner") or values.get("requester") or "",
+            "price": values.get("price", 0),
+            "job_id": values.get("job_id"),
+            "detail": error or values.get("error", ""),
+            "txs": canonical_json(values.get("txs") or {}),
+        }
+        if error:
+            changes["status"] = "stalled"
+        elif not snapshot.next:
+            changes["status"] = FINAL_STATUS.get(phase, "failed")
+        else:
+            self.watch(tid, snapshot)
+            for pending in snapshot.interrupts:
+                if isinstance(pending.value, dict) and pending.value.get("kind") == "approval":
+                    row = self.agent.records.request_approval(
+                        tid, pending.value["amount"], pending.value["description"]
+                    )
+                    changes["state"] = "awaiting_approval"
+                    log.warning("approval %s needed: %s", row.id, row.description)
+        if error or not snapshot.next:
+            self.timers.pop(tid, None)
+        self.agent.records.update_task(tid, **changes)
+        final = {**values, "phase": changes["state"]}
+        self._phase_changed(tid, final)
+        for _, future in self.phase_waiters.pop(tid, []):
+            if not future.done():
+                future.set_result(final)
+
+    def watch(self, tid: str, snapshot: Any) -> None:
+        """Arm (or clear) the timer of a task waiting in an ``interrupt``."""
+        untils = [
+            int(i.value["until"])
+            for i in snapshot.interrupts
+            if isinstance(i.value, dict) and i.value.get("until")
+        ]
+        if untils:
+            self.timers[tid] = min(untils)
+        else:
+            self.timers.pop(tid, None)
+
+    async def timer_loop(self) -> None:
+        """Fire due timers (resume with ``Timeout``); retry tasks stalled by an error."""
+        from langgraph.types import Command
+
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                if self.timers:
+                    now = await self.agent.chain_time()
+                    for tid in [t for t, until in self.timers.items() if until <= now]:
+                        if self.busy(tid):
+                            # Running: it re-arms its timer when it pauses. Waiting for
+                            # it here would hold up every other task's timer.
+                            continue
+                        lock = await self.begin(tid)
+                        graph = self.graph(tid)
+                        snapshot = await graph.aget_state(self.config(tid))
+                        due = [
+                            i
+                            for i in snapshot.interrupts
+                            if isinstance(i.value, dict) and 0 < i.value.get("until", 0) <= now
+                        ]
+                        if not due:
+                            self.watch(tid, snapshot)
+                            lock.release()
+                            continue
+                        self.timers.pop(tid, None)
+                        self.agent.counters["timeouts"] += 1
+                        log.info("task %s timed out in %s", tid, snapshot.values.get("phase"))
+                        self.run_locked(tid, lock, graph, Command(resume={"type": "Timeout"}))
+                await self._retry_stalled()
+            except Exception:
+                log.exception("timer loop error (continuing)")
+
+    def busy(self, tid: str) -> bool:
+        return tid in self.locks and self.locks[tid].locked()
+
+    async def _retry_stalled(self) -> None:
+        """Run again tasks an error stopped, backing off (5 s, 10 s, ... 5 min)."""
+        now = asyncio.get_running_loop().time()
+        for row in self.agent.records.tasks("stalled"):
+            tid = row.conversation
+            if self.busy(tid):
+                continue
+            due = self._stalled_next.setdefault(tid, now + STALLED_RETRY_S)
+            if now < due:
+                continue
+            self._stalled_retries[tid] += 1
+            delay = STALLED_RETRY_S * 2 ** min(self._stalled_retries[tid], 10)
+            self._stalled_next[tid] = now + min(STALLED_RETRY_MAX_S, delay)
+            lock = await self.begin(tid)
+            self.agent.records.update_task(tid, status="active")
+            self.run_locked(tid, lock, self.graph(tid), None)
+
+    async def resume_unfinished(self) -> None:
+        """Continue tasks a previous run left between two pauses (killed mid-step)."""
+        for row in self.agent.records.tasks():
+            if row.status not in ("active", "stalled"):
+                continue
+            tid = row.conversation
+            graph = self.graph(tid)
+            snapshot = await graph.aget_state(self.config(tid))
+            if snapshot.interrupts:
+                self.watch(tid, snapshot)  # its timers run again from now
+            elif snapshot.next:
+                self.agent.counters["resumed"] += 1
+                log.info("resuming task %s from %s", tid, snapshot.values.get("phase"))
+                self.agent.records.update_task(tid, status="active")
+                lock = await self.begin(tid)
+                self.run_locked(tid, lock, graph, None)
+
+    async def approval_loop(self) -> None:
+        from langgraph.types import Command
+
+        while True:
+            try:
+                for row in self.agent.records.decided_unapplied():
+                    tid = row.conversation
+                    lock = await self.begin(tid)
+                    graph = self.graph(tid)
+                    snapshot = await graph.aget_state(self.config(tid))
+                    waiting = any(
+                        isinstance(i.value, dict) and i.value.get("kind") == "approval"
+                        for i in snapshot.interrupts
+                    )
+                    self.agent.records.mark_applied(row.id)
+                    if not waiting:
+                        lock.release()
+                        continue
+                    self.agent.records.update_task(tid, status="active")
+                    decision = {"approved": row.status == "approved"}
+                    self.run_locked(tid, lock, graph, Command(resume=decision))
+            except Exception:
+                log.exception("approval loop error (continuing)")
+            await asyncio.sleep(0.25)
