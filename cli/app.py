@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.markup import escape
@@ -57,16 +57,34 @@ def root(
     ctx.obj = AppState(home_option=home, debug=debug)
 
 
+def os_error_message(exc: OSError) -> str:
+    """One line for a failed file or system operation: the path(s), then the problem."""
+    problem = exc.strerror or str(exc) or type(exc).__name__
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    if not paths:
+        return f"{problem} ({type(exc).__name__})"
+    return f"{' -> '.join(paths)}: {problem} ({type(exc).__name__})"
+
+
+def _fail(message: str) -> NoReturn:
+    # Messages quote user input and paths: escape them so "[bold]" is shown, not parsed.
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    sys.exit(1)
+
+
 def main() -> None:
-    """Console entry point: errors print as one red line with the fix, exit code 1."""
+    """Console entry point: errors print as one red line with the fix, exit code 1;
+    ``--debug`` shows the traceback instead."""
     try:
         app()
     except AgentMeshError as exc:
         if "--debug" in sys.argv:
             raise
-        # Messages quote user input: escape it so "[bold]" is shown, not interpreted.
-        err_console.print(f"[bold red]error:[/] {escape(exc.user_message)}", highlight=False)
-        sys.exit(1)
+        _fail(exc.user_message)
+    except OSError as exc:  # a path that cannot be made, read or written; a full disk
+        if "--debug" in sys.argv:
+            raise
+        _fail(os_error_message(exc))
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
         sys.exit(130)

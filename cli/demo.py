@@ -28,7 +28,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from agentmesh.cli.context import console, run, state
+from agentmesh.cli.context import JsonOption, console, err_console, print_json, run, state
 from agentmesh.errors import AgentMeshError
 
 PROVIDERS = (("summarizer-a", "0.05"), ("summarizer-b", "0.08"))
@@ -116,8 +116,7 @@ def _musd(units: int) -> str:
     return format_amount(units, MUSD_DECIMALS, "mUSD")
 
 
-async def _demo(tasks: int, timeout: float) -> None:
-
+async def _demo(tasks: int, timeout: float, json_out: bool) -> None:
     from agentmesh.config import Config, DevnetConfig, WalletConfig
     from agentmesh.wallets.chain import open_chain
     from agentmesh.wallets.clients import TokenClient
@@ -125,6 +124,8 @@ async def _demo(tasks: int, timeout: float) -> None:
     from agentmesh.wallets.keystore import Keystore
     from agentmesh.wallets.units import MUSD_DECIMALS
 
+    # With --json, stdout carries one JSON object and nothing else: progress goes to stderr.
+    out = err_console if json_out else console
     started = time.monotonic()
     scrypt_n = 2**14  # throw-away demo keys: fast keystores
     with tempfile.TemporaryDirectory(prefix="agentmesh-demo-") as tmp:
@@ -134,27 +135,27 @@ async def _demo(tasks: int, timeout: float) -> None:
         )
         agents: list[AgentProcess] = []
         async with contextlib.AsyncExitStack() as stack:
-            with console.status("starting devnet and deploying contracts..."):
+            with out.status("starting devnet and deploying contracts..."):
                 chain = await stack.enter_async_context(open_chain(home, config))
             chain.deployment.save(home / "deployments" / f"{chain.deployment.chain_id}.json")
             (home / "config.toml").write_text(
                 f'[chain]\nrpc_url = "{chain.rpc_url}"\n[wallet]\nscrypt_n = {scrypt_n}\n'
                 "[agent]\nfaucet = false\nproposal_window_s = 60\n[mesh]\nheartbeat_s = 0.5\n"
             )
-            console.print(f"[green]✓[/] devnet {chain.rpc_url}, contracts deployed")
+            out.print(f"[green]✓[/] devnet {chain.rpc_url}, contracts deployed")
 
             password = secrets.token_urlsafe(16)
             keystore = Keystore(home, scrypt_n=scrypt_n)
             faucet = dev_deployer(chain.w3)
             token = TokenClient(faucet, chain.token_address)
             addresses: dict[str, str] = {}
-            with console.status("creating and funding encrypted agent wallets..."):
+            with out.status("creating and funding encrypted agent wallets..."):
                 for name in (REQUESTER, *(n for n, _ in PROVIDERS)):
                     addresses[name] = keystore.create(name, password).address
                     await faucet.send({"to": addresses[name], "value": 10**19})
                 await token.mint(addresses[REQUESTER], BUYER_MUSD * 10**MUSD_DECIMALS)
             before = {n: await token.balance_of(a) for n, a in addresses.items()}
-            console.print(
+            out.print(
                 f"[green]✓[/] wallets for {', '.join(addresses)}; "
                 f"{BUYER_MUSD} mUSD minted to {REQUESTER}"
             )
@@ -172,7 +173,7 @@ async def _demo(tasks: int, timeout: float) -> None:
                         agent.process.kill()
 
             stack.callback(stop_all)
-            with console.status("starting two summarizer agents (loading the model)..."):
+            with out.status("starting two summarizer agents (loading the model)..."):
                 for name, price in PROVIDERS:
                     agents.append(
                         _spawn(
@@ -185,7 +186,7 @@ async def _demo(tasks: int, timeout: float) -> None:
                 for agent in agents:
                     await _wait_ready(agent)
             for (name, price), agent in zip(PROVIDERS, agents, strict=True):
-                console.print(f"[green]✓[/] {name} {agent.address} sells summaries at {price} mUSD")
+                out.print(f"[green]✓[/] {name} {agent.address} sells summaries at {price} mUSD")
             buyer = _spawn(
                 home,
                 REQUESTER,
@@ -200,7 +201,7 @@ async def _demo(tasks: int, timeout: float) -> None:
             )
             agents.append(buyer)
             names = {a.lower(): n for n, a in addresses.items()}
-            with Live(console=console, refresh_per_second=4) as live:
+            with Live(console=out, refresh_per_second=4) as live:
                 while buyer.process.poll() is None:
                     if time.monotonic() - started > timeout:
                         raise AgentMeshError(f"the demo did not finish within {timeout:g}s")
@@ -208,81 +209,142 @@ async def _demo(tasks: int, timeout: float) -> None:
                     await asyncio.sleep(0.25)
                 rows = _tasks(home)
                 live.update(_progress(rows, names, tasks, time.monotonic() - started))
-            await _report(chain, home, rows, names, addresses, before, tasks, buyer)
-    console.print(f"demo finished in {time.monotonic() - started:.1f}s")
+            if not out.is_terminal:
+                out.line()  # rich leaves a non-terminal Live's last line unterminated
+            report = await _report(chain, rows, names, addresses, before)
+            report["requested"] = tasks
+            report["seconds"] = round(time.monotonic() - started, 1)
+            if json_out:
+                print_json(report)
+            else:
+                _print_report(report)
+            _check(report, tasks, buyer)
+            out.print(f"[green]✓[/] {report['settled']} of {tasks} tasks settled")
+    out.print(f"demo finished in {time.monotonic() - started:.1f}s")
 
 
 async def _report(
     chain: Any,
-    home: Path,
     rows: list[Any],
     names: dict[str, str],
     addresses: dict[str, str],
     before: dict[str, int],
-    tasks: int,
-    buyer: AgentProcess,
-) -> None:
+) -> dict[str, Any]:
+    """Tasks, balances and the conservation check, as data (``--json`` prints it as is;
+    amounts in mUSD base units, plus a display string)."""
     from agentmesh.agents.accounting import task_gas
     from agentmesh.wallets.clients import TokenClient
     from agentmesh.wallets.deployer import dev_deployer
 
-    table = Table(title="tasks")
-    for column in ("task", "winner", "price", "job", "transactions", "gas", "seconds", "status"):
-        table.add_column(column)
-    settled = 0
+    task_rows = []
     for number, task in enumerate(rows, 1):
         txs = json.loads(task.txs or "{}")
         gas, steps = (0, {}) if task.job_id is None else await task_gas(chain, task.job_id, txs)
-        hashes = [f"{step} {tx[:10]}…" for step, tx in steps.items()]
-        settled += task.status == "done"
+        task_rows.append(
+            {
+                "task": number,
+                "conversation": task.conversation,
+                "winner": names.get(task.peer.lower(), task.peer),
+                "provider": task.peer,
+                "price": task.price,
+                "price_musd": _musd(task.price),
+                "job": task.job_id,
+                "transactions": steps,
+                "gas": gas,
+                "seconds": round((task.updated_ms - task.created_ms) / 1000, 1),
+                "status": task.status,
+                "detail": task.detail,
+            }
+        )
+    token = TokenClient(dev_deployer(chain.w3), chain.token_address)
+    escrow = chain.deployment.address("TaskEscrow")
+    after = {n: await token.balance_of(a) for n, a in addresses.items()}
+    balances = [
+        {
+            "agent": name,
+            "address": address,
+            "before": before[name],
+            "after": after[name],
+            "change": after[name] - before[name],
+        }
+        for name, address in addresses.items()
+    ]
+    in_escrow = await token.balance_of(escrow)
+    minted = await token.total_supply()
+    agents_total = sum(after.values())
+    return {
+        "tasks": task_rows,
+        "settled": sum(t["status"] == "done" for t in task_rows),
+        "balances": balances,
+        "escrow": {"address": escrow, "balance": in_escrow},
+        "conservation": {
+            "agents": agents_total,
+            "escrow": in_escrow,
+            "total": agents_total + in_escrow,
+            "minted": minted,
+            "ok": agents_total + in_escrow == minted,
+        },
+    }
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    table = Table(title="tasks")
+    for column in ("task", "winner", "price", "job", "transactions", "gas", "seconds", "status"):
+        table.add_column(column)
+    for task in report["tasks"]:
+        status = task["status"]
         table.add_row(
-            str(number),
-            names.get(task.peer.lower(), task.peer[:10]),
-            _musd(task.price),
-            str(task.job_id or ""),
-            "\n".join(hashes),
-            f"{gas:,}",
-            f"{(task.updated_ms - task.created_ms) / 1000:.1f}",
-            task.status if task.status == "done" else f"[red]{task.status}: {task.detail[:80]}[/]",
+            str(task["task"]),
+            task["winner"] if task["winner"] != task["provider"] else task["provider"][:10],
+            task["price_musd"],
+            str(task["job"] or ""),
+            "\n".join(f"{step} {tx[:10]}…" for step, tx in task["transactions"].items()),
+            f"{task['gas']:,}",
+            f"{task['seconds']:.1f}",
+            status if status == "done" else f"[red]{status}: {task['detail'][:80]}[/]",
         )
     console.print(table)
 
-    token = TokenClient(dev_deployer(chain.w3), chain.token_address)
-    escrow = chain.deployment.address("TaskEscrow")
     balances = Table("agent", "address", "before", "after", "change", title="balances (mUSD)")
-    after = {n: await token.balance_of(a) for n, a in addresses.items()}
-    for name, address in addresses.items():
-        change = after[name] - before[name]
+    for row in report["balances"]:
+        change = row["change"]
         balances.add_row(
-            name,
-            address,
-            _musd(before[name]),
-            _musd(after[name]),
+            row["agent"],
+            row["address"],
+            _musd(row["before"]),
+            _musd(row["after"]),
             ("+" if change > 0 else "") + _musd(change) if change >= 0 else "-" + _musd(-change),
         )
-    in_escrow = await token.balance_of(escrow)
-    balances.add_row("escrow", escrow, "", _musd(in_escrow), "")
+    escrow = report["escrow"]
+    balances.add_row("escrow", escrow["address"], "", _musd(escrow["balance"]), "")
     console.print(balances)
-    minted = await token.total_supply()
-    conserved = sum(after.values()) + in_escrow == minted
-    mark = "[green]✓[/]" if conserved else "[red]✗[/]"
+    check = report["conservation"]
+    mark = "[green]✓[/]" if check["ok"] else "[red]✗[/]"
     console.print(
-        f"conservation: agents {_musd(sum(after.values()))} + escrow {_musd(in_escrow)} "
-        f"= {_musd(sum(after.values()) + in_escrow)}; minted {_musd(minted)}  {mark}"
+        f"conservation: agents {_musd(check['agents'])} + escrow {_musd(check['escrow'])} "
+        f"= {_musd(check['total'])}; minted {_musd(check['minted'])}  {mark}"
     )
+
+
+def _check(report: dict[str, Any], tasks: int, buyer: AgentProcess) -> None:
+    """Raise unless the buyer exited cleanly, every task settled and funds are conserved."""
+    settled = report["settled"]
     if buyer.process.returncode != 0 or settled != tasks:
         tail = buyer.log.read_text()[-600:]
         raise AgentMeshError(f"{settled} of {tasks} tasks settled; buyer log: {tail}")
-    if not conserved:
+    if not report["conservation"]["ok"]:
         raise AgentMeshError("conservation check failed: mUSD was lost or created")
-    console.print(f"[green]✓[/] {settled} of {tasks} tasks settled")
 
 
 def demo(
     ctx: typer.Context,
     tasks: Annotated[int, typer.Option(help="summaries to buy", min=1, max=50)] = 5,
     timeout: Annotated[float, typer.Option(help="give up after this many seconds", min=10)] = 600,
+    json_out: JsonOption = False,
 ) -> None:
-    """Three agents trade summaries on a throw-away devnet; prints tasks and balances."""
+    """Three agents trade summaries on a throw-away devnet; prints tasks and balances.
+
+    With --json, stdout is one JSON object (tasks, balances, conservation check; amounts
+    in mUSD base units) and the progress display goes to stderr."""
     state(ctx)
-    run(_demo(tasks, timeout))
+    run(_demo(tasks, timeout, json_out))

@@ -16,7 +16,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from agentmesh.cli.context import AppState, console, print_json, state
-from agentmesh.errors import AgentMeshError
+from agentmesh.config import CONFIG_FILE_NAME
+from agentmesh.errors import AgentMeshError, ConfigError
 
 MIN_PYTHON = (3, 11)
 
@@ -51,8 +52,9 @@ def check_llama() -> Check:
 def check_anvil(app_state: AppState) -> Check:
     from agentmesh.tools import find_anvil
 
+    configured = app_state.config.devnet.anvil_path  # an invalid config.toml: see _run_check
     try:
-        path = find_anvil(app_state.config.devnet.anvil_path)
+        path = find_anvil(configured)
     except AgentMeshError as exc:
         return Check("anvil", False, exc.user_message, "run `make setup` or set AGENTMESH_ANVIL")
     try:
@@ -77,6 +79,12 @@ def check_model(model: Path | None) -> Check:
     return Check("model", True, f"{path.name}, {size:.0f} MiB ({path})")
 
 
+def _config_fix(config_path: Path, exc: ConfigError) -> str:
+    """The fix for an invalid config.toml: correct it, naming the error."""
+    problem = exc.user_message.removeprefix(f"{config_path}: ")
+    return f"correct {config_path}: {problem}"
+
+
 def check_home(app_state: AppState) -> Check:
     home = app_state.home
     loose = []
@@ -96,8 +104,8 @@ def check_home(app_state: AppState) -> Check:
         )
     try:
         app_state.config  # noqa: B018 - validates config.toml
-    except AgentMeshError as exc:
-        return Check("home", False, exc.user_message, f"fix {home}/config.toml")
+    except ConfigError as exc:
+        return Check("home", False, exc.user_message, _config_fix(home / CONFIG_FILE_NAME, exc))
     return Check("home", True, f"{home} (0700, keystores 0600, config valid)")
 
 
@@ -122,6 +130,30 @@ def check_chain(app_state: AppState) -> Check:
     )
 
 
+def _run_check(name: str, run_check: Callable[[], Check], app_state: AppState) -> Check:
+    """Run one check; one that cannot even run is a failed check under its own name."""
+    try:
+        return run_check()
+    except ConfigError as exc:  # anvil and chain read config.toml
+        try:
+            config_path = app_state.home / CONFIG_FILE_NAME
+        except (AgentMeshError, OSError):  # the home itself is unusable
+            return Check(
+                name,
+                False,
+                f"not checked: {exc.user_message}",
+                "give a usable folder with --home or AGENTMESH_HOME",
+            )
+        return Check(
+            name, False, f"not checked: {config_path} is invalid", _config_fix(config_path, exc)
+        )
+    except (AgentMeshError, OSError) as exc:
+        detail = exc.user_message if isinstance(exc, AgentMeshError) else str(exc)
+        return Check(
+            name, False, f"the check failed: {detail}", "correct the cause above and run again"
+        )
+
+
 def doctor(
     ctx: typer.Context,
     model: Annotated[
@@ -131,20 +163,15 @@ def doctor(
 ) -> None:
     """Check python, llama-cpp backend, anvil, model, home permissions and the chain."""
     app_state = state(ctx)
-    checks: list[Callable[[], Check]] = [
-        check_python,
-        check_llama,
-        lambda: check_anvil(app_state),
-        lambda: check_model(model),
-        lambda: check_home(app_state),
-        lambda: check_chain(app_state),
+    checks: list[tuple[str, Callable[[], Check]]] = [
+        ("python", check_python),
+        ("llama-cpp", check_llama),
+        ("anvil", lambda: check_anvil(app_state)),
+        ("model", lambda: check_model(model)),
+        ("home", lambda: check_home(app_state)),
+        ("chain", lambda: check_chain(app_state)),
     ]
-    results = []
-    for run_check in checks:
-        try:
-            results.append(run_check())
-        except AgentMeshError as exc:  # a check that cannot even run is a failed check
-            results.append(Check("?", False, exc.user_message))
+    results = [_run_check(name, run_check, app_state) for name, run_check in checks]
     if json_out:
         print_json([asdict(r) for r in results])
     else:

@@ -274,6 +274,7 @@ def ping(
     ],
     count: Annotated[int, typer.Option(min=1, max=10_000)] = 3,
     timeout: Annotated[float, typer.Option(min=0.01)] = 2.0,
+    json_out: JsonOption = False,
 ) -> None:
     """Send signed pings from a throw-away identity and print round-trip times."""
     from agentmesh.config import MeshConfig
@@ -306,12 +307,13 @@ def ping(
         if card is None:
             raise PeerUnreachable(f"unknown agent {target}: not in any peer table of this home")
 
-    async def body() -> list[tuple[str, float]]:
+    async def body() -> list[tuple[str, str, float]]:
         node = MeshNode(os.urandom(32), name="cli-ping", config=MeshConfig(curve=True))
         results = []
         async with node:
             for i in range(count):
                 start = time.perf_counter()
+                address = card.address if card is not None else ""
                 if card is not None:
                     pong = await node.request(
                         card,
@@ -323,7 +325,7 @@ def ping(
                         retries=0,
                     )
                 else:
-                    pong, _ = await node.request_endpoint(
+                    pong, envelope = await node.request_endpoint(
                         target,
                         Ping(note=str(i)),
                         protocol=MESH_PROTOCOL,
@@ -331,8 +333,18 @@ def ping(
                         expect=(Pong,),
                         timeout=timeout,
                     )
-                results.append((pong.name, (time.perf_counter() - start) * 1000))
+                    address = envelope.sender
+                results.append((pong.name, address, (time.perf_counter() - start) * 1000))
         return results
 
-    for name, ms in run(body()):
+    rounds = run(body())
+    if json_out:
+        print_json(
+            [
+                {"seq": i, "name": name, "address": address, "ms": round(ms, 3)}
+                for i, (name, address, ms) in enumerate(rounds)
+            ]
+        )
+        return
+    for name, _, ms in rounds:
         console.print(f"pong from {name}: {ms:.2f} ms (signed, verified)")

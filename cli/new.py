@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import re
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from agentmesh.cli import scaffold_templates as templates
-from agentmesh.cli.context import PASSWORD_ENV, console, state
+from agentmesh.cli.context import PASSWORD_ENV, console, password, state
 from agentmesh.errors import AgentMeshValueError, WalletExistsError
+
+if TYPE_CHECKING:
+    from agentmesh.wallets.keystore import Keystore, KeystoreEntry
 
 PROJECT_NAME = r"^[a-z][a-z0-9_-]{0,39}$"
 
@@ -39,16 +43,56 @@ def project_files(name: str, template: Template, wallet: str) -> dict[str, str]:
 
 
 def _wallet_password() -> str | None:
-    """The password for a new wallet: the env var, a prompt in a terminal, else None."""
-    from_env = os.environ.get(PASSWORD_ENV)
-    if from_env:
-        return from_env
-    if sys.stdin.isatty():
-        value: str = typer.prompt(
-            "Password for the agent's wallet", hide_input=True, confirmation_prompt=True
-        )
-        return value
-    return None
+    """The new wallet's password: ``AGENTMESH_PASSWORD`` (an error if set but empty, as
+    everywhere in the CLI), else a prompt in a terminal, else None (no wallet yet)."""
+    if PASSWORD_ENV not in os.environ and not sys.stdin.isatty():
+        return None
+    return password("Password for the agent's wallet", confirm=True)
+
+
+def _make_dirs(folder: Path, made: list[Path]) -> None:
+    """``mkdir -p folder``, noting each folder it creates (outermost first) in ``made``."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    for path in reversed(missing):
+        path.mkdir()
+        made.append(path)
+
+
+def _undo(made: list[Path]) -> None:
+    """Remove what a failed ``new`` created, newest first; never anything that was there."""
+    for path in reversed(made):
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()
+            else:
+                path.unlink()
+
+
+def _write_project(
+    target: Path, files: dict[str, str], keystore: Keystore, name: str, secret: str | None
+) -> KeystoreEntry | None:
+    """Make the folder, then the wallet (when ``secret`` is given), then the files. A
+    failure anywhere removes what this made: no project without its wallet, no half
+    project, and a fresh key no one has seen is not kept."""
+    made: list[Path] = []
+    entry = None
+    try:
+        _make_dirs(target, made)  # an unusable --dir fails before the slow scrypt
+        if secret is not None:
+            with console.status("encrypting the agent's wallet (scrypt)..."):
+                entry = keystore.create(name, secret)
+            made.insert(0, entry.path)  # removed last
+        for relative, content in files.items():
+            path = target / relative
+            _make_dirs(path.parent, made)
+            existed = path.exists()
+            path.write_text(content, encoding="utf-8")
+            if not existed:
+                made.append(path)
+    except BaseException:
+        _undo(made)
+        raise
+    return entry
 
 
 def new(
@@ -94,23 +138,17 @@ def new(
             f"a wallet named {name!r} already exists; reuse it with --wallet {name}, or "
             "pass --no-wallet"
         )
+    secret = None if wallet_note else _wallet_password()  # ask before writing anything
+    if not wallet_note and secret is None:
+        wallet_note = (
+            f"no wallet yet (no {PASSWORD_ENV} and no terminal): create it with "
+            f"`agentmesh wallet new {name}`"
+        )
     # Everything is checked: now write.
     files = project_files(name, template, wallet_name)
-    for relative, content in files.items():
-        path = target / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content, encoding="utf-8")
-    if not wallet_note:
-        secret = _wallet_password()
-        if secret is None:
-            wallet_note = (
-                f"no wallet yet (no {PASSWORD_ENV} and no terminal): create it with "
-                f"`agentmesh wallet new {name}`"
-            )
-        else:
-            with console.status("encrypting the agent's wallet (scrypt)..."):
-                entry = keystore.create(name, secret)
-            wallet_note = f"created wallet {name} {entry.address} (encrypted, mode 0600)"
+    created = _write_project(target, files, keystore, name, secret)
+    if created is not None:
+        wallet_note = f"created wallet {name} {created.address} (encrypted, mode 0600)"
     console.print(
         f"[green]✓[/] created {template.value} agent [bold]{name}[/] in {target} "
         f"({len(files)} files, {time.perf_counter() - started:.1f}s)"
@@ -122,5 +160,10 @@ def new(
     except ValueError:
         shown = target
     console.print(f"  cd {shown}")
-    console.print("  pytest                   # its tests, on a throw-away devnet")
-    console.print("  agentmesh run agent.py   # on the mesh")
+    console.print("  pytest                   # its tests, on a throw-away devnet (needs pytest)")
+    if secret is None and wallet is None:
+        console.print(f"  agentmesh wallet new {name}")
+    console.print(
+        f"  {PASSWORD_ENV}=... agentmesh run agent.py   # on the mesh; the password "
+        f"unlocks wallet {wallet_name}"
+    )

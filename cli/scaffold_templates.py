@@ -10,13 +10,12 @@ requires-python = ">=3.11"
 dependencies = ["agentmesh"]
 
 [project.optional-dependencies]
-test = ["pytest", "pytest-asyncio"]
+test = ["pytest>=8"]
 
 [tool.pytest.ini_options]
+# Plain pytest: the tests run their async parts with asyncio.run, no plugin needed.
 pythonpath = ["."]
 testpaths = ["tests"]
-asyncio_mode = "auto"
-asyncio_default_fixture_loop_scope = "function"
 """
 
 GITIGNORE = "__pycache__/\n.pytest_cache/\n"
@@ -154,45 +153,77 @@ async def greet(ctx: HandlerContext, hello: Hello) -> Hi:
 }
 
 TEST = {
-    "provider": '''"""It sells a summary once on a throw-away devnet (real chain, mesh, model)."""
+    "provider": '''"""It sells a summary once on a throw-away devnet (real chain, mesh, model).
 
+Plain pytest: the async part runs under ``asyncio.run``, so no plugin is needed.
+"""
+
+import asyncio
 from pathlib import Path
 
 from agent import agent
 
+from agentmesh.agents.agent import TaskOutcome
 from agentmesh.agents.testing import local_market
 
+TEXT = "Agents trade services and settle on chain."
 
-async def test_sells_a_summary(tmp_path: Path) -> None:
-    async with local_market(tmp_path) as market:
+
+async def sell_once(root: Path) -> tuple[TaskOutcome, int]:
+    """Start the agent, buy one summary from it; the outcome and what it earned."""
+    async with local_market(root) as market:
         async with market.adopt(agent), market.buyer() as buyer:
+            before = await agent.token.balance_of(agent.address)
             await buyer.wait_for_providers("summarize", timeout=30)
-            outcome = await buyer.buy(
-                "summarize", text="Agents trade services and settle on chain.", budget="1"
-            )
+            outcome = await buyer.buy("summarize", text=TEXT, budget="1")
+            earned = await agent.token.balance_of(agent.address) - before
+    return outcome, earned
+
+
+def test_sells_a_summary(tmp_path: Path) -> None:
+    outcome, earned = asyncio.run(sell_once(tmp_path))
     assert outcome.settled and outcome.provider == agent.address
     assert isinstance(outcome.result, str) and outcome.result.strip()
+    assert earned == outcome.price > 0  # paid on chain through the escrow
 ''',
-    "requester": '''"""It buys once from a seller on a throw-away devnet (real chain and mesh)."""
+    "requester": '''"""It buys once from a seller on a throw-away devnet (real chain and mesh).
 
+Plain pytest: the async part runs under ``asyncio.run``, so no plugin is needed.
+"""
+
+import asyncio
 from pathlib import Path
 
 from agent import agent, buy
 
+from agentmesh.agents.agent import TaskOutcome
 from agentmesh.agents.testing import local_market
 
 
-async def test_buys_once(tmp_path: Path) -> None:
-    async with local_market(tmp_path) as market:
+async def buy_once(root: Path) -> tuple[list[TaskOutcome], str, int]:
+    """Start a test seller and the agent, run its main; outcomes, seller, amount spent."""
+    async with local_market(root) as market:
         seller = market.seller("summarize", lambda text: text.split(",")[0])
         async with seller, market.adopt(agent):
+            before = await agent.token.balance_of(agent.address)
             outcomes = await buy(agent)
-    assert [o.settled for o in outcomes] == [True]
-    assert outcomes[0].provider == seller.address
-    assert outcomes[0].result == "Agents on a mesh find each other"
-''',
-    "blank": '''"""It answers its own protocol on a throw-away devnet (real chain and mesh)."""
+            spent = before - await agent.token.balance_of(agent.address)
+    return outcomes, seller.address, spent
 
+
+def test_buys_once(tmp_path: Path) -> None:
+    outcomes, seller, spent = asyncio.run(buy_once(tmp_path))
+    assert [o.settled for o in outcomes] == [True]
+    assert outcomes[0].provider == seller
+    assert outcomes[0].result == "Agents on a mesh find each other"
+    assert spent == outcomes[0].price > 0  # paid on chain through the escrow
+''',
+    "blank": '''"""It answers its own protocol on a throw-away devnet (real chain and mesh).
+
+Plain pytest: the async part runs under ``asyncio.run``, so no plugin is needed.
+"""
+
+import asyncio
 from pathlib import Path
 
 from agent import PROTOCOL, VERSION, Hello, Hi, agent
@@ -200,15 +231,30 @@ from agent import PROTOCOL, VERSION, Hello, Hi, agent
 from agentmesh.agents.testing import local_market
 
 
-async def test_answers_hello(tmp_path: Path) -> None:
-    async with local_market(tmp_path) as market:
+async def greet_once(root: Path) -> tuple[str, str]:
+    """Start the agent; a second agent finds it through the on-chain AgentRegistry and
+    says Hello over the mesh. The name on the registry card and the reply."""
+    async with local_market(root) as market:
         async with market.adopt(agent), market.buyer("caller") as caller:
-            assert agent.node.card is not None
+            card = await caller.registry.get_agent(agent.address)  # it registered itself
+            for _ in range(300):  # discovery reads the registry, then the signed card
+                if agent.address in caller.node.peers:
+                    break
+                await asyncio.sleep(0.1)
             reply = await caller.node.request(
-                agent.node.card, Hello(text="tester"), protocol=PROTOCOL, version=VERSION,
+                agent.address,
+                Hello(text="tester"),
+                protocol=PROTOCOL,
+                version=VERSION,
                 expect=(Hi,),
             )
-    assert reply.text == f"hi tester, from {agent.name}"
+    return card.name, reply.text
+
+
+def test_answers_hello(tmp_path: Path) -> None:
+    registered_as, text = asyncio.run(greet_once(tmp_path))
+    assert registered_as == agent.name
+    assert text == f"hi tester, from {agent.name}"
 ''',
 }
 
@@ -218,8 +264,9 @@ README = {
 An agentmesh agent that sells summaries written by a local model.
 
 ```sh
+pip install pytest                       # the tests need only pytest (the [test] extra)
 pytest                                   # sells one summary on a throw-away devnet
-agentmesh run agent.py                   # sell on the mesh (AGENTMESH_PASSWORD unlocks the wallet)
+AGENTMESH_PASSWORD=... agentmesh run agent.py   # sell on the mesh (the password unlocks the wallet)
 agentmesh task request summarize --text "..." --budget 0.2   # buy from it, from another shell
 ```
 
@@ -231,8 +278,9 @@ Prices, mesh, chain and model settings are in `agentmesh.toml`; the service is i
 An agentmesh agent that buys a service from the best provider on the mesh.
 
 ```sh
+pip install pytest                       # the tests need only pytest (the [test] extra)
 pytest                                   # buys once from a test seller on a throw-away devnet
-agentmesh run agent.py                   # buy on the mesh (AGENTMESH_PASSWORD unlocks the wallet)
+AGENTMESH_PASSWORD=... agentmesh run agent.py   # buy on the mesh (the password unlocks the wallet)
 agentmesh task list                      # what it bought, with the escrow jobs' on-chain state
 ```
 
@@ -243,8 +291,9 @@ What to buy, and for how much, is under `[buy]` in `agentmesh.toml`.
 An agentmesh agent with one protocol of its own (`Hello` -> `Hi`).
 
 ```sh
-pytest                                   # answers a Hello on a throw-away devnet
-agentmesh run agent.py                   # join the mesh (AGENTMESH_PASSWORD unlocks the wallet)
+pip install pytest                       # the tests need only pytest (the [test] extra)
+pytest                                   # found via the on-chain registry, answers a Hello
+AGENTMESH_PASSWORD=... agentmesh run agent.py   # join the mesh (the password unlocks the wallet)
 agentmesh mesh peers                     # the agents it sees
 ```
 

@@ -18,7 +18,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -718,10 +717,11 @@ def test_wallet_list_shows_full_addresses(offline: Cli) -> None:
 
 
 def test_demo_settles_every_task_and_conserves_funds(tmp_path: Path) -> None:
-    # `make demo` runs this; CI runs `make test`, so the demo is checked here.
+    # `make demo` runs this; CI runs `make test`, so the demo is checked here, with --json
+    # (the tables are the same data; one slow run checks both the demo and its JSON).
     env = {**os.environ, "AGENTMESH_HOME": str(tmp_path / "home")}
     result = subprocess.run(
-        [sys.executable, "-m", "agentmesh.cli.app", "demo", "--tasks", "3"],
+        [sys.executable, "-m", "agentmesh.cli.app", "demo", "--tasks", "3", "--json"],
         check=False,
         capture_output=True,
         text=True,
@@ -729,21 +729,39 @@ def test_demo_settles_every_task_and_conserves_funds(tmp_path: Path) -> None:
         stdin=subprocess.DEVNULL,
         timeout=300,
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
-    out = result.stdout
-    assert "✓ 3 of 3 tasks settled" in out
-    assert "conservation: agents 10 mUSD + escrow 0 mUSD = 10 mUSD; minted 10 mUSD" in out
-    # Every settled task went through the whole escrow path on chain.
-    for step in ("open 0x", "accept 0x", "submit 0x", "release 0x", "feedback 0x"):
-        assert out.count(step) == 3, step
-    # The buyer paid exactly what the providers earned, and something was paid.
-    changes = {}
-    for line in out.splitlines():
-        cells = [c.strip() for c in line.split("│") if c.strip()]
-        if len(cells) == 5 and cells[0] in ("buyer", "summarizer-a", "summarizer-b"):
-            changes[cells[0]] = Decimal(cells[4].removesuffix(" mUSD"))
-    assert changes["buyer"] < 0
-    assert changes["buyer"] + changes["summarizer-a"] + changes["summarizer-b"] == 0
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(result.stdout)  # stdout is one JSON object and nothing else
+    # The progress display went to stderr.
+    assert "contracts deployed" in result.stderr
+    assert "3 of 3 tasks settled" in result.stderr
+    assert report["requested"] == 3 and report["settled"] == 3
+    tasks = report["tasks"]
+    assert [t["status"] for t in tasks] == ["done"] * 3
+    providers = {"summarizer-a", "summarizer-b"}
+    for task in tasks:
+        assert task["winner"] in providers and task["price"] > 0 and task["job"]
+        # Every settled task went through the whole escrow path on chain.
+        steps = [step for step in task["transactions"] if step != "approve"]
+        assert steps == ["open", "accept", "submit", "release", "feedback"]
+        assert all(tx.startswith("0x") for tx in task["transactions"].values())
+        assert task["gas"] > 300_000
+    check = report["conservation"]
+    ten_musd = 10 * 10**6
+    assert check == {
+        "agents": ten_musd,
+        "escrow": 0,
+        "total": ten_musd,
+        "minted": ten_musd,
+        "ok": True,
+    }
+    assert report["escrow"]["balance"] == 0
+    # The buyer paid exactly what the providers earned, and the prices of the tasks.
+    changes = {row["agent"]: row["change"] for row in report["balances"]}
+    assert set(changes) == {"buyer", *providers}
+    assert changes["buyer"] == -sum(t["price"] for t in tasks) < 0
+    assert sum(changes.values()) == 0
+    for row in report["balances"]:
+        assert row["after"] - row["before"] == row["change"]
 
 
 def test_demo_rejects_a_bad_task_count() -> None:
