@@ -138,13 +138,11 @@ class NegotiationHandlers:
         submitted, and a requester asking must not wait behind a settlement.
         """
         tid = "p:" + ctx.conversation.hex()
-        values = (await self.agent.provider_graph.aget_state(self.runner.config(tid))).values
-        if not values:
-            self.agent.counters["rejected.unknown_task"] += 1
-            return ErrorReply(code="unknown_task", detail="no such task here")
-        if str(values.get("requester", "")).lower() != ctx.sender.lower():
-            self.agent.counters["rejected.not_party"] += 1
-            return ErrorReply(code="not_party", detail=f"{ctx.sender} is not in this task")
+        snapshot = await self.agent.provider_graph.aget_state(self.runner.config(tid))
+        values = snapshot.values
+        stranger = self.stranger(snapshot, str(values.get("requester", "")), ctx.sender)
+        if stranger is not None:
+            return stranger
         phase = values.get("phase", "?")
         if phase not in REDELIVERABLE or not values.get("result_sha256"):
             self.agent.counters["rejected.out_of_order"] += 1
@@ -186,18 +184,25 @@ class NegotiationHandlers:
         detail = str(update.get("error") or phase)[:200]
         return ErrorReply(code="refused", detail=detail)
 
+    def stranger(self, snapshot: Any, party: str, sender: str) -> ErrorReply | None:
+        """Refusal if the task does not exist here or ``sender`` is not its ``party``."""
+        if not snapshot.values:
+            self.agent.counters["rejected.unknown_task"] += 1
+            return ErrorReply(code="unknown_task", detail="no such task here")
+        if party.lower() != sender.lower():
+            self.agent.counters["rejected.not_party"] += 1
+            return ErrorReply(code="not_party", detail=f"{sender} is not in this task")
+        return None
+
     def refusal(
         self, snapshot: Any, party: str, sender: str, message: Message
     ) -> ErrorReply | None:
         """Why ``message`` from ``sender`` may not resume this task now (None: it may)."""
         values = snapshot.values
         name = type(message).__name__
-        if not values:
-            self.agent.counters["rejected.unknown_task"] += 1
-            return ErrorReply(code="unknown_task", detail="no such task here")
-        if party.lower() != sender.lower():
-            self.agent.counters["rejected.not_party"] += 1
-            return ErrorReply(code="not_party", detail=f"{sender} is not in this task")
+        stranger = self.stranger(snapshot, party, sender)
+        if stranger is not None:
+            return stranger
         waiting = [i.value for i in snapshot.interrupts if isinstance(i.value, dict)]
         accepted = waiting[0].get("await", ()) if waiting else ()
         if name not in accepted:
@@ -221,14 +226,18 @@ class NegotiationHandlers:
         name = type(message).__name__
         # Refuse what the latest checkpoint already rules out without queueing for the
         # task's lock: two agents whose graphs each wait on the other's reply must not
-        # deadlock until a timeout.
+        # deadlock until a timeout, and a stranger is turned away even mid-run (who the
+        # other party is does not change while a step runs; the task's state may, so
+        # that part waits for the run to pause).
         lock = self.runner.locks.setdefault(tid, asyncio.Lock())
-        if not lock.locked():  # mid-run the checkpoint is about to change: wait instead
-            early = await graph.aget_state(self.runner.config(tid))
-            party_address = str(early.values.get(party, ""))
+        early = await graph.aget_state(self.runner.config(tid))
+        party_address = str(early.values.get(party, ""))
+        if lock.locked():
+            refusal = self.stranger(early, party_address, ctx.sender)
+        else:
             refusal = self.refusal(early, party_address, ctx.sender, message)
-            if refusal is not None:
-                return refusal
+        if refusal is not None:
+            return refusal
         try:
             await asyncio.wait_for(lock.acquire(), self.agent.settings.reply_timeout_s / 3)
         except TimeoutError:

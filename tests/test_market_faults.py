@@ -231,18 +231,21 @@ async def test_forged_award_and_replayed_funded_are_ignored_and_counted(
     config = bind_home(home, chain, review_window_s=REVIEW_S)
     seller = await provider_wallet(home, "slow", deployer, token)
     key = await buyer_key(deployer, token)
-    gate = home / "gate"
-    gate.touch()
+    gate = home / "gate"  # the provider holds the work until the gate opens
     process, info = start_provider(home, free_port(), gate, home / "slow.log")
     try:
         async with Agent("buyer", wallet=key, home=home, config=config) as requester:
             ledger = await Ledger(token, requester.escrow.address, seller, requester.address).open()
             await requester.wait_for_providers("summarize", timeout=30)
-            outcome = await requester.buy("summarize", text=TEXT, budget="0.5")
-            conversation = bytes.fromhex(outcome.conversation)
+            buying = asyncio.create_task(requester.buy("summarize", text=TEXT, budget="0.5"))
+            job_id = await wait_for_status(
+                chain, requester.wallet, JobStatus.ACCEPTED, watching=buying
+            )
+            (task,) = requester.records.tasks()
+            conversation = bytes.fromhex(task.conversation[2:])
             card = requester.node.peers.get(seller)
             assert card is not None
-            # A third agent forges the requester's next step.
+            # Mid-trade, a third agent forges the requester's step.
             async with MeshNode(new_key(), name="mallory", config=config.mesh) as mallory:
                 with pytest.raises(RemoteError) as forged:
                     await mallory.request(
@@ -278,7 +281,11 @@ async def test_forged_award_and_replayed_funded_are_ignored_and_counted(
             counters = json.loads(stats.output)[info["address"]]
             assert counters["rejected.not_party"] == 1
             assert counters["rejected.duplicate"] >= 1
-            # Nothing moved: the job stays released, the money where the trade put it.
+            # Neither moved the trade: it goes on and settles as agreed.
+            assert (await requester.escrow.get_job(job_id)).status == JobStatus.ACCEPTED
+            gate.touch()
+            outcome = await asyncio.wait_for(buying, 120)
+            assert outcome.settled and outcome.job_id == job_id
             job = await requester.escrow.get_job(outcome.job_id or 0)
             assert job.status == JobStatus.RELEASED
             assert await ledger.conserved() == [PRICE, -PRICE, 0]

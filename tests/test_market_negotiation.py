@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,13 +14,25 @@ from agentmesh.agents.agent import Agent
 from agentmesh.agents.requester_graph import Weights, rank
 from agentmesh.agents.service import ServiceContext
 from agentmesh.config import Config
-from agentmesh.mesh.node import RemoteError
-from agentmesh.protocols.negotiation import PROTOCOL, VERSION, CounterOffer, Proposal
+from agentmesh.mesh.node import MeshNode, RemoteError
+from agentmesh.message import Message
+from agentmesh.protocols.negotiation import (
+    PROTOCOL,
+    VERSION,
+    Ack,
+    Award,
+    CallForProposals,
+    CounterOffer,
+    Decline,
+    Proposal,
+    canonical_json,
+    sha256_hex,
+)
 from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import JobStatus, TokenClient
 from agentmesh.wallets.wallet import Wallet
 from tests.agent_fixtures import bind_home, eventually, fund, new_key
-from tests.conftest import escrow_for
+from tests.conftest import advance_time, chain_now, escrow_for
 
 
 def with_agent_settings(config: Config, **changes: Any) -> Config:
@@ -121,3 +134,80 @@ def test_weighted_ranking_ties_are_deterministic() -> None:
     b = {"provider": "0xaa", "price": 50, "latency_ms": 10, "reputation": 80}
     weights = Weights()
     assert rank([a, b], 100, weights) == rank([b, a], 100, weights) == [b, a]
+
+
+async def test_a_live_offer_takes_one_counter_an_exact_award_and_expires_unawarded(
+    home: Path, chain: Chain, deployer: Wallet, token: TokenClient
+) -> None:
+    """A requester speaking the protocol by hand, step by step, before any money moves."""
+    config = bind_home(home, chain)
+    provider = await seller(
+        home,
+        with_agent_settings(config, offer_ttl_s=30, funding_ttl_s=30),
+        deployer,
+        token,
+        "haggler",
+        "0.10 mUSD",
+        floor="0.06 mUSD",
+    )
+    async with provider, MeshNode(new_key(), name="by-hand", config=config.mesh) as buyer:
+        assert provider.node.card is not None and buyer.card is not None
+        card = provider.node.card
+
+        async def ask(
+            message: Message, conversation: bytes, expect: tuple[type[Message], ...]
+        ) -> Any:
+            return await buyer.request(
+                card,
+                message,
+                protocol=PROTOCOL,
+                version=VERSION,
+                expect=expect,
+                conversation=conversation,
+            )
+
+        def call() -> CallForProposals:
+            text = canonical_json({"text": "hi"})
+            return CallForProposals(
+                service="echo",
+                input=text,
+                input_sha256=sha256_hex(text),
+                budget=10**6,
+                token=provider.token_address,
+                deadline_s=60,
+                card=buyer.card,
+            )
+
+        first = os.urandom(16)
+        offer = await ask(call(), first, (Proposal, Decline))
+        assert isinstance(offer, Proposal) and offer.price == 100_000
+        assert offer.valid_until >= await chain_now(chain) + 29  # the offer's own timer
+        countered = await ask(CounterOffer(price=10_000), first, (Proposal,))
+        assert countered.price == 60_000  # below the floor: its one counter is the floor
+        with pytest.raises(RemoteError) as twice:
+            await ask(CounterOffer(price=50_000), first, (Proposal,))
+        assert twice.value.code == "counter_used"
+        with pytest.raises(RemoteError) as wrong:
+            await ask(Award(price=50_000), first, (Ack,))
+        assert wrong.value.code == "bad_award"
+        # Nobody awards it: the offer lapses on the provider's timer.
+        await advance_time(chain, 31)
+        task = await eventually(
+            lambda: provider.records.task("p:" + first.hex()), lambda t: t.status == "expired"
+        )
+        assert task is not None and (task.state, task.status) == ("expired", "expired")
+        with pytest.raises(RemoteError) as late:
+            await ask(Award(price=60_000), first, (Ack,))
+        assert late.value.code == "out_of_order"
+
+        # Awarded but never funded: the award lapses too.
+        second = os.urandom(16)
+        offer = await ask(call(), second, (Proposal, Decline))
+        assert isinstance(offer, Proposal)
+        assert isinstance(await ask(Award(price=offer.price), second, (Ack,)), Ack)
+        await advance_time(chain, 31)
+        task = await eventually(
+            lambda: provider.records.task("p:" + second.hex()), lambda t: t.status == "expired"
+        )
+        assert task is not None and "not funded" in task.detail
+        assert await token.balance_of(provider.address) == 0

@@ -242,3 +242,35 @@ async def test_an_approval_that_outlives_the_offer_expires_and_spends_nothing(
         assert late.exit_code == 1 and "already expired" in str(late.exception)
         assert await buyer.escrow.contract.functions.jobCount().call() == jobs  # no job
         assert await ledger.conserved() == [0, 0, 0]
+
+
+async def test_an_approval_given_while_the_buyer_is_down_applies_when_it_starts(
+    home: Path,
+    chain: Chain,
+    token: TokenClient,
+    config: Config,
+    buyer_key: bytes,
+    gated_seller: Agent,
+    work_gate: asyncio.Event,
+) -> None:
+    work_gate.set()
+    buyer_config = with_agent_settings(config, approval_threshold="0.01")
+    buyer = Agent("buyer", wallet=buyer_key, home=home, config=buyer_config)
+    await buyer.start()
+    ledger = await Ledger(token, buyer.escrow.address, gated_seller.address, buyer.address).open()
+    await buyer.wait_for_providers("summarize", timeout=30)
+    buying = asyncio.create_task(buyer.buy("summarize", text=TEXT, budget="0.5"))
+    pending = await eventually(lambda: buyer.records.approvals("pending"), bool, timeout=30)
+    assert pending, "no approval was requested"
+    await buyer.stop()  # the owner approves while the agent is down
+    buying.cancel()
+    approved = CliRunner().invoke(app, ["--home", str(home), "approve", pending[0].id])
+    assert approved.exit_code == 0, approved.output
+    assert await ledger.conserved() == [0, 0, 0]  # nothing paid while it was down
+    async with Agent("buyer", wallet=buyer_key, home=home, config=buyer_config) as again:
+        task = await eventually(
+            lambda: again.records.tasks()[0], lambda t: t.status != "active", timeout=60
+        )
+        assert (task.state, task.status) == ("settled", "done"), task.detail
+        assert await ledger.conserved() == [PRICE, -PRICE, 0]
+        await assert_settled_for_good(chain, task.job_id or 0)
