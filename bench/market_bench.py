@@ -34,6 +34,7 @@ from rich.table import Table
 from agentmesh.agents.accounting import task_gas
 from agentmesh.agents.agent import Agent
 from agentmesh.agents.service import ServiceContext
+from agentmesh.agents.task_runner import TaskRunner
 from agentmesh.chain.devnet import start_anvil
 from agentmesh.config import AgentConfig, ChainConfig, Config, DevnetConfig, WalletConfig
 from agentmesh.mesh.node import MeshNode
@@ -68,7 +69,8 @@ class Timeline:
                 finally:
                     # Graph runs count only on the provider's side: they are what a
                     # requester's mesh request waits for beyond the transport.
-                    owner_name = getattr(args[0], "name", "") if args else ""
+                    owner = getattr(args[0], "agent", args[0]) if args else None
+                    owner_name = getattr(owner, "name", "")
                     if self.on and (kind != "provider" or owner_name == "bench-provider"):
                         self.spans[kind].append((start, time.perf_counter()))
 
@@ -81,7 +83,7 @@ class Timeline:
         wrap(Agent, "block_number", "chain")
         wrap(Agent, "find_opened_job", "chain")
         wrap(MeshNode, "request", "mesh")
-        wrap(Agent, "_advance", "provider")
+        wrap(TaskRunner, "advance", "provider")
         try:
             yield
         finally:
