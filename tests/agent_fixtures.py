@@ -55,6 +55,11 @@ def bind_home(
     )
 
 
+def with_agent_settings(config: Config, **changes: object) -> Config:
+    """``config`` with some ``[agent]`` settings changed (one agent's own settings)."""
+    return config.model_copy(update={"agent": config.agent.model_copy(update=changes)})
+
+
 async def fund(deployer: Wallet, token: TokenClient, address: str, musd: int = 100) -> None:
     await deployer.send({"to": address, "value": 10**19})
     if musd:

@@ -31,12 +31,8 @@ from agentmesh.protocols.negotiation import (
 from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import JobStatus, TokenClient
 from agentmesh.wallets.wallet import Wallet
-from tests.agent_fixtures import bind_home, eventually, fund, new_key
+from tests.agent_fixtures import bind_home, eventually, fund, new_key, with_agent_settings
 from tests.conftest import advance_time, chain_now, escrow_for
-
-
-def with_agent_settings(config: Config, **changes: Any) -> Config:
-    return config.model_copy(update={"agent": config.agent.model_copy(update=changes)})
 
 
 async def seller(

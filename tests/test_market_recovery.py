@@ -17,21 +17,25 @@ from agentmesh.agents.service import Service, ServiceContext
 from agentmesh.cli.app import app
 from agentmesh.config import Config
 from agentmesh.mesh.card import AgentCard
-from agentmesh.protocols.negotiation import Delivery, canonical_json, sha256_hex
+from agentmesh.mesh.node import MeshNode, RemoteError
+from agentmesh.protocols.negotiation import (
+    PROTOCOL,
+    VERSION,
+    Delivery,
+    Redeliver,
+    canonical_json,
+    sha256_hex,
+)
 from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import JobStatus, TokenClient
 from agentmesh.wallets.wallet import Wallet
-from tests.agent_fixtures import TEXT, bind_home, eventually, fund, new_key
+from tests.agent_fixtures import TEXT, bind_home, eventually, fund, new_key, with_agent_settings
 from tests.conftest import advance_time
 from tests.test_agent_restart import wait_for_status
 from tests.test_market_faults import Ledger, assert_settled_for_good
 
 REVIEW_S = 30
 PRICE = 50_000
-
-
-def with_agent_settings(config: Config, **changes: object) -> Config:
-    return config.model_copy(update={"agent": config.agent.model_copy(update=changes)})
 
 
 @pytest.fixture
@@ -124,9 +128,6 @@ async def test_redeliver_is_answered_only_to_the_requester_once_committed(
     gated_seller: Agent,
     work_gate: asyncio.Event,
 ) -> None:
-    from agentmesh.mesh.node import MeshNode, RemoteError
-    from agentmesh.protocols.negotiation import PROTOCOL, VERSION, Redeliver
-
     work_gate.set()
     async with Agent("buyer", wallet=buyer_key, home=home, config=config) as buyer:
         await buyer.wait_for_providers("summarize", timeout=30)
