@@ -128,6 +128,11 @@ def rank(
     return sorted(affordable, key=key)
 
 
+def winner(state: RequesterState) -> AgentCard:
+    """The chosen provider's signed card (how to reach it)."""
+    return AgentCard.model_validate(state["winner_card"])
+
+
 def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph[Any]:
     """Compile the requester graph bound to ``agent``."""
 
@@ -136,9 +141,6 @@ def build_requester_graph(agent: Agent, checkpointer: Any) -> CompiledStateGraph
         several times per review window, so a result committed but not received is
         fetched (or contested) before the provider may claim it."""
         return max(1, agent.settings.review_window_s // 3)
-
-    def winner(state: RequesterState) -> AgentCard:
-        return AgentCard.model_validate(state["winner_card"])
 
     async def solicit(state: RequesterState) -> dict[str, Any]:
         cards = agent.node.find(state["service"])
@@ -534,7 +536,7 @@ async def request_redelivery(agent: Agent, state: RequesterState) -> Delivery | 
     """Ask the winner again for a delivery we missed; None if it does not answer."""
     try:
         reply = await agent.ask(
-            AgentCard.model_validate(state["winner_card"]),
+            winner(state),
             Redeliver(),
             state["conversation"],
             expect=(Delivery,),

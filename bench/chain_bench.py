@@ -34,10 +34,12 @@ console = Console()
 ONE = 10**6
 
 
-async def _new_wallet(chain: Chain, faucet: Wallet, musd: int) -> Wallet:
+async def new_wallet(chain: Chain, faucet: Wallet, musd: int = 0) -> Wallet:
+    """A fresh wallet with 100 ETH for gas and ``musd`` minted to it."""
     wallet = Wallet(Account.create(), chain.w3)
     await faucet.send({"to": wallet.address, "value": 10**20})
-    await TokenClient(faucet, chain.token_address).mint(wallet.address, musd * ONE)
+    if musd:
+        await TokenClient(faucet, chain.token_address).mint(wallet.address, musd * ONE)
     return wallet
 
 
@@ -85,7 +87,7 @@ async def _raw_web3(chain: Chain, sender: Wallet, to: str, count: int) -> float:
 
 
 async def _throughput(chain: Chain, faucet: Wallet, count: int) -> None:
-    sender = await _new_wallet(chain, faucet, 10 * count)
+    sender = await new_wallet(chain, faucet, 10 * count)
     receiver = Account.create().address
     token = TokenClient(sender, chain.token_address)
     # Warm up connections and caches so the first measurement is not penalised.
@@ -117,9 +119,9 @@ async def _gas(receipts: list[Any]) -> int:
 
 
 async def _escrow_gas(chain: Chain, faucet: Wallet) -> None:
-    client = await _new_wallet(chain, faucet, 1_000)
-    provider = await _new_wallet(chain, faucet, 0)
-    arbiter = await _new_wallet(chain, faucet, 0)
+    client = await new_wallet(chain, faucet, 1_000)
+    provider = await new_wallet(chain, faucet, 0)
+    arbiter = await new_wallet(chain, faucet, 0)
     address = chain.deployment.address("TaskEscrow")
     as_client = EscrowClient(client, address)
     as_provider = EscrowClient(provider, address)

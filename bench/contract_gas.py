@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from chain_bench import new_wallet  # bench/ is on sys.path when a bench script runs
 from eth_account import Account
 from eth_utils import function_signature_to_4byte_selector
 from rich.console import Console
@@ -62,14 +63,6 @@ def gas(receipt: Any) -> int:
 
 def calldata(fn: Any) -> bytes:
     return bytes.fromhex(fn._encode_transaction_data().removeprefix("0x"))
-
-
-async def new_wallet(chain: Chain, faucet: Wallet, musd: int = 0) -> Wallet:
-    wallet = Wallet(Account.create(), chain.w3)
-    await faucet.send({"to": wallet.address, "value": 100 * ETHER})
-    if musd:
-        await TokenClient(faucet, chain.token_address).mint(wallet.address, musd * ONE)
-    return wallet
 
 
 def card(name: str, services: int = 1) -> AgentCard:
