@@ -16,7 +16,7 @@ STAMP_PY := $(VENV)/.installed
 STAMP_TOOLS := $(TOOLS)/.installed-$(ANVIL_VERSION)-$(SOLC_VERSION)-$(OZ_VERSION)
 STAMP_MODEL := $(VENV)/.model-installed
 
-.PHONY: setup demo test contracts bench clean
+.PHONY: setup demo test check contracts bench clean mutants
 setup: $(STAMP_PY) $(STAMP_TOOLS) $(STAMP_MODEL)
 
 $(VENV)/bin/python:
@@ -24,7 +24,7 @@ $(VENV)/bin/python:
 	$(PIP) install --quiet --upgrade pip
 
 $(STAMP_PY): pyproject.toml | $(VENV)/bin/python
-	$(PIP) install --quiet -e '.[test]'
+	$(PIP) install --quiet -e '.[test,dev]'
 	touch $@
 
 $(STAMP_MODEL): | $(VENV)/bin/python
@@ -45,8 +45,29 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
+# Lint, format and type-check (mypy --strict on the package as it installs: see
+# .ci/typecheck.py). All three run; the target fails if any of them does.
+check: $(STAMP_PY)
+	@status=0; \
+	$(VENV)/bin/ruff check --quiet . || status=1; \
+	$(VENV)/bin/ruff format --check --quiet . || status=1; \
+	$(PY) .ci/typecheck.py || status=1; \
+	exit $$status
+
 contracts: $(STAMP_TOOLS) $(STAMP_PY)
 	$(PY) -m agentmesh.contracts.compile
+
+# Mutation testing of the money and security paths (not part of `make test`; ~20-30 min
+# on 2 cores): Python via cosmic-ray in a scratch copy under .mutants/, plus listed
+# Solidity mutants. Prints a score per target and every survivor. See tests/mutation/.
+# Extra arguments: make mutants MUTANTS_ARGS="--only envelope guard" (or --root DIR
+# --config tests/mutation/targets_base.toml to measure another tree).
+COSMIC_RAY_VERSION := 8.7.0
+MUTANTS_ARGS ?=
+mutants: setup
+	@$(PY) -c "import importlib.metadata as m, sys; sys.exit(m.version('cosmic-ray') != '$(COSMIC_RAY_VERSION)')" 2>/dev/null \
+	  || $(PIP) install --quiet 'cosmic-ray==$(COSMIC_RAY_VERSION)'
+	nice -n 10 $(PY) -m tests.mutation.run $(MUTANTS_ARGS)
 
 bench: setup
 	$(PY) bench/chain_bench.py

@@ -27,7 +27,7 @@ from typing import Any
 
 import coincurve
 import msgpack
-from eth_utils import to_canonical_address, to_checksum_address
+from eth_utils.address import to_canonical_address, to_checksum_address
 
 from agentmesh.errors import ProtocolError, SignatureError
 
@@ -38,7 +38,11 @@ try:  # safe-pysha3's C keccak is ~3x faster than pycryptodome's ctypes wrapper
         return bytes(_keccak_256(data).digest())
 
 except ImportError:  # pragma: no cover - the dependency is declared; stay correct without it
-    from eth_hash.auto import keccak
+    from eth_hash.auto import keccak as _eth_keccak
+
+    def keccak(data: bytes) -> bytes:
+        return _eth_keccak(data)
+
 
 FRAME_VERSION = 1
 DOMAIN_NAME = "agentmesh"
@@ -296,11 +300,26 @@ class Envelope:
         for name, value in (("created", created), ("expires", expires), ("nonce", nonce)):
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_U64:
                 raise ProtocolError(f"malformed frame: bad {name}")
-        # Fields 2..12 are already the right Python values; only the addresses change form.
-        return cls(_checksum(sender), _checksum(recipient), *fields[2:], frame)
+        # The other fields are already the right Python values; only the addresses change.
+        return cls(
+            _checksum(sender),
+            _checksum(recipient),
+            mid,
+            conv,
+            reply,
+            proto,
+            pver,
+            sdig,
+            created,
+            expires,
+            nonce,
+            payload,
+            sig,
+            frame,
+        )
 
 
-def _check(value: Any, kind: type, size: int | None, name: str) -> None:
+def _check(value: object, kind: type[bytes], size: int | None, name: str) -> None:
     if not isinstance(value, kind) or (size is not None and len(value) != size):
         raise ProtocolError(f"malformed frame: bad {name}")
 

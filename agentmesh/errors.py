@@ -68,8 +68,12 @@ class InvalidAddressError(AgentMeshValueError):
     """A string is not a valid (checksummed) Ethereum address."""
 
 
-class InsufficientFundsError(AgentMeshValueError):
-    """A wallet does not hold enough to cover a transfer."""
+class PaymentError(AgentMeshError):
+    """A payment could not be made or verified."""
+
+
+class InsufficientFundsError(AgentMeshValueError, PaymentError):
+    """A wallet does not hold enough to cover a transfer: a payment that cannot be made."""
 
 
 class TransactionError(AgentMeshError):
@@ -100,6 +104,15 @@ class ContractRevertError(TransactionError):
             where = f"{contract}." if contract else ""
             message = f"transaction reverted: {where}{error_name}({rendered})"
         super().__init__(message)
+
+
+class PolicyViolation(ContractRevertError):
+    """An AgentWallet refused the agent's call: it is outside the owner's spending policy.
+
+    The wallet's policy errors (``CapExceeded``, ``TargetNotAllowed``, ``NotAgent``,
+    ``MalformedCalldata``, ``SelfCallForbidden``, ``EnforcedPause``): a revert like any
+    other, so ``error_name`` and ``error_args`` name the rule that was hit.
+    """
 
 
 def _render_arg(value: Any) -> str:
@@ -137,14 +150,6 @@ class ReplayError(AgentMeshError):
 
 class ProtocolError(AgentMeshError):
     """A message breaks its protocol: unknown, out of order, or malformed."""
-
-
-class PaymentError(AgentMeshError):
-    """A payment could not be made or verified."""
-
-
-class PolicyViolation(AgentMeshError):
-    """An action is outside the spending policy."""
 
 
 class PeerUnreachable(AgentMeshError):

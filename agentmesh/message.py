@@ -9,10 +9,11 @@ receiver knows exactly which shape the sender meant.
 from __future__ import annotations
 
 import hashlib
-import json
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict
+
+from agentmesh.canonical import canonical_json
 
 
 class Message(BaseModel):
@@ -27,7 +28,7 @@ class Message(BaseModel):
         """32-byte sha256 over the type's name and canonical JSON schema (cached)."""
         digest = Message._digests.get(cls)
         if digest is None:
-            schema = json.dumps(cls.model_json_schema(), sort_keys=True, separators=(",", ":"))
+            schema = canonical_json(cls.model_json_schema())
             digest = hashlib.sha256(f"{cls.__name__}:{schema}".encode()).digest()
             Message._digests[cls] = digest
         return digest
@@ -37,6 +38,6 @@ class Message(BaseModel):
         return self.model_dump_json().encode()
 
     @classmethod
-    def decode(cls, payload: bytes) -> Message:
+    def decode(cls, payload: bytes) -> Self:
         """Validate ``payload`` against this type; raises pydantic ``ValidationError``."""
         return cls.model_validate_json(payload)

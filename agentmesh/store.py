@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -129,7 +129,13 @@ def sqlite_engine(path: Path) -> Engine:
 class Store:
     """One agent's database file."""
 
-    TABLES = (PeerRow, MessageRow, DialogueRow, EffectRow, StatRow)
+    TABLES: ClassVar[tuple[type[SQLModel], ...]] = (
+        PeerRow,
+        MessageRow,
+        DialogueRow,
+        EffectRow,
+        StatRow,
+    )
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,6 +144,7 @@ class Store:
         # Only the mesh tables: other modules' SQLModel tables live in their own files.
         SQLModel.metadata.create_all(
             self.engine,
+            # sqlmodel does not declare the ``__table__`` that table=True classes get.
             tables=[t.__table__ for t in self.TABLES],  # type: ignore[attr-defined]
         )
         self._raw = self.engine.raw_connection()
@@ -285,7 +292,7 @@ class Store:
 
     def peers(self) -> list[PeerRow]:
         with Session(self.engine) as session:
-            return list(session.exec(select(PeerRow).order_by(PeerRow.name)).all())  # type: ignore[arg-type]
+            return list(session.exec(select(PeerRow).order_by(PeerRow.name)).all())
 
     # ------------------------------------------------------------------ stats
 

@@ -8,6 +8,10 @@ together with the handled mark):
 
 - ``test.note`` (one-way ``Note``): records ``note`` = the note's text;
 - ``test.work`` (request ``Work`` -> ``WorkDone``): sleeps ``ms``, records ``work``.
+
+The fakes (``FakeChatModel``, ``InMemoryLedger`` with its ``InMemoryEscrow`` and
+``InMemoryRegistry`` clients, ``ScriptedMessenger``, ``FakeClock``) live in
+``agentmesh.testing_fakes`` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -28,6 +32,27 @@ from agentmesh.mesh.node import MeshNode
 from agentmesh.mesh.routes import HandlerContext
 from agentmesh.message import Message
 from agentmesh.store import Store
+from agentmesh.testing_fakes import (
+    FakeChatModel,
+    FakeClock,
+    InMemoryEscrow,
+    InMemoryLedger,
+    InMemoryRegistry,
+    ScriptedMessenger,
+)
+
+__all__ = [
+    "FakeChatModel",
+    "FakeClock",
+    "InMemoryEscrow",
+    "InMemoryLedger",
+    "InMemoryRegistry",
+    "Note",
+    "ScriptedMessenger",
+    "Work",
+    "WorkDone",
+    "install_test_handlers",
+]
 
 TEST_PROTOCOL_VERSION = "1"
 

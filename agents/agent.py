@@ -19,36 +19,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
-import random
 import re
 import signal
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from pydantic import BaseModel
 
+from agentmesh.agents.checkpoints import open_checkpoints
+from agentmesh.agents.context import TaskContext
+from agentmesh.agents.messenger import MeshMessenger
 from agentmesh.agents.negotiation_handlers import NegotiationHandlers
 from agentmesh.agents.outcome import TaskFailed, TaskOutcome
 from agentmesh.agents.provider_graph import build_provider_graph
 from agentmesh.agents.records import AgentRecords
 from agentmesh.agents.requester_graph import build_requester_graph
-from agentmesh.agents.service import CheckFn, Service, ServiceFn, check_result, parse_price
+from agentmesh.agents.service import CheckFn, Service, ServiceFn, parse_price
 from agentmesh.agents.task_runner import TaskRunner
+from agentmesh.canonical import canonical_json, sha256_hex
+from agentmesh.chat_model import ChatModel
 from agentmesh.config import Config, MeshConfig, load_config, resolve_home
-from agentmesh.errors import AgentMeshError, AgentMeshValueError, TransactionError
-from agentmesh.llm import LocalModel
-from agentmesh.mesh.card import AgentCard, ServicePrice
+from agentmesh.errors import AgentMeshError, AgentMeshValueError
+from agentmesh.mesh.card import ServicePrice
 from agentmesh.message import Message
-from agentmesh.protocols.negotiation import PROTOCOL, VERSION, Ack, canonical_json, sha256_hex
+from agentmesh.protocols.negotiation import Phase, Role
 
 __all__ = ["Agent", "TaskFailed", "TaskOutcome"]
+
+if TYPE_CHECKING:
+    from agentmesh.mesh.node import MeshNode
 
 log = logging.getLogger("agentmesh.agent")
 
@@ -56,19 +63,23 @@ AGENT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 PASSWORD_ENV = "AGENTMESH_PASSWORD"
 M = TypeVar("M", bound=Message)
 
-# Init code that returns block.timestamp: TIMESTAMP PUSH1 0 MSTORE PUSH1 32 PUSH1 0 RETURN
-TIMESTAMP_PROBE = "0x4260005260206000f3"
-
 
 class Agent:
     """An autonomous agent: wallet, mesh node, local model and task graphs."""
+
+    # What start() connects and builds (valid while the agent runs).
+    context: TaskContext
+    runner: TaskRunner
+    handlers: NegotiationHandlers
+    node: MeshNode
+    messenger: MeshMessenger
 
     def __init__(
         self,
         name: str,
         *,
         wallet: str | bytes | LocalAccount | None = None,
-        model: LocalModel | None = None,
+        model: ChatModel | None = None,
         home: Path | str | None = None,
         config: Config | None = None,
         mesh: MeshConfig | None = None,
@@ -81,7 +92,7 @@ class Agent:
                 "starting with a letter or digit)"
             )
         self.name = name
-        self.model = model
+        self._model = model
         self._wallet_spec = wallet
         self._home_option = home
         self._config_option = config
@@ -94,7 +105,6 @@ class Agent:
         ] = []
         self.counters: Counter[str] = Counter()
         self._checks: dict[str, tuple[CheckFn | None, Any]] = {}  # task -> (check, type)
-        self.runner = TaskRunner(self)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stack: contextlib.AsyncExitStack | None = None
         self._main: Callable[[Agent], Awaitable[Any]] | None = None
@@ -102,6 +112,19 @@ class Agent:
 
     def __repr__(self) -> str:
         return f"Agent({self.name!r})"
+
+    @property
+    def model(self) -> ChatModel | None:
+        """The chat model the agent prices with and its services use."""
+        return self._model
+
+    @model.setter
+    def model(self, model: ChatModel | None) -> None:
+        # A running agent's tasks see the new model from their next step on.
+        self._model = model
+        if self.started:
+            self.context = dataclasses.replace(self.context, model=model)
+            self.runner.ctx = self.handlers.ctx = self.context
 
     # ------------------------------------------------------------------ declaring
 
@@ -184,10 +207,11 @@ class Agent:
         spec = self._wallet_spec
         if isinstance(spec, LocalAccount):
             return spec
-        if isinstance(spec, bytes):
-            return Account.from_key(spec)
-        if isinstance(spec, str) and re.fullmatch(r"(0x)?[0-9a-fA-F]{64}", spec):
-            return Account.from_key(spec)
+        if isinstance(spec, bytes) or (
+            isinstance(spec, str) and re.fullmatch(r"(0x)?[0-9a-fA-F]{64}", spec)
+        ):
+            account: LocalAccount = Account.from_key(spec)
+            return account
         from agentmesh.wallets.keystore import Keystore
 
         wallet_name = spec or self.name
@@ -200,84 +224,127 @@ class Agent:
             )
         return keystore.load(wallet_name, secret)
 
-    async def start(self) -> None:
-        """Connect to the chain, join the mesh, resume unfinished tasks."""
-        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-
-        from agentmesh.mesh.discovery import Discovery
-        from agentmesh.mesh.node import MeshNode
-        from agentmesh.store import Store
-        from agentmesh.wallets.chain import open_chain
-        from agentmesh.wallets.clients import EscrowClient, RegistryClient, TokenClient
-        from agentmesh.wallets.registry_sync import register_card, registry_source
-        from agentmesh.wallets.wallet import Wallet
-
+    def _resolve_settings(self) -> None:
+        """Home, config and approval threshold from the options and ``config.toml``."""
         self.home = resolve_home(self._home_option)
         self.config = self._config_option or load_config(self.home)
         if self._rpc_url_option:
             chain = self.config.chain.model_copy(update={"rpc_url": self._rpc_url_option})
             self.config = self.config.model_copy(update={"chain": chain})
-        settings = self.config.agent
-        self.settings = settings
+        self.settings = self.config.agent
         threshold = self._threshold_option
-        if threshold is None and settings.approval_threshold is not None:
-            threshold = settings.approval_threshold
+        if threshold is None and self.settings.approval_threshold is not None:
+            threshold = self.settings.approval_threshold
         self.approval_threshold = None if threshold is None else parse_price(threshold)
+
+    async def _connect_chain(self, stack: contextlib.AsyncExitStack, account: LocalAccount) -> None:
+        """The chain, this agent's wallet and its contract clients (and faucet, on anvil)."""
+        from agentmesh.wallets.chain import open_chain
+        from agentmesh.wallets.chain_clock import ChainClock
+        from agentmesh.wallets.clients import EscrowClient, RegistryClient, TokenClient
+        from agentmesh.wallets.faucet import top_up
+        from agentmesh.wallets.wallet import Wallet
+
+        self.chain = await stack.enter_async_context(open_chain(self.home, self.config))
+        self.wallet = Wallet(account, self.chain.w3, name=self.name)
+        self.address = self.wallet.address
+        self.token = TokenClient(self.wallet, self.chain.token_address)
+        self.token_address = self.token.address
+        self.escrow = EscrowClient(self.wallet, self.chain.deployment.address("TaskEscrow"))
+        self.registry = RegistryClient(self.wallet, self.chain.deployment.address("AgentRegistry"))
+        self.clock = ChainClock(self.chain.w3)
+        self.arbiter = self.chain.deployment.deployer
+        if self.settings.faucet:
+            await top_up(self.chain, self.wallet)
+
+    def _make_node(self, stack: contextlib.AsyncExitStack, account: LocalAccount) -> None:
+        """This agent's mesh node (not started yet) and the messenger over it."""
+        from agentmesh.mesh.node import MeshNode
+        from agentmesh.store import Store
+
+        store = Store(self.home / "mesh" / f"{self.address}.db")
+        stack.callback(store.close)
+        self.node = MeshNode(
+            bytes(account.key),
+            name=self.name,
+            config=self._mesh_option or self.config.mesh,
+            store=store,
+            services=[ServicePrice(name=s.name, price=s.price) for s in self.services.values()],
+            model_sha256=self.model.sha256 if self.model is not None else "",
+        )
+        # One set of counters: the node saves them, so `agentmesh mesh stats` shows the
+        # agent's (forged steps, timeouts, model fallbacks) beside the mesh's.
+        self.node.counters.update(self.counters)
+        self.counters = self.node.counters
+        self.messenger = MeshMessenger(self.node)
+
+    async def _join_mesh(self, stack: contextlib.AsyncExitStack) -> None:
+        """Start the node (handlers installed), register on chain, discover peers."""
+        from agentmesh.mesh.discovery import Discovery
+        from agentmesh.wallets.registry_sync import register_card, registry_source
+
+        self.handlers.install(self.node)
+        for message_type, protocol, version, replies, fn in self._raw_handlers:
+            self.node.on(message_type, protocol=protocol, version=version, replies=replies)(fn)
+        await self.node.start()
+        stack.push_async_callback(self.node.stop)
+        try:
+            await register_card(self.chain, self.wallet, self.messenger.card)
+        except AgentMeshError as exc:
+            log.warning("not registered on chain: %s", exc.user_message)
+        self.discovery = Discovery(
+            self.node, sources=[registry_source(self.chain, self.wallet, [self.address])]
+        )
+        await self.discovery.start()
+        stack.push_async_callback(self.discovery.stop)
+
+    def _task_context(self) -> TaskContext:
+        return TaskContext(
+            address=self.address,
+            name=self.name,
+            token=self.token,
+            escrow=self.escrow,
+            registry=self.registry,
+            messenger=self.messenger,
+            clock=self.clock,
+            settings=self.settings,
+            records=self.records,
+            services=self.services,
+            model=self.model,
+            counters=self.counters,
+            arbiter=self.arbiter,
+            approval_threshold=self.approval_threshold,
+            buyer_checks=self._checks,
+            spawn=self.spawn,
+        )
+
+    async def start(self) -> None:
+        """Connect to the chain, join the mesh, resume unfinished tasks."""
+        self._resolve_settings()
         account = self._load_account()
         self._stack = stack = contextlib.AsyncExitStack()
         try:
-            self.chain = await stack.enter_async_context(open_chain(self.home, self.config))
-            self.wallet = Wallet(account, self.chain.w3, name=self.name)
-            self.address = self.wallet.address
-            self.token = TokenClient(self.wallet, self.chain.token_address)
-            self.token_address = self.token.address
-            self.escrow = EscrowClient(self.wallet, self.chain.deployment.address("TaskEscrow"))
-            self.registry = RegistryClient(
-                self.wallet, self.chain.deployment.address("AgentRegistry")
-            )
-            self.arbiter = self.chain.deployment.deployer
-            if settings.faucet:
-                await self._top_up()
+            await self._connect_chain(stack, account)
             self.agent_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.records = AgentRecords(self.agent_dir / "agent.db")
             stack.callback(self.records.close)
             saver = await stack.enter_async_context(
-                AsyncSqliteSaver.from_conn_string(str(self.agent_dir / "checkpoints.db"))
+                open_checkpoints(self.agent_dir / "checkpoints.db")
             )
-            self.provider_graph = build_provider_graph(self, saver)
-            self.requester_graph = build_requester_graph(self, saver)
-            store = Store(self.home / "mesh" / f"{self.address}.db")
-            stack.callback(store.close)
-            self.node = MeshNode(
-                bytes(account.key),
-                name=self.name,
-                config=self._mesh_option or self.config.mesh,
-                store=store,
-                services=[ServicePrice(name=s.name, price=s.price) for s in self.services.values()],
-                model_sha256=self.model.sha256 if self.model is not None else "",
+            self.provider_graph = build_provider_graph(saver)
+            self.requester_graph = build_requester_graph(saver)
+            self._make_node(stack, account)
+            self.context = self._task_context()
+            self.runner = TaskRunner(
+                self.context,
+                {Role.PROVIDER: self.provider_graph, Role.REQUESTER: self.requester_graph},
             )
-            # One set of counters: the node saves them, so `agentmesh mesh stats` shows
-            # the agent's (forged steps, timeouts, model fallbacks) beside the mesh's.
-            self.node.counters.update(self.counters)
-            self.counters = self.node.counters
-            NegotiationHandlers(self, self.runner).install()
-            for message_type, protocol, version, replies, fn in self._raw_handlers:
-                self.node.on(message_type, protocol=protocol, version=version, replies=replies)(fn)
-            await self.node.start()
-            stack.push_async_callback(self.node.stop)
-            assert self.node.card is not None
-            try:
-                await register_card(self.chain, self.wallet, self.node.card)
-            except AgentMeshError as exc:
-                log.warning("not registered on chain: %s", exc.user_message)
-            self.discovery = Discovery(
-                self.node, sources=[registry_source(self.chain, self.wallet, [self.address])]
-            )
-            await self.discovery.start()
-            stack.push_async_callback(self.discovery.stop)
+            self.handlers = NegotiationHandlers(self.context, self.runner)
+            await self._join_mesh(stack)
             self.started = True
-            if self.model is not None:
-                self.spawn(self.model.load())  # warm up while the mesh settles
+            warm_up = getattr(self.model, "load", None)  # LocalModel loads lazily
+            if callable(warm_up):
+                self.spawn(warm_up())  # warm up while the mesh settles
             await self.runner.resume_unfinished()
             self.spawn(self.runner.approval_loop())
             self.spawn(self.runner.timer_loop())
@@ -348,59 +415,6 @@ class Agent:
         task.add_done_callback(done)
         return task
 
-    # ------------------------------------------------------------------ chain helpers
-
-    async def block_number(self) -> int:
-        return int(await self.chain.w3.eth.block_number)
-
-    async def chain_time(self) -> int:
-        """Now, as the next block will see it (``block.timestamp`` of a pending call).
-
-        The latest block's time is not enough: anvil mines only on demand, so it lags
-        while nothing happens; and the wall clock is not the chain's (a devnet's clock
-        can be moved). Falls back to the latest block where pending calls fail.
-        """
-        try:
-            raw = await self.chain.w3.eth.call({"data": TIMESTAMP_PROBE}, "pending")
-            return int.from_bytes(raw, "big")
-        except Exception:  # noqa: BLE001 - nodes refuse pending calls in various ways
-            block = await self.chain.w3.eth.get_block("latest")
-            return int(block["timestamp"])
-
-    async def find_opened_job(self, provider: str, terms: bytes, from_block: int) -> int | None:
-        """The job this agent opened for ``provider`` with ``terms`` (after a crash)."""
-        logs = await self.escrow.contract.events.JobOpened().get_logs(
-            argument_filters={"client": self.address, "provider": provider},
-            from_block=from_block,
-        )
-        for entry in logs:
-            if bytes(entry["args"]["termsHash"]) == terms:
-                return int(entry["args"]["jobId"])
-        return None
-
-    async def _top_up(self) -> None:
-        """On an anvil devnet, give an empty agent wallet gas and mUSD from the dev funds."""
-        from agentmesh.wallets.clients import TokenClient
-        from agentmesh.wallets.deployer import dev_deployer
-
-        client = str(await self.chain.w3.client_version).lower()
-        if "anvil" not in client:
-            return
-        faucet = dev_deployer(self.chain.w3)
-        # Agents starting together each send from the dev account with their own nonce
-        # count; a collision is rejected by the node, and a retry reads the nonce anew.
-        for attempt in range(5):
-            try:
-                if await self.wallet.eth_balance() < 10**18:
-                    await faucet.send({"to": self.address, "value": 10 * 10**18})
-                if await self.token.balance_of(self.address) < 100 * 10**6:
-                    await TokenClient(faucet, self.token_address).mint(self.address, 1_000 * 10**6)
-                return
-            except TransactionError:
-                if attempt == 4:
-                    raise
-                await asyncio.sleep(0.1 + random.random() * 0.3)
-
     # ------------------------------------------------------------------ buying
 
     async def buy(
@@ -431,9 +445,10 @@ class Agent:
         else:
             payload = {**(input or {}), **fields}
         text = canonical_json(payload)
-        tid = "r:" + uuid.uuid4().hex
+        conversation = uuid.uuid4().hex
+        tid = Role.REQUESTER.task_id(conversation)
         initial = {
-            "conversation": tid[2:],
+            "conversation": conversation,
             "service": service,
             "input": text,
             "input_sha256": sha256_hex(text),
@@ -441,27 +456,27 @@ class Agent:
             "token": self.token_address,
             "deadline_s": deadline_s or self.settings.deadline_s,
             "providers": list(providers),
-            "phase": "started",
+            "phase": Phase.STARTED,
             "txs": {},
         }
         if check is not None or result_type is not None:
             self._checks[tid] = (check, result_type)
         future = self.runner.outcomes[tid] = asyncio.get_running_loop().create_future()
-        self.records.start_task(tid, "requester", service)
+        self.records.start_task(tid, Role.REQUESTER, service)
         lock = await self.runner.begin(tid)
         self.runner.run_locked(tid, lock, self.requester_graph, initial)
         try:
             values = await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError:
-            phase = (self.records.task(tid) or None, "")[0]
-            state = phase.state if phase is not None else "unknown"
+            row = self.records.task(tid)
+            state = row.state if row is not None else Phase.UNKNOWN
             raise AgentMeshError(
-                f"task {tid[2:14]} still in phase {state} after {timeout:g}s; it goes on "
-                "in the background"
+                f"task {conversation[:12]} still in phase {state} after {timeout:g}s; it goes "
+                "on in the background"
             ) from None
         finally:
             self._checks.pop(tid, None)
-        outcome = TaskOutcome.from_state(tid[2:], values)
+        outcome = TaskOutcome.from_state(conversation, values)
         if not outcome.settled:
             raise TaskFailed(outcome)
         return outcome
@@ -479,47 +494,3 @@ class Agent:
                 )
             await asyncio.sleep(0.1)
         return found
-
-    async def ask(
-        self,
-        peer: AgentCard,
-        message: Message,
-        conversation: str,
-        *,
-        expect: tuple[type[Message], ...] = (Ack,),
-        timeout: float | None = None,
-        retries: int | None = None,
-    ) -> Any:
-        """One negotiation request to ``peer`` in ``conversation`` (hex); the reply."""
-        return await self.node.request(
-            peer,
-            message,
-            protocol=PROTOCOL,
-            version=VERSION,
-            expect=expect,
-            timeout=timeout,
-            retries=retries,
-            conversation=bytes.fromhex(conversation),
-        )
-
-    async def tell(
-        self, peer: AgentCard, message: Message, conversation: str, *, retries: int | None = None
-    ) -> bool:
-        """A notice whose loss changes nothing on chain: a failure is logged, not raised."""
-        try:
-            await self.ask(peer, message, conversation, retries=retries)
-        except AgentMeshError as exc:
-            log.info("%s to %s not delivered: %s", type(message).__name__, peer.address, exc)
-            return False
-        return True
-
-    def check_result(self, service: str, text: str, tid: str = "") -> tuple[bool, str]:
-        """The requester's acceptance check of a delivered result."""
-        import json
-
-        try:
-            value = json.loads(text)
-        except ValueError:
-            return False, "result is not JSON"
-        check, result_type = self._checks.get(tid, (None, None))
-        return check_result(value, check, result_type)

@@ -1,4 +1,4 @@
-"""How a purchase ended: ``TaskOutcome``, ``TaskFailed``, and each final phase's status."""
+"""How a purchase ended: ``TaskOutcome`` and ``TaskFailed``."""
 
 from __future__ import annotations
 
@@ -8,17 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentmesh.errors import AgentMeshError
-
-FINAL_STATUS = {
-    "settled": "done",
-    "claimed": "done",
-    "refunded": "refunded",
-    "expired": "expired",
-    "disputed": "disputed",
-    "declined": "declined",
-    "rejected": "cancelled",
-    "cancelled": "cancelled",
-}
+from agentmesh.protocols.negotiation import Phase
 
 
 class TaskFailed(AgentMeshError):
@@ -45,7 +35,7 @@ class TaskOutcome:
 
     @property
     def settled(self) -> bool:
-        return self.phase == "settled"
+        return self.phase == Phase.SETTLED
 
     @classmethod
     def from_state(cls, conversation: str, values: dict[str, Any]) -> TaskOutcome:
@@ -54,7 +44,7 @@ class TaskOutcome:
             result = json.loads(result) if isinstance(result, str) else result
         return cls(
             conversation=conversation,
-            phase=values.get("phase", "unknown"),
+            phase=str(values.get("phase", Phase.UNKNOWN)),
             service=values.get("service", ""),
             provider=values.get("winner", ""),
             price=values.get("price", 0),

@@ -14,9 +14,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from agentmesh.agents.agent import Agent
-from agentmesh.agents.service import ServiceContext
-from agentmesh.llm import LocalModel
+from agentmesh import Agent, LocalModel, ServiceContext
 
 SYSTEM = "Summarize the user's text in one or two sentences. Reply with the summary only."
 

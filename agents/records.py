@@ -10,13 +10,24 @@ from __future__ import annotations
 
 import secrets
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from sqlmodel import Field, Session, SQLModel, select
 
 from agentmesh.errors import AgentMeshValueError
+from agentmesh.protocols.negotiation import Phase, TaskStatus
 from agentmesh.store import sqlite_engine
+
+
+class ApprovalStatus(StrEnum):
+    """Where a person's approval of a spend stands."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    EXPIRED = "expired"  # the offer lapsed before anyone decided
 
 
 def _now_ms() -> int:
@@ -32,10 +43,8 @@ class TaskRow(SQLModel, table=True):
     role: str  # "provider" | "requester"
     service: str
     peer: str = ""  # the other party (the winner, for a requester)
-    state: str = "started"  # last state the graph reported
-    # active | stalled (an error; retried) | done | failed | cancelled | declined |
-    # refunded | expired | disputed
-    status: str = "active"
+    state: str = Phase.STARTED  # last phase the graph reported
+    status: str = TaskStatus.ACTIVE
     price: int = 0
     job_id: int | None = None
     detail: str = ""
@@ -53,7 +62,7 @@ class ApprovalRow(SQLModel, table=True):
     conversation: str = Field(index=True)
     amount: int
     description: str
-    status: str = "pending"  # pending | approved | rejected | expired
+    status: str = ApprovalStatus.PENDING
     applied: bool = False  # the agent has resumed the graph with the decision
     created_ms: int = Field(default_factory=_now_ms)
     decided_ms: int | None = None
@@ -136,9 +145,9 @@ class AgentRecords:
             row = session.get(ApprovalRow, approval_id)
             if row is None:
                 raise AgentMeshValueError(f"unknown approval id {approval_id!r}")
-            if row.status != "pending":
+            if row.status != ApprovalStatus.PENDING:
                 raise AgentMeshValueError(f"approval {approval_id} is already {row.status}")
-            row.status = "approved" if approved else "rejected"
+            row.status = ApprovalStatus.APPROVED if approved else ApprovalStatus.REJECTED
             row.decided_ms = _now_ms()
             session.add(row)
             session.commit()
@@ -151,10 +160,10 @@ class AgentRecords:
             for row in session.exec(
                 select(ApprovalRow).where(
                     ApprovalRow.conversation == conversation,
-                    ApprovalRow.status == "pending",
+                    ApprovalRow.status == ApprovalStatus.PENDING,
                 )
             ):
-                row.status = "expired"
+                row.status = ApprovalStatus.EXPIRED
                 row.applied = True
                 row.decided_ms = _now_ms()
                 session.add(row)
@@ -171,7 +180,7 @@ class AgentRecords:
         """Decisions a person made that the agent has not acted on yet."""
         with Session(self.engine) as session:
             query = select(ApprovalRow).where(
-                ApprovalRow.status != "pending",
+                ApprovalRow.status != ApprovalStatus.PENDING,
                 ApprovalRow.applied == False,  # noqa: E712 - SQL expression
             )
             return list(session.exec(query))
@@ -193,7 +202,7 @@ def find_approval(home: Path, approval_id: str) -> tuple[AgentRecords, ApprovalR
         for row in records.approvals():
             if row.id == approval_id:
                 return records, row
-            if row.status == "pending":
+            if row.status == ApprovalStatus.PENDING:
                 pending.append(f"{row.id} ({path.parent.name})")
         records.close()
     known = ", ".join(pending) or "none"

@@ -16,8 +16,7 @@ import os
 
 from rich.console import Console
 
-from agentmesh.agents.agent import Agent
-from agentmesh.errors import AgentMeshError
+from agentmesh import Agent, AgentMeshError
 from agentmesh.wallets.units import MUSD_DECIMALS, format_amount
 
 TEXTS = (

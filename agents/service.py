@@ -20,13 +20,12 @@ from typing import TYPE_CHECKING, Any, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 
-from agentmesh.errors import AgentMeshValueError
-from agentmesh.protocols.negotiation import canonical_json
+from agentmesh.canonical import canonical_json
+from agentmesh.errors import AgentMeshValueError, ModelError
 from agentmesh.wallets.units import MUSD_DECIMALS, parse_amount
 
 if TYPE_CHECKING:
-    from agentmesh.agents.agent import Agent
-    from agentmesh.llm import LocalModel
+    from agentmesh.chat_model import ChatModel
 
 SERVICE_NAME = r"^[a-z][a-z0-9_.-]{0,63}$"
 ServiceFn = Callable[..., Awaitable[Any]]
@@ -52,15 +51,24 @@ def parse_price(value: str | int) -> int:
 class ServiceContext:
     """What a service function can use while it works."""
 
-    agent: Agent
     service: str
     conversation: str  # hex conversation id
     requester: str  # the buyer's address
+    agent_name: str = ""
+    chat_model: ChatModel | None = None
 
     @property
-    def model(self) -> LocalModel:
-        """The agent's local model (shared; calls are serialized)."""
-        return self.agent.model
+    def model(self) -> ChatModel:
+        """The agent's chat model (shared; calls are serialized).
+
+        Raises ``ModelError`` naming the fix when the agent was made without one.
+        """
+        if self.chat_model is None:
+            raise ModelError(
+                f"agent {self.agent_name or '?'} has no model: pass model=LocalModel.default() "
+                "(or any ChatModel) to Agent(...)"
+            )
+        return self.chat_model
 
 
 @dataclass(frozen=True)
@@ -122,7 +130,7 @@ class Service:
             annotation = hints.get(param.name, Any)
             default = ... if param.default is param.empty else param.default
             fields[param.name] = (annotation, default)
-        input_model = create_model(  # type: ignore[call-overload]
+        input_model = create_model(
             f"{fn.__name__}_input", __config__=ConfigDict(extra="forbid"), **fields
         )
         result_type = hints.get("return", Any)

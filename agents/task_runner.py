@@ -16,11 +16,20 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from agentmesh.agents.outcome import FINAL_STATUS
-from agentmesh.protocols.negotiation import canonical_json
+from agentmesh.agents.context import TaskContext
+from agentmesh.agents.records import ApprovalStatus
+from agentmesh.canonical import canonical_json
+from agentmesh.protocols.negotiation import (
+    NEGOTIATION,
+    ApprovalDecision,
+    Phase,
+    Role,
+    TaskStatus,
+    Timeout,
+)
 
 if TYPE_CHECKING:
-    from agentmesh.agents.agent import Agent
+    from langgraph.graph.state import CompiledStateGraph
 
 log = logging.getLogger("agentmesh.agent")
 
@@ -32,8 +41,13 @@ PhaseWaiter = tuple[Callable[[str], bool], "asyncio.Future[Any]"]
 class TaskRunner:
     """Runs, records and resumes the task graphs of one agent."""
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    def __init__(
+        self,
+        ctx: TaskContext,
+        graphs: dict[Role, CompiledStateGraph[Any, Any, Any, Any]],
+    ) -> None:
+        self.ctx = ctx
+        self.graphs = graphs
         self.locks: dict[str, asyncio.Lock] = {}
         # Purchases waiting for their end: task -> the final state values.
         self.outcomes: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -47,7 +61,7 @@ class TaskRunner:
         return {"configurable": {"thread_id": tid}}
 
     def graph(self, tid: str) -> Any:
-        return self.agent.provider_graph if tid.startswith("p:") else self.agent.requester_graph
+        return self.graphs[Role.of(tid)]
 
     async def begin(self, tid: str) -> asyncio.Lock:
         lock = self.locks.setdefault(tid, asyncio.Lock())
@@ -65,7 +79,7 @@ class TaskRunner:
             finally:
                 lock.release()
 
-        return self.agent.spawn(body())
+        return self.ctx.spawn(body())
 
     def _phase_changed(self, tid: str, update: dict[str, Any]) -> None:
         """Wake handlers waiting for this task to reach a phase (with the node's update)."""
@@ -80,16 +94,17 @@ class TaskRunner:
         config = self.config(tid)
         error = ""
         try:
-            async for chunk in graph.astream(graph_input, config, stream_mode="updates"):
+            stream = graph.astream(graph_input, config, stream_mode="updates", context=self.ctx)
+            async for chunk in stream:
                 for update in chunk.values():
                     if isinstance(update, dict) and "phase" in update:
                         extra = {"detail": update["error"]} if update.get("error") else {}
-                        self.agent.records.update_task(tid, state=update["phase"], **extra)
+                        self.ctx.records.update_task(tid, state=str(update["phase"]), **extra)
                         self._phase_changed(tid, update)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the task stays resumable from its last checkpoint
-            self.agent.counters["graph_errors"] += 1
+            self.ctx.counters["graph_errors"] += 1
             error = f"{type(exc).__name__}: {getattr(exc, 'user_message', exc)}"
             log.exception("task %s stopped", tid)
         snapshot = await graph.aget_state(config)
@@ -99,14 +114,14 @@ class TaskRunner:
             future = self.outcomes.pop(tid, None)
             if future is not None and not future.done():
                 if error:
-                    values = {**values, "phase": "stalled", "error": error}
+                    values = {**values, "phase": Phase.STALLED, "error": error}
                 future.set_result(values)
         return values
 
     def _record(self, tid: str, snapshot: Any, error: str) -> None:
         """Write where the task stands; open an approval if the graph waits for one."""
         values = snapshot.values
-        phase = values.get("phase", "unknown")
+        phase = str(values.get("phase", Phase.UNKNOWN))
         changes: dict[str, Any] = {
             "state": phase,
             "peer": values.get("winner") or values.get("requester") or "",
@@ -116,21 +131,21 @@ class TaskRunner:
             "txs": canonical_json(values.get("txs") or {}),
         }
         if error:
-            changes["status"] = "stalled"
+            changes["status"] = TaskStatus.STALLED
         elif not snapshot.next:
-            changes["status"] = FINAL_STATUS.get(phase, "failed")
+            changes["status"] = NEGOTIATION.status_when_final(phase)
         else:
             self.watch(tid, snapshot)
             for pending in snapshot.interrupts:
                 if isinstance(pending.value, dict) and pending.value.get("kind") == "approval":
-                    row = self.agent.records.request_approval(
+                    row = self.ctx.records.request_approval(
                         tid, pending.value["amount"], pending.value["description"]
                     )
-                    changes["state"] = "awaiting_approval"
+                    changes["state"] = Phase.AWAITING_APPROVAL
                     log.warning("approval %s needed: %s", row.id, row.description)
         if error or not snapshot.next:
             self.timers.pop(tid, None)
-        self.agent.records.update_task(tid, **changes)
+        self.ctx.records.update_task(tid, **changes)
         final = {**values, "phase": changes["state"]}
         self._phase_changed(tid, final)
         for _, future in self.phase_waiters.pop(tid, []):
@@ -157,7 +172,7 @@ class TaskRunner:
             await asyncio.sleep(0.5)
             try:
                 if self.timers:
-                    now = await self.agent.chain_time()
+                    now = await self.ctx.clock.now()
                     for tid in [t for t, until in self.timers.items() if until <= now]:
                         if self.busy(tid):
                             # Running: it re-arms its timer when it pauses. Waiting for
@@ -176,9 +191,9 @@ class TaskRunner:
                             lock.release()
                             continue
                         self.timers.pop(tid, None)
-                        self.agent.counters["timeouts"] += 1
+                        self.ctx.counters["timeouts"] += 1
                         log.info("task %s timed out in %s", tid, snapshot.values.get("phase"))
-                        self.run_locked(tid, lock, graph, Command(resume={"type": "Timeout"}))
+                        self.run_locked(tid, lock, graph, Command(resume=Timeout()))
                 await self._retry_stalled()
             except Exception:
                 log.exception("timer loop error (continuing)")
@@ -189,7 +204,7 @@ class TaskRunner:
     async def _retry_stalled(self) -> None:
         """Run again tasks an error stopped, backing off (5 s, 10 s, ... 5 min)."""
         now = asyncio.get_running_loop().time()
-        for row in self.agent.records.tasks("stalled"):
+        for row in self.ctx.records.tasks(TaskStatus.STALLED):
             tid = row.conversation
             if self.busy(tid):
                 continue
@@ -200,13 +215,13 @@ class TaskRunner:
             delay = STALLED_RETRY_S * 2 ** min(self._stalled_retries[tid], 10)
             self._stalled_next[tid] = now + min(STALLED_RETRY_MAX_S, delay)
             lock = await self.begin(tid)
-            self.agent.records.update_task(tid, status="active")
+            self.ctx.records.update_task(tid, status=TaskStatus.ACTIVE)
             self.run_locked(tid, lock, self.graph(tid), None)
 
     async def resume_unfinished(self) -> None:
         """Continue tasks a previous run left between two pauses (killed mid-step)."""
-        for row in self.agent.records.tasks():
-            if row.status not in ("active", "stalled"):
+        for row in self.ctx.records.tasks():
+            if row.status not in (TaskStatus.ACTIVE, TaskStatus.STALLED):
                 continue
             tid = row.conversation
             graph = self.graph(tid)
@@ -214,9 +229,9 @@ class TaskRunner:
             if snapshot.interrupts:
                 self.watch(tid, snapshot)  # its timers run again from now
             elif snapshot.next:
-                self.agent.counters["resumed"] += 1
+                self.ctx.counters["resumed"] += 1
                 log.info("resuming task %s from %s", tid, snapshot.values.get("phase"))
-                self.agent.records.update_task(tid, status="active")
+                self.ctx.records.update_task(tid, status=TaskStatus.ACTIVE)
                 lock = await self.begin(tid)
                 self.run_locked(tid, lock, graph, None)
 
@@ -225,7 +240,7 @@ class TaskRunner:
 
         while True:
             try:
-                for row in self.agent.records.decided_unapplied():
+                for row in self.ctx.records.decided_unapplied():
                     tid = row.conversation
                     lock = await self.begin(tid)
                     graph = self.graph(tid)
@@ -234,12 +249,12 @@ class TaskRunner:
                         isinstance(i.value, dict) and i.value.get("kind") == "approval"
                         for i in snapshot.interrupts
                     )
-                    self.agent.records.mark_applied(row.id)
+                    self.ctx.records.mark_applied(row.id)
                     if not waiting:
                         lock.release()
                         continue
-                    self.agent.records.update_task(tid, status="active")
-                    decision = {"approved": row.status == "approved"}
+                    self.ctx.records.update_task(tid, status=TaskStatus.ACTIVE)
+                    decision = ApprovalDecision(approved=row.status == ApprovalStatus.APPROVED)
                     self.run_locked(tid, lock, graph, Command(resume=decision))
             except Exception:
                 log.exception("approval loop error (continuing)")

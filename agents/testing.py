@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agentmesh.agents.agent import Agent
-from agentmesh.agents.service import ServiceContext
+from agentmesh.agents.context import TaskContext
+from agentmesh.agents.service import Service, ServiceContext
 from agentmesh.config import AgentConfig, ChainConfig, Config, MeshConfig, WalletConfig
 
 
@@ -86,3 +87,54 @@ async def local_market(root: Path) -> AsyncIterator[LocalMarket]:
             mesh=MeshConfig(heartbeat_s=0.2),
         )
         yield LocalMarket(home, config, anvil.rpc_url)
+
+
+def unit_context(
+    records_path: Path,
+    *,
+    ledger: Any = None,
+    address: str | None = None,
+    services: Mapping[str, Service] | None = None,
+    messenger: Any = None,
+    model: Any = None,
+    settings: AgentConfig | None = None,
+    approval_threshold: int | None = None,
+) -> TaskContext:
+    """A ``TaskContext`` of fakes for unit tests of graph nodes and handlers.
+
+    The escrow and registry are the in-memory ``ledger``'s clients for ``address`` (a
+    fresh ``InMemoryLedger`` by default; the address defaults to the card of
+    ``messenger``, a ``ScriptedMessenger`` with a random card by default), the records
+    real SQLite at ``records_path``. Background work (``spawn``) runs on the current loop.
+    """
+    import asyncio
+    from collections import Counter
+
+    from agentmesh.agents.records import AgentRecords
+    from agentmesh.testing import InMemoryLedger, ScriptedMessenger
+    from agentmesh.testing_fakes import fake_card
+
+    messenger = messenger or ScriptedMessenger(card=fake_card("unit", os.urandom(32)))
+    # This agent is the one whose card its messenger sends: a call for proposals carries
+    # it, and the provider checks that it is the sender's.
+    address = address or messenger.card.address
+    ledger = ledger or InMemoryLedger()
+    escrow = ledger.escrow_for(address)
+    return TaskContext(
+        address=address,
+        name="unit",
+        token=escrow.token,
+        escrow=escrow,
+        registry=ledger.registry_for(address),
+        messenger=messenger,
+        clock=ledger.clock,
+        settings=settings or AgentConfig(faucet=False),
+        records=AgentRecords(records_path),
+        services=dict(services or {}),
+        model=model,
+        counters=Counter(),
+        arbiter="0x" + "a7" * 20,
+        approval_threshold=approval_threshold,
+        buyer_checks={},
+        spawn=asyncio.ensure_future,
+    )

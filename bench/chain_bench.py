@@ -24,7 +24,7 @@ from eth_account import Account
 from rich.console import Console
 from rich.table import Table
 
-from agentmesh.config import Config
+from agentmesh import Config
 from agentmesh.wallets.chain import Chain, open_chain
 from agentmesh.wallets.clients import EscrowClient, TokenClient
 from agentmesh.wallets.deployer import dev_deployer

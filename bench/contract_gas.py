@@ -28,16 +28,16 @@ from eth_utils import function_signature_to_4byte_selector
 from rich.console import Console
 from rich.table import Table
 
-from agentmesh.config import Config
+from agentmesh import Config
 from agentmesh.contracts import load_artifact
 from agentmesh.wallets.chain import Chain, open_chain
 from agentmesh.wallets.clients import (
     NATIVE,
     NO_CALLDATA,
-    AgentCard,
     AgentWalletClient,
     CapMode,
     EscrowClient,
+    RegistryCard,
     RegistryClient,
     ServiceOffer,
     TokenClient,
@@ -65,9 +65,9 @@ def calldata(fn: Any) -> bytes:
     return bytes.fromhex(fn._encode_transaction_data().removeprefix("0x"))
 
 
-def card(name: str, services: int = 1) -> AgentCard:
+def card(name: str, services: int = 1) -> RegistryCard:
     """A card the size an agent registers: bootstrap endpoint, curve key, model hash."""
-    return AgentCard(
+    return RegistryCard(
         name=name,
         endpoint="rq>Zk3wN5i!c2@p8O0Jc^Rr0=n)xh.vG2!v8d{c}@tcp://127.0.0.1:43215",
         curve_key=os.urandom(32),

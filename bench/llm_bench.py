@@ -26,7 +26,8 @@ from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.table import Table
 
-from agentmesh.llm import LocalModel, default_model_path
+from agentmesh import LocalModel
+from agentmesh.llm import default_model_path
 
 console = Console()
 SYSTEM = {
@@ -142,8 +143,7 @@ async def agent_call(model: LocalModel, tokens: int, rounds: int) -> dict[str, f
     import tempfile
     from pathlib import Path
 
-    from agentmesh.agents.agent import Agent
-    from agentmesh.agents.service import ServiceContext
+    from agentmesh import Agent, ServiceContext
     from agentmesh.chain.devnet import start_anvil
     from agentmesh.config import ChainConfig, Config, DevnetConfig, WalletConfig
 

@@ -31,15 +31,15 @@ from eth_account import Account
 from rich.console import Console
 from rich.table import Table
 
+from agentmesh import Agent, ServiceContext
 from agentmesh.agents.accounting import task_gas
-from agentmesh.agents.agent import Agent
-from agentmesh.agents.service import ServiceContext
 from agentmesh.agents.task_runner import TaskRunner
 from agentmesh.chain.devnet import start_anvil
 from agentmesh.config import AgentConfig, ChainConfig, Config, DevnetConfig, WalletConfig
 from agentmesh.mesh.node import MeshNode
 from agentmesh.wallets import clients
 from agentmesh.wallets.chain import Chain, _deploy_fresh, connect
+from agentmesh.wallets.chain_clock import ChainClock
 from agentmesh.wallets.clients import EscrowClient, TokenClient
 from agentmesh.wallets.deployer import dev_deployer
 from agentmesh.wallets.wallet import Wallet
@@ -69,7 +69,7 @@ class Timeline:
                 finally:
                     # Graph runs count only on the provider's side: they are what a
                     # requester's mesh request waits for beyond the transport.
-                    owner = getattr(args[0], "agent", args[0]) if args else None
+                    owner = getattr(args[0], "ctx", args[0]) if args else None
                     owner_name = getattr(owner, "name", "")
                     if self.on and (kind != "provider" or owner_name == "bench-provider"):
                         self.spans[kind].append((start, time.perf_counter()))
@@ -79,9 +79,9 @@ class Timeline:
 
         wrap(Wallet, "send", "chain")
         wrap(clients._Client, "_call", "chain")
-        wrap(Agent, "chain_time", "chain")
-        wrap(Agent, "block_number", "chain")
-        wrap(Agent, "find_opened_job", "chain")
+        wrap(ChainClock, "now", "chain")
+        wrap(ChainClock, "block_number", "chain")
+        wrap(clients.EscrowClient, "find_opened_job", "chain")
         wrap(MeshNode, "request", "mesh")
         wrap(TaskRunner, "advance", "provider")
         try:

@@ -28,9 +28,9 @@ from eth_account import Account
 from rich.console import Console
 from rich.table import Table
 
+from agentmesh import Message
 from agentmesh.mesh.card import AgentCard
 from agentmesh.mesh.node import MeshNode
-from agentmesh.message import Message
 from agentmesh.store import Store
 
 console = Console()

@@ -169,7 +169,7 @@ def reject(
 
 def approvals(ctx: typer.Context, json_out: JsonOption = False) -> None:
     """Spends waiting for a decision (and past decisions) of every agent in this home."""
-    from agentmesh.agents.records import AgentRecords
+    from agentmesh.agents.records import AgentRecords, ApprovalStatus
 
     app_state = state(ctx)
     rows: list[dict[str, Any]] = []
@@ -186,7 +186,10 @@ def approvals(ctx: typer.Context, json_out: JsonOption = False) -> None:
     table = Table(title="approvals")
     for column in ("id", "agent", "status", "amount", "description"):
         table.add_column(column)
-    for row in rows:
-        status = row["status"] + ("" if row["applied"] or row["status"] == "pending" else " *")
-        table.add_row(row["id"], row["agent"], status, str(row["amount"]), row["description"])
+    for entry in rows:
+        shown = entry["status"]
+        if not entry["applied"] and shown != ApprovalStatus.PENDING:
+            shown += " *"
+        amount = str(entry["amount"])
+        table.add_row(entry["id"], entry["agent"], shown, amount, entry["description"])
     console.print(table)

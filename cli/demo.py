@@ -34,7 +34,6 @@ from agentmesh.errors import AgentMeshError
 PROVIDERS = (("summarizer-a", "0.05"), ("summarizer-b", "0.08"))
 REQUESTER = "buyer"
 BUYER_MUSD = 10
-FINAL = {"done", "failed", "cancelled", "disputed", "refunded", "expired", "declined"}
 
 
 @dataclass
@@ -95,11 +94,13 @@ def _tasks(home: Path) -> list[Any]:
 
 
 def _progress(tasks: list[Any], names: dict[str, str], count: int, elapsed: float) -> Table:
+    from agentmesh.protocols.negotiation import TaskStatus
+
     table = Table(title=f"{len(tasks)} of {count} tasks started, {elapsed:.0f}s")
     for column in ("task", "phase", "status", "provider", "price"):
         table.add_column(column)
     for number, task in enumerate(tasks, 1):
-        colour = {"done": "green", "active": "yellow"}.get(task.status, "red")
+        colour = {TaskStatus.DONE: "green", TaskStatus.ACTIVE: "yellow"}.get(task.status, "red")
         table.add_row(
             f"{number} {task.conversation[2:10]}",
             task.state,
@@ -117,6 +118,8 @@ def _musd(units: int) -> str:
 
 
 async def _demo(tasks: int, timeout: float, json_out: bool) -> None:
+    from web3.types import Wei
+
     from agentmesh.config import Config, DevnetConfig, WalletConfig
     from agentmesh.wallets.chain import open_chain
     from agentmesh.wallets.clients import TokenClient
@@ -152,7 +155,7 @@ async def _demo(tasks: int, timeout: float, json_out: bool) -> None:
             with out.status("creating and funding encrypted agent wallets..."):
                 for name in (REQUESTER, *(n for n, _ in PROVIDERS)):
                     addresses[name] = keystore.create(name, password).address
-                    await faucet.send({"to": addresses[name], "value": 10**19})
+                    await faucet.send({"to": addresses[name], "value": Wei(10**19)})
                 await token.mint(addresses[REQUESTER], BUYER_MUSD * 10**MUSD_DECIMALS)
             before = {n: await token.balance_of(a) for n, a in addresses.items()}
             out.print(
@@ -233,6 +236,7 @@ async def _report(
     """Tasks, balances and the conservation check, as data (``--json`` prints it as is;
     amounts in mUSD base units, plus a display string)."""
     from agentmesh.agents.accounting import task_gas
+    from agentmesh.protocols.negotiation import TaskStatus
     from agentmesh.wallets.clients import TokenClient
     from agentmesh.wallets.deployer import dev_deployer
 
@@ -274,7 +278,7 @@ async def _report(
     agents_total = sum(after.values())
     return {
         "tasks": task_rows,
-        "settled": sum(t["status"] == "done" for t in task_rows),
+        "settled": sum(t["status"] == TaskStatus.DONE for t in task_rows),
         "balances": balances,
         "escrow": {"address": escrow, "balance": in_escrow},
         "conservation": {
@@ -288,6 +292,8 @@ async def _report(
 
 
 def _print_report(report: dict[str, Any]) -> None:
+    from agentmesh.protocols.negotiation import TaskStatus
+
     table = Table(title="tasks")
     for column in ("task", "winner", "price", "job", "transactions", "gas", "seconds", "status"):
         table.add_column(column)
@@ -301,7 +307,7 @@ def _print_report(report: dict[str, Any]) -> None:
             "\n".join(f"{step} {tx[:10]}…" for step, tx in task["transactions"].items()),
             f"{task['gas']:,}",
             f"{task['seconds']:.1f}",
-            status if status == "done" else f"[red]{status}: {task['detail'][:80]}[/]",
+            status if status == TaskStatus.DONE else f"[red]{status}: {task['detail'][:80]}[/]",
         )
     console.print(table)
 

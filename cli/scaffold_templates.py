@@ -67,8 +67,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from agentmesh.agents.project import load_project
-from agentmesh.agents.service import ServiceContext
+from agentmesh import ServiceContext, load_project
 
 project = load_project(Path(__file__).with_name("agentmesh.toml"))
 agent = project.make_agent(model=project.local_model())
@@ -95,8 +94,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agentmesh.agents.agent import Agent, TaskOutcome
-from agentmesh.agents.project import load_project
+from agentmesh import Agent, TaskOutcome, load_project
 
 project = load_project(Path(__file__).with_name("agentmesh.toml"))
 agent = project.make_agent()
@@ -128,9 +126,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from agentmesh.agents.project import load_project
-from agentmesh.mesh.routes import HandlerContext
-from agentmesh.message import Message
+from agentmesh import HandlerContext, Message, load_project
 
 project = load_project(Path(__file__).with_name("agentmesh.toml"))
 agent = project.make_agent()
@@ -163,8 +159,7 @@ from pathlib import Path
 
 from agent import agent
 
-from agentmesh.agents.agent import TaskOutcome
-from agentmesh.agents.testing import local_market
+from agentmesh import TaskOutcome, local_market
 
 TEXT = "Agents trade services and settle on chain."
 
@@ -196,8 +191,7 @@ from pathlib import Path
 
 from agent import agent, buy
 
-from agentmesh.agents.agent import TaskOutcome
-from agentmesh.agents.testing import local_market
+from agentmesh import TaskOutcome, local_market
 
 
 async def buy_once(root: Path) -> tuple[list[TaskOutcome], str, int]:
@@ -228,7 +222,7 @@ from pathlib import Path
 
 from agent import PROTOCOL, VERSION, Hello, Hi, agent
 
-from agentmesh.agents.testing import local_market
+from agentmesh import local_market
 
 
 async def greet_once(root: Path) -> tuple[str, str]:

@@ -150,7 +150,7 @@ async def _buy(
 def _all_tasks(home: Path) -> list[tuple[str, TaskRow]]:
     from agentmesh.agents.records import AgentRecords
 
-    found = []
+    found: list[tuple[str, TaskRow]] = []
     for path in sorted((home / "agents").glob("*/agent.db")):
         records = AgentRecords(path)
         try:
@@ -305,9 +305,9 @@ def _checkpoint(path: Path, thread: str) -> dict[str, Any]:
     """The latest LangGraph state of ``thread`` (empty if none)."""
     if not path.exists():
         return {}
-    from langgraph.checkpoint.sqlite import SqliteSaver
+    from agentmesh.agents.checkpoints import read_checkpoints
 
-    with SqliteSaver.from_conn_string(str(path)) as saver:
+    with read_checkpoints(path) as saver:
         found = saver.get_tuple({"configurable": {"thread_id": thread}})
     if found is None:
         return {}

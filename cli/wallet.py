@@ -108,10 +108,11 @@ def show(ctx: typer.Context, name: str, json_out: JsonOption = False) -> None:
 
 
 async def _balances(chain: Chain, address: str) -> dict[str, Any]:
+    from agentmesh.wallets.clients import checksum
     from agentmesh.wallets.units import ETH_DECIMALS, MUSD_DECIMALS, format_amount
     from agentmesh.wallets.wallet import guard_rpc
 
-    eth = int(await guard_rpc(chain.w3.eth.get_balance(address), chain.rpc_url))
+    eth = int(await guard_rpc(chain.w3.eth.get_balance(checksum(address)), chain.rpc_url))
     contract = chain.contract("MeshUSD")
     musd = int(await guard_rpc(contract.functions.balanceOf(address).call(), chain.rpc_url))
     return {
@@ -175,6 +176,8 @@ def send(
     account = _load_wallet(app_state, name)
 
     async def body() -> str:
+        from web3.types import Wei
+
         async with open_chain(app_state.home, app_state.config, allow_embedded=False) as chain:
             wallet = Wallet(account, chain.w3, name=name)
             with console.status("waiting for the receipt..."):
@@ -189,7 +192,7 @@ def send(
                         raise InsufficientFundsError(
                             f"{wallet.address} holds less than {amount} ETH"
                         )
-                    receipt = await wallet.send({"to": recipient, "value": units})
+                    receipt = await wallet.send({"to": recipient, "value": Wei(units)})
             return "0x" + bytes(receipt["transactionHash"]).hex()
 
     tx = run(body())
@@ -218,6 +221,8 @@ def fund(
     musd_units = parse_amount(musd, MUSD_DECIMALS)
 
     async def body() -> dict[str, Any]:
+        from web3.types import Wei
+
         async with open_chain(app_state.home, app_state.config, allow_embedded=False) as chain:
             if "anvil" not in str(await chain.w3.client_version).lower():
                 raise DevnetError(
@@ -227,7 +232,7 @@ def fund(
             faucet = dev_deployer(chain.w3)
             with console.status("funding..."):
                 if eth_units:
-                    await faucet.send({"to": address, "value": eth_units})
+                    await faucet.send({"to": address, "value": Wei(eth_units)})
                 if musd_units:
                     await TokenClient(faucet, chain.token_address).mint(address, musd_units)
             return await _balances(chain, address)

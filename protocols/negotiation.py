@@ -33,11 +33,13 @@ which that message would be accepted. Amounts are token base units.
 from __future__ import annotations
 
 import hashlib
-import json
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
 
 from pydantic import Field
 
+from agentmesh.canonical import canonical_json
 from agentmesh.mesh.card import AgentCard
 from agentmesh.message import Message
 
@@ -146,6 +148,17 @@ class Ack(Message):
     detail: str = Field(default="", max_length=200)
 
 
+class Timeout(Message):
+    """Local only, never sent: what an agent's timer resumes a waiting task with when
+    the chain time in its interrupt has passed."""
+
+
+class ApprovalDecision(Message):
+    """Local only, never sent: a person's decision on a spend waiting for approval."""
+
+    approved: bool
+
+
 ALL_MESSAGES: tuple[type[Message], ...] = (
     CallForProposals,
     Proposal,
@@ -163,15 +176,6 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
 )
 
 
-def canonical_json(value: Any) -> str:
-    """Compact, key-sorted JSON: the same value always has the same text and hash."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def sha256_hex(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def terms_hash(conversation: bytes, service: str, input_sha256: str, price: int) -> bytes:
     """What the escrow job commits to: this conversation, service, input and price."""
     body = canonical_json(
@@ -183,3 +187,167 @@ def terms_hash(conversation: bytes, service: str, input_sha256: str, price: int)
         }
     )
     return hashlib.sha256(body.encode()).digest()
+
+
+# ---------------------------------------------------------------------- phases
+
+
+class Role(StrEnum):
+    """The side of a trade a task is on; a task id is ``<prefix>:<conversation hex>``."""
+
+    PROVIDER = "provider"
+    REQUESTER = "requester"
+
+    @property
+    def prefix(self) -> str:
+        return "p:" if self is Role.PROVIDER else "r:"
+
+    def task_id(self, conversation: str) -> str:
+        return self.prefix + conversation
+
+    @staticmethod
+    def of(task_id: str) -> Role:
+        return Role.PROVIDER if task_id.startswith("p:") else Role.REQUESTER
+
+
+class Phase(StrEnum):
+    """Where a task stands. The only place a phase is spelled."""
+
+    STARTED = "started"
+    # provider
+    EVALUATED = "evaluated"
+    DECLINED = "declined"
+    PROPOSED = "proposed"
+    REFUSED = "refused"
+    ACCEPTED = "accepted"
+    EXECUTED = "executed"
+    FAILING = "failing"  # the service failed; the job is being abandoned
+    ABANDONED = "abandoned"
+    SUBMITTED = "submitted"
+    CLAIMED = "claimed"
+    LOST = "lost"
+    # requester
+    NO_PROVIDERS = "no_providers"
+    SOLICITED = "solicited"
+    NO_PROPOSAL = "no_proposal"
+    CHOSEN = "chosen"
+    AWAITING_APPROVAL = "awaiting_approval"
+    APPROVED = "approved"
+    REAWARD = "reaward"  # the chosen provider fell through: the next-best gets it
+    NOTIFIED = "notified"  # funded and told: waiting for the delivery
+    CHECKED = "checked"
+    REJECTING = "rejecting"  # the delivery failed the check: dispute it
+    REFUNDED = "refunded"
+    FAILED = "failed"
+    # both sides
+    AWARDED = "awarded"
+    FUNDED = "funded"
+    DELIVERED = "delivered"
+    SETTLED = "settled"
+    DISPUTED = "disputed"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+    # the runner's word for a task an error stopped (retried), and for no state at all
+    STALLED = "stalled"
+    UNKNOWN = "unknown"
+
+
+class TaskStatus(StrEnum):
+    """A task's status in the agent's records (what ``agentmesh task list`` filters on)."""
+
+    ACTIVE = "active"
+    STALLED = "stalled"  # stopped by an error; retried with back-off
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    DECLINED = "declined"
+    REFUNDED = "refunded"
+    EXPIRED = "expired"
+    DISPUTED = "disputed"
+
+
+def as_phase(value: str) -> Phase | None:
+    """``value`` as a ``Phase`` (None if it names none)."""
+    try:
+        return Phase(value)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class NegotiationProtocol:
+    """``agentmesh.negotiation@1`` as one object: its messages, which message each
+    waiting phase of each role accepts, how a final phase counts, and which replies wait
+    for the graph. Handlers, graphs, records and the CLI read it; nothing else spells a
+    phase."""
+
+    name: str
+    version: str
+    messages: tuple[type[Message], ...]
+    accepts: Mapping[Role, Mapping[Phase, tuple[type[Message], ...]]]
+    final_status: Mapping[Phase, TaskStatus]
+    # Phases in which a provider's result is committed on chain: ``Redeliver`` is
+    # answered.
+    redeliverable: frozenset[Phase]
+    # Phases in which a provider still stands by its offer (a repeated call is answered
+    # with the same proposal).
+    offering: frozenset[Phase]
+    # Steps whose reply waits for the graph to reach one of these phases.
+    answered_at: Mapping[type[Message], frozenset[Phase]]
+
+    def accepted(self, role: Role, phase: str) -> tuple[type[Message], ...]:
+        """The messages a task of ``role`` waiting in ``phase`` accepts."""
+        known = as_phase(phase)
+        return () if known is None else self.accepts[role].get(known, ())
+
+    def phases_accepting(self, message_type: type[Message]) -> list[Phase]:
+        """Every waiting phase (either role) in which ``message_type`` is accepted."""
+        return sorted(
+            {
+                phase
+                for table in self.accepts.values()
+                for phase, kinds in table.items()
+                if message_type in kinds
+            }
+        )
+
+    def status_when_final(self, phase: str) -> TaskStatus:
+        """The records' status of a task that ended in ``phase``."""
+        known = as_phase(phase)
+        if known is None:
+            return TaskStatus.FAILED
+        return self.final_status.get(known, TaskStatus.FAILED)
+
+
+NEGOTIATION = NegotiationProtocol(
+    name=PROTOCOL,
+    version=VERSION,
+    messages=ALL_MESSAGES,
+    accepts={
+        Role.PROVIDER: {
+            Phase.PROPOSED: (Award, Reject, CounterOffer),
+            Phase.AWARDED: (Funded,),
+            Phase.DELIVERED: (Settled, Dispute),
+        },
+        Role.REQUESTER: {Phase.NOTIFIED: (Delivery, Failure)},
+    },
+    final_status={
+        Phase.SETTLED: TaskStatus.DONE,
+        Phase.CLAIMED: TaskStatus.DONE,
+        Phase.REFUNDED: TaskStatus.REFUNDED,
+        Phase.EXPIRED: TaskStatus.EXPIRED,
+        Phase.DISPUTED: TaskStatus.DISPUTED,
+        Phase.DECLINED: TaskStatus.DECLINED,
+        Phase.REJECTED: TaskStatus.CANCELLED,
+    },
+    redeliverable=frozenset(
+        {Phase.SUBMITTED, Phase.DELIVERED, Phase.SETTLED, Phase.CLAIMED, Phase.DISPUTED}
+    ),
+    offering=frozenset({Phase.PROPOSED, Phase.AWARDED, Phase.FUNDED, Phase.ACCEPTED}),
+    answered_at={
+        # The Ack means "awarded": the Funded that follows must find the task waiting.
+        Award: frozenset({Phase.AWARDED, Phase.EXPIRED, Phase.REJECTED}),
+        Funded: frozenset({Phase.ACCEPTED, Phase.REFUSED, Phase.EXPIRED}),
+        CounterOffer: frozenset({Phase.PROPOSED, Phase.EXPIRED}),
+    },
+)

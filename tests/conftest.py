@@ -2,15 +2,14 @@
 
 One anvil and one deployment serve the whole session; every test runs inside an
 ``evm_snapshot`` that is reverted afterwards, so tests do not see each other's state.
+Only fixtures and hooks live here; helper functions and constants are in tests/helpers.py.
 """
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from eth_account import Account
@@ -18,14 +17,10 @@ from eth_account import Account
 from agentmesh.chain.devnet import AnvilProcess, start_anvil
 from agentmesh.config import DevnetConfig
 from agentmesh.wallets.chain import Chain, _deploy_fresh, connect
-from agentmesh.wallets.clients import EscrowClient, RegistryClient, TokenClient
+from agentmesh.wallets.clients import TokenClient
 from agentmesh.wallets.deployer import dev_deployer
 from agentmesh.wallets.wallet import Wallet, reset_nonces
-
-TEST_SCRYPT_N = 2**14  # fast keystores in tests; production default is 2**18
-ONE_MUSD = 10**6
-
-WalletFactory = Callable[..., Awaitable[Wallet]]
+from tests.helpers import ONE_MUSD, TEST_SCRYPT_N, WalletFactory
 
 
 @pytest.fixture(scope="session")
@@ -80,36 +75,6 @@ def make_wallet(chain: Chain, deployer: Wallet, token: TokenClient) -> WalletFac
     return factory
 
 
-def escrow_for(chain: Chain, wallet: Wallet) -> EscrowClient:
-    return EscrowClient(wallet, chain.deployment.address("TaskEscrow"))
-
-
-def registry_for(chain: Chain, wallet: Wallet) -> RegistryClient:
-    return RegistryClient(wallet, chain.deployment.address("AgentRegistry"))
-
-
-def token_for(chain: Chain, wallet: Wallet) -> TokenClient:
-    return TokenClient(wallet, chain.token_address)
-
-
-async def rpc(chain: Chain, method: str, *params: Any) -> Any:
-    """Raw JSON-RPC call (anvil cheat codes such as evm_increaseTime)."""
-    reply = await chain.w3.provider.make_request(method, list(params))  # type: ignore[arg-type]
-    return reply.get("result")
-
-
-async def chain_now(chain: Chain) -> int:
-    """Timestamp of the latest block (tests move time; never use the wall clock)."""
-    block = await chain.w3.eth.get_block("latest")
-    return int(block["timestamp"])
-
-
-async def advance_time(chain: Chain, seconds: int) -> None:
-    """Move the chain clock forward and mine a block at the new time."""
-    await rpc(chain, "evm_increaseTime", seconds)
-    await rpc(chain, "evm_mine")
-
-
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh agentmesh home with fast keystores, exported as AGENTMESH_HOME."""
@@ -119,25 +84,6 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("AGENTMESH_HOME", str(path))
     monkeypatch.delenv("AGENTMESH_PASSWORD", raising=False)
     return path
-
-
-def process_gone(pid: int) -> bool:
-    """True when ``pid`` no longer runs (a zombie waiting for its reaper counts as gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return True
-    return fields[0] in ("Z", "X")
-
-
-def wait_gone(pid: int, timeout: float = 20.0) -> bool:
-    """Bounded poll for ``pid`` to exit."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process_gone(pid):
-            return True
-        time.sleep(0.05)
-    return process_gone(pid)
 
 
 @pytest.fixture(scope="session")

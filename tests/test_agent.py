@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from agentmesh.agents.agent import Agent, TaskFailed
 from agentmesh.agents.records import AgentRecords
 from agentmesh.agents.service import ServiceContext
+from agentmesh.canonical import sha256_hex
 from agentmesh.cli.app import app
 from agentmesh.config import Config
 from agentmesh.errors import ModelOutputError
@@ -29,13 +30,20 @@ from agentmesh.protocols.negotiation import (
     Decline,
     Funded,
     Proposal,
-    sha256_hex,
 )
 from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import JobStatus, TokenClient
 from agentmesh.wallets.wallet import Wallet
-from tests.agent_fixtures import SUMMARY_SYSTEM, TEXT, bind_home, eventually, fund, new_key
-from tests.conftest import escrow_for, registry_for
+from tests.helpers import (
+    SUMMARY_SYSTEM,
+    TEXT,
+    bind_home,
+    escrow_for,
+    eventually,
+    fund,
+    new_key,
+    registry_for,
+)
 
 PRICE = 50_000  # 0.05 mUSD
 
@@ -200,12 +208,9 @@ async def test_a_custom_check_decides_before_paying(provider: Agent, requester: 
 
 
 async def _pending_approval(records: AgentRecords, timeout: float = 30.0) -> Any:
-    for _ in range(int(timeout / 0.1)):
-        pending = records.approvals("pending")
-        if pending:
-            return pending[0]
-        await asyncio.sleep(0.1)
-    raise AssertionError("no approval was requested")
+    pending = await eventually(lambda: records.approvals("pending"), timeout=timeout)
+    assert pending, "no approval was requested"
+    return pending[0]
 
 
 async def test_a_spend_above_the_threshold_waits_for_approve(
@@ -216,6 +221,7 @@ async def test_a_spend_above_the_threshold_waits_for_approve(
     buying = asyncio.create_task(requester.buy("summarize", text=TEXT, budget="0.5"))
     row = await _pending_approval(requester.records)
     assert row.amount == 200_000 and row.conversation.startswith("r:")
+    # Let time pass on purpose: nothing may happen while the approval is pending.
     await asyncio.sleep(0.5)
     assert not buying.done()  # paused: nothing paid while waiting
     assert await balances(token, provider, requester) == before

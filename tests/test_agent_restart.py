@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import re
 import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
-from typing import Any
 
 from eth_account import Account
 
@@ -21,78 +14,20 @@ from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import JobStatus, TokenClient
 from agentmesh.wallets.keystore import Keystore
 from agentmesh.wallets.wallet import Wallet
-from tests.agent_fixtures import TEXT, bind_home, fund, new_key
-from tests.conftest import TEST_SCRYPT_N, escrow_for, wait_gone
-
-PASSWORD = "correct horse battery staple"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-SLOW_PROVIDER = Path(__file__).parent / "agents" / "slow_provider.py"
-
-
-def start_provider(
-    home: Path,
-    port: int,
-    gate: Path,
-    log: Path,
-    agent_file: Path = SLOW_PROVIDER,
-    wallet: str = "slow",
-) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    """Run ``agentmesh run agent_file`` and wait for its ready file."""
-    ready = home / "provider.ready"
-    ready.unlink(missing_ok=True)
-    env = {**os.environ, "AGENTMESH_PASSWORD": PASSWORD, "AGENTMESH_TEST_GATE": str(gate)}
-    command = [
-        sys.executable,
-        "-m",
-        "agentmesh.cli.app",
-        "--home",
-        str(home),
-        "run",
-        str(agent_file),
-        "--wallet",
-        wallet,
-        "--port",
-        str(port),
-        "--ready-file",
-        str(ready),
-    ]
-    with log.open("ab") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    for _ in range(600):
-        if ready.exists():
-            return process, json.loads(ready.read_text())
-        if process.poll() is not None:
-            raise AssertionError(f"provider exited {process.returncode}: {log.read_text()}")
-        time.sleep(0.05)
-    process.kill()
-    raise AssertionError(f"provider did not start: {log.read_text()}")
-
-
-async def wait_for_status(
-    chain: Chain,
-    wallet: Wallet,
-    status: JobStatus,
-    timeout: float = 60,
-    watching: asyncio.Task[Any] | None = None,
-) -> int:
-    """The newest job once it has ``status``; fails at once if ``watching`` ended."""
-    escrow = escrow_for(chain, wallet)
-    for _ in range(int(timeout / 0.1)):
-        count = await escrow.contract.functions.jobCount().call()
-        if count and (await escrow.get_job(count)).status == status:
-            return int(count)
-        if watching is not None and watching.done():
-            watching.result()  # its error explains why no job got there
-            raise AssertionError(f"the task ended before a job reached {status.name}")
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"no job reached {status.name}")
+from tests.helpers import (
+    PASSWORD,
+    TEST_SCRYPT_N,
+    TEXT,
+    bind_home,
+    escrow_for,
+    free_port,
+    fund,
+    new_key,
+    start_provider,
+    stop_agent,
+    wait_for_status,
+    wait_gone,
+)
 
 
 async def test_provider_killed_after_accepting_finishes_from_its_checkpoint(
@@ -115,6 +50,7 @@ async def test_provider_killed_after_accepting_finishes_from_its_checkpoint(
             process.send_signal(signal.SIGKILL)
             assert wait_gone(process.pid)
             process.wait()
+            # Let time pass on purpose: with the provider gone, nothing may move the job.
             await asyncio.sleep(0.5)
             escrow = escrow_for(chain, requester.wallet)
             assert (await escrow.get_job(job_id)).status == JobStatus.ACCEPTED  # mid-task
@@ -135,14 +71,4 @@ async def test_provider_killed_after_accepting_finishes_from_its_checkpoint(
             )
             assert resumed is not None and resumed.group(1) in ("accepted", "funded")
     finally:
-        stop(process)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM an agent process (SIGKILL if it does not leave within 20 s)."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_agent(process)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +24,11 @@ from agentmesh.agents.decisions import (
 from agentmesh.agents.records import AgentRecords, find_approval
 from agentmesh.agents.requester_graph import rank
 from agentmesh.agents.service import Service, ServiceContext, check_result, parse_price
-from agentmesh.errors import AgentMeshValueError
+from agentmesh.canonical import canonical_json, sha256_hex
+from agentmesh.errors import AgentMeshValueError, ModelError
 from agentmesh.mesh.card import AgentCard, CurveKeys
 from agentmesh.protocols.negotiation import (
     CallForProposals,
-    canonical_json,
-    sha256_hex,
     terms_hash,
 )
 
@@ -391,14 +389,8 @@ def test_input_model_keyword_only_params() -> None:
 # ---------------------------------------------------------------- service: run and results
 
 
-@dataclass
-class _FakeAgent:
-    model: Any = None
-
-
 def _ctx(service: str = "echo") -> ServiceContext:
     return ServiceContext(
-        agent=_FakeAgent(),  # type: ignore[arg-type]
         service=service,
         conversation="ab" * 16,
         requester="0x" + "11" * 20,
@@ -438,7 +430,9 @@ async def test_run_passes_ctx_to_function() -> None:
 
     assert await service.run(ctx, '{"n": 41}') == "42"
     assert seen == [ctx]
-    assert ctx.model is None  # the fake agent's model
+    assert ctx.chat_model is None  # made without a model: using one is a clear error
+    with pytest.raises(ModelError, match="has no model"):
+        _ = ctx.model
 
 
 async def test_run_rejects_invalid_input_before_calling() -> None:

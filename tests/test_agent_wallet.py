@@ -29,7 +29,7 @@ from agentmesh.wallets.clients import (
     TokenClient,
 )
 from agentmesh.wallets.wallet import Wallet
-from tests.conftest import (
+from tests.helpers import (
     ONE_MUSD,
     WalletFactory,
     advance_time,

@@ -26,7 +26,7 @@ from eth_account import Account
 
 from agentmesh.chain.rpc import rpc_call
 from agentmesh.wallets.keystore import Keystore
-from tests.conftest import TEST_SCRYPT_N, wait_gone
+from tests.helpers import TEST_SCRYPT_N, wait_gone
 
 PASSWORD = "correct horse battery staple"
 CLI = [sys.executable, "-m", "agentmesh.cli.app"]

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 
 from agentmesh.cli.app import os_error_message
 from agentmesh.cli.demo import _print_report
+from tests.helpers import poll_blocking
 
 CLI = [sys.executable, "-m", "agentmesh.cli.app"]
 
@@ -100,9 +100,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 60
-        while not ready.exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        poll_blocking(lambda: ready.exists() or process.poll() is not None, timeout=60)
         assert ready.exists(), process.stdout.read().decode() if process.stdout else ""
         yield home, json.loads(ready.read_text())
     finally:

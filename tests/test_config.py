@@ -81,7 +81,7 @@ scrypt_n = 16384
 
 
 def test_home_fixture_config_is_loaded(home: Path) -> None:
-    from tests.conftest import TEST_SCRYPT_N
+    from tests.helpers import TEST_SCRYPT_N
 
     assert load_config(home).wallet.scrypt_n == TEST_SCRYPT_N
 

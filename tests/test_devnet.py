@@ -36,7 +36,7 @@ from agentmesh.wallets.chain import connect, open_chain
 from agentmesh.wallets.clients import TokenClient
 from agentmesh.wallets.deployer import deploy_suite, dev_deployer
 from agentmesh.wallets.wallet import Wallet
-from tests.conftest import process_gone, wait_gone
+from tests.helpers import eventually, free_port, poll_blocking, process_gone, wait_gone
 
 ONE_ETH = 10**18
 
@@ -64,22 +64,19 @@ def anvils_on_port(port: int) -> list[int]:
     return found
 
 
-def free_loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def balance_of(url: str, address: str) -> int:
     return int(rpc_call(url, "eth_getBalance", [address, "latest"]), 16)
 
 
 def wait_receipt(url: str, tx_hash: str, timeout: float = 20.0) -> dict[str, Any]:
     """Bounded poll for a transaction's receipt."""
-    deadline = time.monotonic() + timeout
-    while (receipt := rpc_call(url, "eth_getTransactionReceipt", [tx_hash])) is None:
-        assert time.monotonic() < deadline, f"no receipt for {tx_hash}"
-        time.sleep(0.01)
+    receipt = poll_blocking(
+        lambda: rpc_call(url, "eth_getTransactionReceipt", [tx_hash]),
+        lambda found: found is not None,
+        timeout=timeout,
+        interval=0.01,
+    )
+    assert receipt is not None, f"no receipt for {tx_hash}"
     assert int(receipt["status"], 16) == 1
     return dict(receipt)
 
@@ -309,15 +306,16 @@ async def test_anvil_killed_while_waiting_for_a_receipt(log_path: Path) -> None:
         sending = asyncio.create_task(
             wallet.send({"to": Account.create().address, "value": ONE_ETH})
         )
-        deadline = time.monotonic() + 20
-        while (
-            int(rpc_call(anvil.rpc_url, "eth_getTransactionCount", [wallet.address, "pending"]), 16)
-            == 0
-        ):
-            assert time.monotonic() < deadline, "the transaction never reached the pool"
-            assert not sending.done(), sending
-            await asyncio.sleep(0.01)
-        assert not sending.done()  # submitted, now waiting for its receipt
+        pending = await eventually(
+            lambda: int(
+                rpc_call(anvil.rpc_url, "eth_getTransactionCount", [wallet.address, "pending"]), 16
+            ),
+            lambda count: count > 0 or sending.done(),
+            timeout=20,
+            interval=0.01,
+        )
+        assert pending > 0 or sending.done(), "the transaction never reached the pool"
+        assert not sending.done(), sending  # submitted, now waiting for its receipt
         kill_hard(anvil)
         with pytest.raises(ChainUnavailableError) as info:
             await sending
@@ -439,7 +437,7 @@ async def test_configured_rpc_url_gets_a_recorded_deployment(home: Path, log_pat
 
 
 async def test_configured_rpc_url_that_does_not_answer(home: Path) -> None:
-    url = f"http://127.0.0.1:{free_loopback_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(ChainUnavailableError) as info:
         async with open_chain(home, Config(chain=ChainConfig(rpc_url=url))):
             pytest.fail("a dead URL should not open")
@@ -452,7 +450,7 @@ async def test_configured_rpc_url_that_does_not_answer(home: Path) -> None:
 
 def test_running_devnet_drops_a_stale_record(home: Path) -> None:
     paths = DevnetPaths.of(home)
-    port = free_loopback_port()
+    port = free_port()
     DevnetRecord(999_999_999, port, f"http://127.0.0.1:{port}", time.time()).save(paths.record)
     assert running_devnet(home) is None
     assert not paths.record.exists()
@@ -462,7 +460,7 @@ def test_stop_devnet_does_not_kill_an_unrelated_process(home: Path) -> None:
     # A devnet that died leaves its record behind; its pid may since belong to
     # another program. `devnet down` must not signal a process that is not the devnet.
     paths = DevnetPaths.of(home)
-    port = free_loopback_port()
+    port = free_port()
     bystander = subprocess.Popen(["sleep", "120"], stdin=subprocess.DEVNULL)
     try:
         DevnetRecord(bystander.pid, port, f"http://127.0.0.1:{port}", time.time()).save(

@@ -32,17 +32,21 @@ from agentmesh.wallets.clients import EscrowClient, EscrowJob, JobStatus, TokenC
 from agentmesh.wallets.deployer import dev_deployer
 from agentmesh.wallets.reverts import decode_revert
 from agentmesh.wallets.wallet import Wallet
-from tests.conftest import (
+from tests.helpers import (
     ONE_MUSD,
+    SLACK_S,
+    STATE_STATUS,
+    Parties,
     WalletFactory,
     advance_time,
     chain_now,
+    drive,
     escrow_for,
+    h32,
     rpc,
     token_for,
 )
-from tests.escrow_jobs import SLACK_S, STATE_STATUS, Parties, drive, h32
-from tests.escrow_jobs import open_job as shared_open_job
+from tests.helpers import open_job as shared_open_job
 
 AMOUNT = 25 * ONE_MUSD
 CLIENT_MUSD = 1_000  # whole mUSD the client starts with

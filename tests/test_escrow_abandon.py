@@ -15,15 +15,20 @@ from web3.logs import DISCARD
 from agentmesh.errors import ContractRevertError
 from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import JobStatus
-from tests.conftest import (
+from tests.helpers import (
     ONE_MUSD,
+    SLACK_S,
+    STATE_STATUS,
+    Parties,
     WalletFactory,
     advance_time,
+    drive,
     escrow_for,
+    h32,
+    open_job,
     registry_for,
     token_for,
 )
-from tests.escrow_jobs import SLACK_S, STATE_STATUS, Parties, drive, h32, open_job
 
 AMOUNT = 25 * ONE_MUSD
 CLIENT_MUSD = 1_000  # whole mUSD the client starts with

@@ -6,7 +6,7 @@ import asyncio
 
 from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import JobStatus
-from tests.conftest import ONE_MUSD, WalletFactory, chain_now, escrow_for, token_for
+from tests.helpers import ONE_MUSD, WalletFactory, chain_now, escrow_for, token_for
 
 
 async def test_concurrent_opens_from_one_wallet_all_fund(

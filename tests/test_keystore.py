@@ -20,7 +20,7 @@ from agentmesh.errors import (
 )
 from agentmesh.wallets.keystore import Keystore
 from agentmesh.wallets.wallet import Wallet
-from tests.conftest import TEST_SCRYPT_N
+from tests.helpers import TEST_SCRYPT_N
 
 PASSWORD = "correct horse battery staple"
 # A fixed, valid key so tests can look for its hex in files and messages.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 from pathlib import Path
@@ -25,7 +24,7 @@ from agentmesh.agents.records import AgentRecords
 from agentmesh.agents.service import ServiceContext
 from agentmesh.cli.app import app
 from agentmesh.envelope import Envelope
-from agentmesh.mesh.card import AgentCard, CurveKeys
+from agentmesh.mesh.card import AgentCard
 from agentmesh.mesh.node import MeshNode, RemoteError
 from agentmesh.protocols.negotiation import PROTOCOL, VERSION, Ack, Award, Funded
 from agentmesh.store import Store
@@ -33,46 +32,30 @@ from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import EscrowClient, JobStatus, TokenClient
 from agentmesh.wallets.keystore import Keystore
 from agentmesh.wallets.wallet import Wallet
-from tests.agent_fixtures import TEXT, bind_home, eventually, fund, new_key
-from tests.conftest import TEST_SCRYPT_N, advance_time, escrow_for, wait_gone
-from tests.test_agent_restart import (
+from tests.helpers import (
     PASSWORD,
+    TEST_SCRYPT_N,
+    TEXT,
+    Ledger,
+    advance_time,
+    assert_settled_for_good,
+    bind_home,
+    escrow_for,
+    eventually,
     free_port,
+    fund,
+    new_key,
+    raw_dealer,
     start_provider,
-    stop,
+    stop_agent,
     wait_for_status,
+    wait_gone,
 )
 
 AGENTS = Path(__file__).parent / "agents"
 REVIEW_S = 30
 DEADLINE_S = 30
 PRICE = 50_000
-
-
-class Ledger:
-    """Balances of the parties and the escrow, to check nothing is lost or created."""
-
-    def __init__(self, token: TokenClient, escrow: str, *parties: str) -> None:
-        self.token, self.escrow, self.parties = token, escrow, parties
-        self.start: list[int] = []
-
-    async def read(self) -> list[int]:
-        return [await self.token.balance_of(a) for a in (*self.parties, self.escrow)]
-
-    async def open(self) -> Ledger:
-        self.start = await self.read()
-        return self
-
-    async def conserved(self) -> list[int]:
-        now = await self.read()
-        assert sum(now) == sum(self.start), f"{self.start} -> {now}"
-        return [n - s for n, s in zip(now, self.start, strict=True)]
-
-
-async def assert_settled_for_good(chain: Chain, job_id: int) -> None:
-    """No job may stay open past its deadline plus the review window."""
-    job = await escrow_for(chain, Wallet(Account.create(), chain.w3)).get_job(job_id)
-    assert job.status.final, f"job {job_id} left {job.status.name}"
 
 
 def kill(process: subprocess.Popen[bytes]) -> None:
@@ -111,6 +94,7 @@ async def test_provider_killed_after_funded_never_back_requester_reclaims(
                 chain, requester.wallet, JobStatus.ACCEPTED, watching=buying
             )
             kill(process)  # mid-work, and it never comes back
+            # Let time pass on purpose: the requester must keep waiting, not give up early.
             await asyncio.sleep(1)
             assert not buying.done()  # waiting for a delivery that will not come
             await advance_time(chain, DEADLINE_S + 1)
@@ -122,7 +106,7 @@ async def test_provider_killed_after_funded_never_back_requester_reclaims(
             await assert_settled_for_good(chain, job_id)
             assert requester.counters["timeouts"] == 1
     finally:
-        stop(process)
+        stop_agent(process)
 
 
 async def test_requester_killed_after_delivery_provider_claims_after_review(
@@ -141,10 +125,11 @@ async def test_requester_killed_after_delivery_provider_claims_after_review(
 
     async with seller:
         ledger = await Ledger(token, seller.escrow.address, seller.address, buyer).open()
+        checking = home / "checking"  # the stalling buyer touches it when its check starts
         process, _ = start_provider(
             home,
             free_port(),
-            home / "unused",
+            checking,
             home / "stall.log",
             AGENTS / "stalling_requester.py",
             "stall",
@@ -153,7 +138,7 @@ async def test_requester_killed_after_delivery_provider_claims_after_review(
             job_id = await wait_for_status(chain, seller.wallet, JobStatus.SUBMITTED)
             # Delivered and acknowledged: the buyer is checking.
             await eventually(lambda: seller.records.tasks()[0], lambda t: t.state == "delivered")
-            await asyncio.sleep(0.5)
+            assert await eventually(checking.exists, timeout=30), "the buyer never ran its check"
             kill(process)  # frozen in its check: it never releases
             job = await escrow_for(chain, seller.wallet).get_job(job_id)
             assert job.status == JobStatus.SUBMITTED
@@ -163,7 +148,7 @@ async def test_requester_killed_after_delivery_provider_claims_after_review(
             assert await ledger.conserved() == [PRICE, -PRICE, 0]
             await assert_settled_for_good(chain, job_id)
         finally:
-            stop(process)
+            stop_agent(process)
 
 
 async def test_garbage_delivery_is_disputed_and_frozen_until_the_arbiter(
@@ -205,18 +190,13 @@ async def test_garbage_delivery_is_disputed_and_frozen_until_the_arbiter(
             assert await ledger.conserved() == [PRICE // 5, -(PRICE // 5), 0]
             await assert_settled_for_good(chain, outcome.job_id)
     finally:
-        stop(process)
+        stop_agent(process)
 
 
 async def _replay(frame: bytes, card: AgentCard) -> None:
     """Send a captured frame to ``card``'s ROUTER as an unknown third party would."""
     context = zmq.asyncio.Context()
-    sock = context.socket(zmq.DEALER)
-    keys = CurveKeys.from_wallet_key(os.urandom(32))
-    sock.curve_secretkey, sock.curve_publickey = keys.secret, keys.public
-    sock.curve_serverkey = card.curve_key.encode()
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(card.endpoint)
+    sock = raw_dealer(context, card.endpoint, card.curve_key.encode())
     try:
         await sock.send_multipart([frame])
         await asyncio.wait_for(sock.recv_multipart(), 5)  # the stored reply, re-sent
@@ -257,28 +237,42 @@ async def test_forged_award_and_replayed_funded_are_ignored_and_counted(
                         conversation=conversation,
                     )
                 assert forged.value.code == "not_party"
+
             # ... and replays the requester's signed Funded, captured off the wire.
-            await asyncio.sleep(0.2)  # the requester's sent log is flushed every 50 ms
-            store = Store(home / "mesh" / f"{requester.address}.db")
-            try:
-                frames = [
-                    row.frame
-                    for row in store.engine.connect().exec_driver_sql(
-                        "SELECT frame FROM messages WHERE direction = 'out' AND conversation = ?",
-                        (conversation,),
-                    )
-                ]
-            finally:
-                store.close()
-            funded = [
-                f for f in frames if Envelope.from_frame(f).schema_digest == Funded.schema_digest()
-            ]
+            def sent_funded() -> list[bytes]:
+                store = Store(home / "mesh" / f"{requester.address}.db")
+                try:
+                    with store.engine.connect() as db:
+                        frames = [
+                            row.frame
+                            for row in db.exec_driver_sql(
+                                "SELECT frame FROM messages"
+                                " WHERE direction = 'out' AND conversation = ?",
+                                (conversation,),
+                            )
+                        ]
+                finally:
+                    store.close()
+                digest = Funded.schema_digest()
+                return [f for f in frames if Envelope.from_frame(f).schema_digest == digest]
+
+            # The requester's sent log is flushed in the background (every 50 ms).
+            funded = await eventually(sent_funded)
             assert len(funded) == 1
             await _replay(funded[0], card.card)
-            await asyncio.sleep(1.5)  # counters are saved every second
-            stats = CliRunner().invoke(app, ["--home", str(home), "mesh", "stats", "--json"])
 
-            counters = json.loads(stats.output)[info["address"]]
+            def provider_counters() -> dict[str, int]:
+                stats = CliRunner().invoke(app, ["--home", str(home), "mesh", "stats", "--json"])
+                assert stats.exit_code == 0, stats.output
+                counters: dict[str, int] = json.loads(stats.output).get(info["address"], {})
+                return counters
+
+            # The provider saves its counters in the background (every second).
+            counters = await eventually(
+                provider_counters,
+                lambda c: c.get("rejected.not_party") == 1 and c.get("rejected.duplicate", 0) >= 1,
+                interval=0.2,
+            )
             assert counters["rejected.not_party"] == 1
             assert counters["rejected.duplicate"] >= 1
             # Neither moved the trade: it goes on and settles as agreed.
@@ -291,4 +285,4 @@ async def test_forged_award_and_replayed_funded_are_ignored_and_counted(
             assert await ledger.conserved() == [PRICE, -PRICE, 0]
             await assert_settled_for_good(chain, outcome.job_id or 0)
     finally:
-        stop(process)
+        stop_agent(process)

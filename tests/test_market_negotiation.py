@@ -13,6 +13,7 @@ from eth_account import Account
 from agentmesh.agents.agent import Agent
 from agentmesh.agents.requester_graph import Weights, rank
 from agentmesh.agents.service import ServiceContext
+from agentmesh.canonical import canonical_json, sha256_hex
 from agentmesh.config import Config
 from agentmesh.mesh.node import MeshNode, RemoteError
 from agentmesh.message import Message
@@ -25,14 +26,20 @@ from agentmesh.protocols.negotiation import (
     CounterOffer,
     Decline,
     Proposal,
-    canonical_json,
-    sha256_hex,
 )
 from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import JobStatus, TokenClient
 from agentmesh.wallets.wallet import Wallet
-from tests.agent_fixtures import bind_home, eventually, fund, new_key, with_agent_settings
-from tests.conftest import advance_time, chain_now, escrow_for
+from tests.helpers import (
+    advance_time,
+    bind_home,
+    chain_now,
+    escrow_for,
+    eventually,
+    fund,
+    new_key,
+    with_agent_settings,
+)
 
 
 async def seller(

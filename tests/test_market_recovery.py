@@ -14,25 +14,27 @@ from typer.testing import CliRunner
 
 from agentmesh.agents.agent import Agent, TaskFailed
 from agentmesh.agents.service import Service, ServiceContext
+from agentmesh.canonical import canonical_json, sha256_hex
 from agentmesh.cli.app import app
 from agentmesh.config import Config
 from agentmesh.mesh.card import AgentCard
 from agentmesh.mesh.node import MeshNode, RemoteError
-from agentmesh.protocols.negotiation import (
-    PROTOCOL,
-    VERSION,
-    Delivery,
-    Redeliver,
-    canonical_json,
-    sha256_hex,
-)
+from agentmesh.protocols.negotiation import PROTOCOL, VERSION, Delivery, Redeliver
 from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import JobStatus, TokenClient
 from agentmesh.wallets.wallet import Wallet
-from tests.agent_fixtures import TEXT, bind_home, eventually, fund, new_key, with_agent_settings
-from tests.conftest import advance_time
-from tests.test_agent_restart import wait_for_status
-from tests.test_market_faults import Ledger, assert_settled_for_good
+from tests.helpers import (
+    TEXT,
+    Ledger,
+    advance_time,
+    assert_settled_for_good,
+    bind_home,
+    eventually,
+    fund,
+    new_key,
+    wait_for_status,
+    with_agent_settings,
+)
 
 REVIEW_S = 30
 PRICE = 50_000
@@ -188,10 +190,10 @@ async def test_garbage_delivered_before_its_hash_is_disputed_once_committed(
     async def summarize(ctx: ServiceContext, text: str) -> str:
         garbage = canonical_json("   ")
         task = {"configurable": {"thread_id": "p:" + ctx.conversation}}
-        state = (await ctx.agent.provider_graph.aget_state(task)).values
+        state = (await seller.provider_graph.aget_state(task)).values
         buyer_card = AgentCard.model_validate(state["requester_card"])
         early = Delivery(result=garbage, result_sha256=sha256_hex(garbage))
-        await ctx.agent.ask(buyer_card, early, ctx.conversation)
+        await seller.messenger.ask(buyer_card, early, ctx.conversation)
         # Commit the hash only once the buyer has looked at the early delivery.
         await eventually(lambda: buyer.counters["deliveries_refused"], bool, timeout=20)
         return "   "

@@ -19,7 +19,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from agentmesh.mesh.routes import MESH_PROTOCOL, MESH_VERSION, ErrorReply
 from agentmesh.message import Message
 from agentmesh.store import MessageRow, Store
 from agentmesh.testing import TEST_PROTOCOL_VERSION, Note, Work, WorkDone
+from tests.helpers import eventually, free_port, poll_blocking
 
 PEER = [sys.executable, "-m", "agentmesh.testing"]
 CLI = [sys.executable, "-m", "agentmesh.cli.app"]
@@ -64,38 +64,6 @@ T = TypeVar("T")
 # --------------------------------------------------------------------------- helpers
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(check: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Bounded poll: the first truthy result of ``check``, or fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
-
-
-async def wait_for_async(
-    check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05
-) -> T:
-    """``wait_for`` that lets the event loop run (for tests with a MeshNode client)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(interval)
-
-
 def wait_ready(proc: subprocess.Popen[bytes], ready: Path, log: Path) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         if ready.exists():
@@ -107,7 +75,9 @@ def wait_ready(proc: subprocess.Popen[bytes], ready: Path, log: Path) -> dict[st
             )
         return None
 
-    return wait_for(check, READY_S, f"ready file {ready}")
+    info = poll_blocking(check, timeout=READY_S)
+    assert info, f"timed out after {READY_S:g}s waiting for ready file {ready}"
+    return info
 
 
 def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
@@ -418,10 +388,11 @@ def live_stats(
         stats, at = read_stats(db)
         return stats if at > after_ms and check(stats) else None
 
-    try:
-        return wait_for(probe, STATS_S, what)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}; last counters: {read_stats(db)[0]}") from None
+    stats = poll_blocking(probe, timeout=STATS_S)
+    assert stats, (
+        f"timed out after {STATS_S:g}s waiting for {what}; last counters: {read_stats(db)[0]}"
+    )
+    return stats
 
 
 def final_stats(peer: Peer) -> dict[str, int]:
@@ -789,15 +760,15 @@ async def test_cli_stats_shows_rejection_counters(
         agent = result.get(peer.address) or next(iter(result.values()), None)
         return agent if agent and all_counted(agent) else None
 
-    try:
-        counters = wait_for(from_cli, STATS_S, "`agentmesh mesh stats` to show the rejections")
-    except AssertionError as exc:
+    counters = poll_blocking(from_cli, timeout=STATS_S)
+    if not counters:
         shown = cli_json(peer.home, "mesh", "stats")
         files = sorted(p.name for p in (peer.home / "mesh").iterdir())
         raise AssertionError(
-            f"{exc}: `agentmesh mesh stats --json` printed {shown}; {peer.home / 'mesh'} "
-            f"holds {files}"
-        ) from None
+            f"timed out after {STATS_S:g}s waiting for `agentmesh mesh stats` to show the "
+            f"rejections: `agentmesh mesh stats --json` printed {shown}; "
+            f"{peer.home / 'mesh'} holds {files}"
+        )
     assert counters.get("loop_errors", 0) == 0
     assert counters.get("stored.in.handled", 0) >= 2
 
@@ -951,6 +922,11 @@ def test_fuzzed_frames_never_break_the_live_agent(
     signer = EnvelopeSigner(os.urandom(32))
     sent = 0
     replies = 0
+    # A bounded first exchange: a socket that cannot talk to the agent at all (say its
+    # CurveZMQ handshake fails) fails the test here, in seconds, instead of fuzzing a dead
+    # link, where every send blocks for its 20 s timeout and hypothesis shrinks that for
+    # hours.
+    raw_work(fuzz_socket, signer, fuzz_peer, "before the fuzz")
 
     def check_replies() -> None:
         nonlocal replies
@@ -1071,13 +1047,17 @@ async def test_sigkill_mid_flight_loses_nothing_and_duplicates_nothing(
         for text in works
     ]
     # Crash 1: as soon as the agent has recorded a note (the rest are in flight).
-    await wait_for_async(lambda: _rows(agent.db, NOTE), ANSWER_S, "a recorded note", 0.001)
+    assert await eventually(lambda: _rows(agent.db, NOTE), timeout=ANSWER_S, interval=0.001), (
+        "a recorded note"
+    )
     _crash(agent)
     agent = peers.start(agent.home, key=key, port=port)
     assert (agent.address, agent.card.endpoint) == (address, endpoint)
     # Crash 2: as soon as a request is recorded handled (its reply is on its way).
     db = agent.db
-    await wait_for_async(lambda: _rows(db, WORK, "handled"), ANSWER_S, "a handled request", 0.001)
+    assert await eventually(lambda: _rows(db, WORK, "handled"), timeout=ANSWER_S, interval=0.001), (
+        "a handled request"
+    )
     _crash(agent)
     agent = peers.start(agent.home, key=key, port=port)
 
@@ -1092,7 +1072,7 @@ async def test_sigkill_mid_flight_loses_nothing_and_duplicates_nothing(
         finally:
             store.close()
 
-    await wait_for_async(nothing_pending, STATS_S, "recovered notes to be handled")
+    assert await eventually(nothing_pending, timeout=STATS_S), "recovered notes to be handled"
     assert agent.stop() == 0
 
     store = Store(agent.db)
@@ -1212,8 +1192,12 @@ def test_two_served_agents_find_each_other_and_the_cli_sees_both(
     a, b = alpha.info["address"], beta.info["address"]
     assert a != b
 
-    wait_for(lambda: _known_peers(home, a).get(b) == "up", READY_S, "alpha to know beta")
-    wait_for(lambda: _known_peers(home, b).get(a) == "up", READY_S, "beta to know alpha")
+    assert poll_blocking(lambda: _known_peers(home, a).get(b) == "up", timeout=READY_S), (
+        "alpha to know beta"
+    )
+    assert poll_blocking(lambda: _known_peers(home, b).get(a) == "up", timeout=READY_S), (
+        "beta to know alpha"
+    )
 
     for target, name in ((b, "beta"), (a, "alpha")):
         result = run_cli(home, "mesh", "ping", target, "--count", "2", "--timeout", "10")
@@ -1262,7 +1246,7 @@ def test_a_request_retried_after_the_replay_cache_filled_is_not_run_again(
             answered.update(Envelope.from_frame(f).reply_to for f in raw.drain())
             return answered >= {e.id for e in fillers}
 
-        wait_for(all_answered, ANSWER_S, "the agent to answer 1,100 pings")
+        assert poll_blocking(all_answered, timeout=ANSWER_S), "the agent to answer 1,100 pings"
         # The requester retries the first request (same id, well within its TTL).
         second = raw.request(request)
     finally:

@@ -33,6 +33,7 @@ from agentmesh.mesh.node import MeshNode, RemoteError, split_bootstrap
 from agentmesh.mesh.routes import MESH_PROTOCOL, MESH_VERSION, ErrorReply, HandlerContext
 from agentmesh.message import Message
 from agentmesh.store import MessageRow, Store
+from tests.helpers import eventually, raw_dealer
 
 PROTO = "test.echo"
 V1 = "1"
@@ -69,25 +70,6 @@ def fast_config(**overrides: Any) -> MeshConfig:
     }
     values.update(overrides)
     return MeshConfig(**values)
-
-
-async def eventually(
-    check: Callable[[], T],
-    *,
-    timeout: float = 5.0,
-    what: str | Callable[[], str] = "condition",
-) -> T:
-    """Poll ``check`` until it returns something truthy; fail the test after ``timeout``
-    (``what`` may be a callable, to describe the state at that moment)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            described = what() if callable(what) else what
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {described}")
-        await asyncio.sleep(0.02)
 
 
 def rows(store: Store, *, direction: str | None = None, status: str | None = None) -> list[Any]:
@@ -170,14 +152,8 @@ class RawClient:
         self.node = node
         self.signer = signer or EnvelopeSigner(os.urandom(32))
         self.ctx = zmq.asyncio.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        if curve:
-            public, secret = zmq.curve_keypair()
-            self.sock.curve_publickey = public
-            self.sock.curve_secretkey = secret
-            self.sock.curve_serverkey = server_key or node.curve.public
-        self.sock.connect(node.card.endpoint)
+        key = (server_key or node.curve.public) if curve else None
+        self.sock = raw_dealer(self.ctx, node.card.endpoint, key)
 
     def __enter__(self) -> RawClient:
         return self
@@ -331,9 +307,8 @@ async def test_request_returns_typed_reply_signed_by_responder(mesh: Mesh) -> No
     assert probe.echoes == ["hello"]
     a_store, b_store = a.store, b.store
     assert a_store is not None and b_store is not None
-    await eventually(
-        lambda: a_store.message_counts() == {"out.sent": 1, "in.reply": 1},
-        what="the requester to log its request and the reply",
+    assert await eventually(lambda: a_store.message_counts() == {"out.sent": 1, "in.reply": 1}), (
+        "the requester to log its request and the reply"
     )
     assert b_store.message_counts() == {"in.handled": 1}
 
@@ -356,11 +331,11 @@ async def test_send_one_way_reaches_the_handler(mesh: Mesh) -> None:
 
     envelope = await a.send(b.address, Note(text="fire and forget"), protocol=PROTO, version=V1)
 
-    await eventually(lambda: probe.notes == ["fire and forget"], what="the note handler")
+    assert await eventually(lambda: probe.notes == ["fire and forget"]), "the note handler"
     b_store = b.store
     assert b_store is not None
-    await eventually(
-        lambda: b_store.message_counts() == {"in.handled": 1}, what="the note marked handled"
+    assert await eventually(lambda: b_store.message_counts() == {"in.handled": 1}), (
+        "the note marked handled"
     )
     (row,) = rows(b_store, status="handled")
     assert row.id == envelope.id
@@ -408,7 +383,7 @@ async def test_error_replies_are_remote_errors_and_the_node_keeps_answering(
         assert "supported: 1" in info.value.detail
     b_store = b.store
     assert b_store is not None
-    await eventually(lambda: b_store.message_counts() == {"in.failed": 1}, what="failed row")
+    assert await eventually(lambda: b_store.message_counts() == {"in.failed": 1}), "failed row"
 
     assert (await echo(a, b, "after")).text == "after"
     assert probe.echoes[-1] == "after"
@@ -477,8 +452,8 @@ async def test_retried_request_runs_the_handler_once(mesh: Mesh) -> None:
 
     task = asyncio.create_task(echo(a, b, "slow", timeout=0.1, retries=10))
     try:
-        await eventually(
-            lambda: b.counters["rejected.duplicate"] >= 2, what="two retries at the responder"
+        assert await eventually(lambda: b.counters["rejected.duplicate"] >= 2), (
+            "two retries at the responder"
         )
         assert probe.echoes == ["slow"]  # retries carry the same id: no second run
         probe.gate.set()
@@ -492,9 +467,8 @@ async def test_retried_request_runs_the_handler_once(mesh: Mesh) -> None:
     timeouts = a.counters["request_timeouts"]
     assert 2 <= timeouts <= 10
     # Every attempt after the first reached the responder as a duplicate.
-    await eventually(
-        lambda: b.counters["rejected.duplicate"] == timeouts,
-        what=lambda: f"{timeouts} duplicates (got {b.counters['rejected.duplicate']})",
+    assert await eventually(lambda: b.counters["rejected.duplicate"] == timeouts), (
+        f"{timeouts} duplicates (got {b.counters['rejected.duplicate']})"
     )
     assert b.counters["handled"] == 1
     assert b.store is not None
@@ -571,7 +545,7 @@ async def test_pending_one_way_message_is_recovered_once(mesh: Mesh) -> None:
     probe = install_handlers(node)  # before start: recovery dispatches during start()
     await mesh.start(node)
     assert node.counters["recovered"] == 1
-    await eventually(lambda: store.message_counts() == {"in.handled": 1}, what="recovered")
+    assert await eventually(lambda: store.message_counts() == {"in.handled": 1}), "recovered"
     assert probe.notes == ["left behind"]
     assert store.pending() == []
     effects = [(e.message_id, e.key, e.value) for e in store.effects()]
@@ -599,9 +573,8 @@ async def test_effects_are_committed_with_the_handled_mark(mesh: Mesh) -> None:
 
     assert b.store is not None
     store = b.store
-    await eventually(
-        lambda: store.message_counts() == {"in.handled": 3, "in.failed": 1},
-        what="all notes finished",
+    assert await eventually(lambda: store.message_counts() == {"in.handled": 3, "in.failed": 1}), (
+        "all notes finished"
     )
     assert sorted(probe.notes) == sorted(texts)
     handled = {row.id for row in rows(store, status="handled")}
@@ -648,7 +621,7 @@ async def test_nodes_without_curve_work_together(mesh: Mesh) -> None:
 
     assert (await echo(a, b, "plain")).text == "plain"
     await a.send(b.address, Note(text="plain note"), protocol=PROTO, version=V1)
-    await eventually(lambda: probe.notes == ["plain note"], what="the note")
+    assert await eventually(lambda: probe.notes == ["plain note"]), "the note"
 
     with RawClient(b, curve=False) as raw:
         assert (await raw.echo("plain raw")).responder == "b"
@@ -718,9 +691,9 @@ async def test_replayed_one_way_message_is_handled_once(mesh: Mesh) -> None:
     with RawClient(b) as raw:
         note = raw.seal(Note(text="only once"))
         await raw.send(note.to_frame())
-        await eventually(lambda: probe.notes == ["only once"], what="the first delivery")
+        assert await eventually(lambda: probe.notes == ["only once"]), "the first delivery"
         await raw.send(note.to_frame())
-        await eventually(lambda: b.counters["rejected.duplicate"] == 1, what="the replay")
+        assert await eventually(lambda: b.counters["rejected.duplicate"] == 1), "the replay"
         assert (await raw.echo("after")).text == "after"
         assert await raw.recv(0.1) is None  # a one-way replay is not answered
 
@@ -738,11 +711,13 @@ async def test_rate_limit_drops_a_flood_and_recovers(mesh: Mesh) -> None:
         frames = [raw.seal(Note(text=f"n{i}")).to_frame() for i in range(flood)]
         for frame in frames:
             await raw.send(frame)
-        await eventually(lambda: b.counters["received"] >= flood, what="the flood to arrive")
+        assert await eventually(lambda: b.counters["received"] >= flood), "the flood to arrive"
         dropped = b.counters["rejected.rate_limited"]
         assert dropped > 0
         assert dropped < flood  # the burst got through
-        await eventually(lambda: len(probe.notes) == flood - dropped, what="accepted notes handled")
+        assert await eventually(lambda: len(probe.notes) == flood - dropped), (
+            "accepted notes handled"
+        )
 
         # Later, tokens have refilled and the same connection is served again.
         deadline = time.monotonic() + 5.0
@@ -816,8 +791,8 @@ async def test_discovery_converges_through_one_bootstrap(mesh: Mesh) -> None:
         assert {p.address for p in node.store.peers()} == everyone
         assert node.counters["rejected.bad_card"] == 0
     # Heartbeats flow over PUB/SUB.
-    await eventually(
-        lambda: all(n.counters["heartbeats"] > 0 for n in [boot, *nodes]), what="heartbeats"
+    assert await eventually(lambda: all(n.counters["heartbeats"] > 0 for n in [boot, *nodes])), (
+        "heartbeats"
     )
 
 
@@ -841,7 +816,9 @@ async def test_stopped_peer_is_marked_down_then_removed(mesh: Mesh) -> None:
                 seen_down[node.name] = True
         return all(state(node) is None for node in observers)
 
-    await eventually(progressed, timeout=10, what="the stopped peer to be removed everywhere")
+    assert await eventually(progressed, timeout=10, interval=0.02), (
+        "the stopped peer to be removed everywhere"
+    )
     assert seen_down == {"boot": True, "n1": True}, "it was never marked down first"
     for node in observers:
         assert node.counters["peers_down"] >= 1
@@ -871,13 +848,12 @@ async def test_dead_peer_goes_down_even_when_gossip_is_faster_than_heartbeats(
     await mesh.stop(leaver)
 
     # Nominally down after 0.3 s and removed after 1 s of silence; allow far more.
-    await eventually(
+    assert await eventually(
         lambda: leaver.address not in boot.peers and leaver.address not in stayer.peers,
         timeout=6,
-        what=lambda: (
-            "the dead peer to be removed (peers_down: "
-            f"boot={boot.counters['peers_down']}, stayer={stayer.counters['peers_down']})"
-        ),
+    ), (
+        "the dead peer to be removed (peers_down: "
+        f"boot={boot.counters['peers_down']}, stayer={stayer.counters['peers_down']})"
     )
 
 
@@ -906,10 +882,8 @@ async def test_offering_lists_live_providers_by_price(mesh: Mesh) -> None:
 
     await mesh.stop(n2)
     for node in (boot, n3):
-        await eventually(
-            partial(marked_down, node),
-            timeout=10,
-            what=f"{node.name} to mark the stopped provider down",
+        assert await eventually(partial(marked_down, node), timeout=10), (
+            f"{node.name} to mark the stopped provider down"
         )
         assert offering(node) == ["n1", "n0"]
         assert n2.address in node.peers  # still known, just not live
@@ -1047,7 +1021,7 @@ async def test_newer_card_replaces_the_old_one(mesh: Mesh) -> None:
     assert old.card is not None
     old_issued = old.card.issued_ms
     for node in (boot, a):
-        await eventually(partial(node.peers.get, old.address), what=f"{node.name} learns b")
+        assert await eventually(partial(node.peers.get, old.address)), f"{node.name} learns b"
     await mesh.stop(old)
 
     new = await mesh.node(
@@ -1066,7 +1040,7 @@ async def test_newer_card_replaces_the_old_one(mesh: Mesh) -> None:
         return record is not None and record.card.issued_ms == new_issued
 
     for node in (boot, a):
-        await eventually(partial(has_new_card, node), timeout=10, what=f"{node.name} update")
+        assert await eventually(partial(has_new_card, node), timeout=10), f"{node.name} update"
         record = node.peers.get(new.address)
         assert record is not None and record.state == "up"
         assert record.card.offers("new") is not None

@@ -11,7 +11,7 @@ from agentmesh.errors import ContractRevertError, InsufficientFundsError
 from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import TokenClient
 from agentmesh.wallets.wallet import Wallet
-from tests.conftest import ONE_MUSD, WalletFactory, token_for
+from tests.helpers import ONE_MUSD, WalletFactory, token_for
 
 ZERO = "0x0000000000000000000000000000000000000000"
 MAX_UINT = 2**256 - 1

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ import pytest
 
 from agentmesh.config import MeshConfig
 from agentmesh.store import Store
+from tests.helpers import poll_blocking
 
 REPO = Path(__file__).resolve().parents[1]
 HEARTBEAT_S = 0.3
@@ -116,16 +117,6 @@ def netns_unavailable() -> str | None:
         return f"`ip netns add` failed: {result.stderr.strip() or result.returncode}"
     ip("netns", "del", probe, check=False)
     return None
-
-
-def poll(condition: Callable[[], bool], deadline: float, interval: float = 0.05) -> bool:
-    """Bounded poll: True as soon as ``condition()`` holds, False at ``deadline``."""
-    while True:
-        if condition():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 @dataclass
@@ -228,8 +219,9 @@ class Mesh:
 
     def wait_ready(self, agent: Agent) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
-        alive = poll(
-            lambda: agent.ready_file.exists() or agent.process.poll() is not None, deadline
+        alive = poll_blocking(
+            lambda: agent.ready_file.exists() or agent.process.poll() is not None,
+            timeout=deadline - time.monotonic(),
         )
         assert agent.process.poll() is None, (
             f"agent {agent.name} exited with {agent.process.returncode}:\n{agent.log()}"
@@ -332,8 +324,9 @@ def test_three_hosts_discover_talk_and_notice_a_cut_link(mesh: Mesh) -> None:
         return True
 
     deadline = time.monotonic() + MESH_TIMEOUT_S
-    assert poll(all_up, deadline, 0.1), "mesh did not form:\n" + "\n".join(
-        f"{x.name}: {x.peer_states()}\n{x.log()}" for x in agents
+    assert poll_blocking(all_up, timeout=deadline - time.monotonic(), interval=0.1), (
+        "mesh did not form:\n"
+        + "\n".join(f"{x.name}: {x.peer_states()}\n{x.log()}" for x in agents)
     )
     b_rows = {row.address: row for row in b.store.peers()}  # type: ignore[union-attr]
     c_rows = {row.address: row for row in c.store.peers()}  # type: ignore[union-attr]
@@ -373,7 +366,9 @@ def test_three_hosts_discover_talk_and_notice_a_cut_link(mesh: Mesh) -> None:
                 seen_down[agent.name] = time.monotonic() - cut
         return len(seen_down) == 2
 
-    assert poll(c_down_at_a_and_b, cut + limit, 0.02), (
+    assert poll_blocking(
+        c_down_at_a_and_b, timeout=cut + limit - time.monotonic(), interval=0.02
+    ), (
         f"C not marked down by both A and B within {limit:.1f}s "
         f"(3 heartbeats of {HEARTBEAT_S}s + 2s); marked: {seen_down}; "
         f"A: {a.peer_states()}; B: {b.peer_states()}"
@@ -386,10 +381,9 @@ def test_three_hosts_discover_talk_and_notice_a_cut_link(mesh: Mesh) -> None:
     assert b.peer_states()[a.address] == "up"
 
     # The cut-off side notices too: C marks A and B down.
-    assert poll(
+    assert poll_blocking(
         lambda: all(c.peer_states().get(x.address) == "down" for x in (a, b)),
-        cut + limit,
-        0.05,
+        timeout=cut + limit - time.monotonic(),
     ), f"C did not mark A and B down within {limit:.1f}s: {c.peer_states()}"
 
     # A and B still talk to each other across the bridge.

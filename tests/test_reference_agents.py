@@ -16,9 +16,7 @@ from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import TokenClient
 from agentmesh.wallets.keystore import Keystore
 from agentmesh.wallets.wallet import Wallet
-from tests.agent_fixtures import bind_home, fund
-from tests.conftest import TEST_SCRYPT_N
-from tests.test_agent_restart import PASSWORD, free_port, start_provider
+from tests.helpers import PASSWORD, TEST_SCRYPT_N, bind_home, free_port, fund, start_provider
 
 AGENTS = Path(__file__).resolve().parent.parent / "agents"
 

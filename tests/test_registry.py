@@ -17,19 +17,23 @@ from web3.types import TxReceipt
 from agentmesh.errors import ContractRevertError
 from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import (
-    AgentCard,
     EscrowClient,
+    RegistryCard,
     RegistryClient,
     ServiceOffer,
 )
-from tests.conftest import (
+from tests.helpers import (
     ONE_MUSD,
+    STATE_STATUS,
+    Parties,
     WalletFactory,
     advance_time,
+    drive,
     escrow_for,
+    h32,
+    open_job,
     registry_for,
 )
-from tests.escrow_jobs import STATE_STATUS, Parties, drive, h32, open_job
 
 NOT_REGISTERED_SELECTOR = "bfc6c337"  # NotRegistered(address)
 MAX_BYTES = 256
@@ -39,9 +43,9 @@ JOB_DEADLINE_S = 3_600
 REVIEW_WINDOW_S = 600
 
 
-def make_card(label: str = "alpha", **changes: Any) -> AgentCard:
+def make_card(label: str = "alpha", **changes: Any) -> RegistryCard:
     name = label
-    card = AgentCard(
+    card = RegistryCard(
         name=name,
         endpoint=f"tcp://127.0.0.1:5555/{name}",
         curve_key=h32(f"curve:{name}"),
@@ -52,7 +56,7 @@ def make_card(label: str = "alpha", **changes: Any) -> AgentCard:
     return replace(card, **changes)
 
 
-def content(card: AgentCard) -> AgentCard:
+def content(card: RegistryCard) -> RegistryCard:
     """The card without its chain-set timestamps, for comparing what was written."""
     return replace(card, registered_at=0, updated_at=0)
 

@@ -9,7 +9,7 @@ from agentmesh.mesh.node import MeshNode
 from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import RegistryClient
 from agentmesh.wallets.registry_sync import register_card, registry_source
-from tests.conftest import WalletFactory
+from tests.helpers import WalletFactory
 
 FAST = MeshConfig(heartbeat_s=0.2)
 

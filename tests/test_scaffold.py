@@ -22,8 +22,7 @@ from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import TokenClient
 from agentmesh.wallets.keystore import Keystore
 from agentmesh.wallets.wallet import Wallet
-from tests.agent_fixtures import bind_home, fund
-from tests.conftest import TEST_SCRYPT_N
+from tests.helpers import TEST_SCRYPT_N, bind_home, eventually, fund
 
 PASSWORD = "scaffold password"
 
@@ -306,10 +305,7 @@ async def test_scaffolded_provider_runs_on_the_mesh_and_sells(
         stderr=subprocess.STDOUT,
     )
     try:
-        for _ in range(600):
-            if ready.exists() or process.poll() is not None:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: ready.exists() or process.poll() is not None, timeout=30)
         assert ready.exists(), process.stdout.read().decode() if process.stdout else ""
         bought = await asyncio.to_thread(
             agentmesh,

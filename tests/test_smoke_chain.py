@@ -1,6 +1,6 @@
 from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import TokenClient
-from tests.conftest import ONE_MUSD, WalletFactory, token_for
+from tests.helpers import ONE_MUSD, WalletFactory, token_for
 
 
 async def test_fresh_wallet_is_funded(chain: Chain, make_wallet: WalletFactory) -> None:

@@ -17,8 +17,7 @@ from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import TokenClient
 from agentmesh.wallets.keystore import Keystore
 from agentmesh.wallets.wallet import Wallet
-from tests.agent_fixtures import bind_home, eventually, fund, new_key
-from tests.conftest import TEST_SCRYPT_N
+from tests.helpers import TEST_SCRYPT_N, bind_home, eventually, fund, new_key
 
 PASSWORD = "task cli password"
 

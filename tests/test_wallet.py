@@ -33,7 +33,7 @@ from agentmesh.wallets.units import (
     parse_amount,
 )
 from agentmesh.wallets.wallet import Wallet, guard_rpc, reset_nonces
-from tests.conftest import ONE_MUSD, WalletFactory, token_for
+from tests.helpers import ONE_MUSD, WalletFactory, token_for
 
 ETHER = 10**18
 

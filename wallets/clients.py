@@ -21,7 +21,12 @@ from web3.logs import DISCARD
 from web3.types import TxReceipt
 
 from agentmesh.contracts import load_artifact
-from agentmesh.errors import ContractRevertError, InsufficientFundsError, InvalidAddressError
+from agentmesh.errors import (
+    ContractRevertError,
+    InsufficientFundsError,
+    InvalidAddressError,
+    PolicyViolation,
+)
 from agentmesh.wallets.units import MUSD_DECIMALS, format_amount
 from agentmesh.wallets.wallet import Wallet, guard_rpc, revert_from
 
@@ -241,6 +246,21 @@ class EscrowClient(_Client):
     async def resolve(self, job_id: int, provider_amount: int) -> TxReceipt:
         return await self.wallet.transact(self.contract.functions.resolve(job_id, provider_amount))
 
+    async def find_opened_job(
+        self, client: str, provider: str, terms_hash: bytes, from_block: int
+    ) -> int | None:
+        """The job ``client`` opened for ``provider`` under ``terms_hash`` since
+        ``from_block`` (None if none): finds a job whose receipt was lost to a crash or a
+        timeout, so it is not paid twice."""
+        logs = await self.contract.events.JobOpened().get_logs(
+            argument_filters={"client": checksum(client), "provider": checksum(provider)},
+            from_block=from_block,
+        )
+        for entry in logs:
+            if bytes(entry["args"]["termsHash"]) == terms_hash:
+                return int(entry["args"]["jobId"])
+        return None
+
     async def get_job(self, job_id: int) -> EscrowJob:
         raw = await self._call(self.contract.functions.getJob(job_id))
         (
@@ -283,7 +303,7 @@ class ServiceOffer:
 
 
 @dataclass(frozen=True, slots=True)
-class AgentCard:
+class RegistryCard:
     """An agent's on-chain card in ``AgentRegistry``."""
 
     name: str
@@ -311,10 +331,10 @@ class RegistryClient(_Client):
 
     contract_name = "AgentRegistry"
 
-    async def register(self, card: AgentCard) -> TxReceipt:
+    async def register(self, card: RegistryCard) -> TxReceipt:
         return await self.wallet.transact(self.contract.functions.register(card.as_input()))
 
-    async def update(self, card: AgentCard) -> TxReceipt:
+    async def update(self, card: RegistryCard) -> TxReceipt:
         return await self.wallet.transact(self.contract.functions.update(card.as_input()))
 
     async def deregister(self) -> TxReceipt:
@@ -328,9 +348,9 @@ class RegistryClient(_Client):
     async def is_registered(self, agent: str) -> bool:
         return bool(await self._call(self.contract.functions.isRegistered(checksum(agent))))
 
-    async def get_agent(self, agent: str) -> AgentCard:
+    async def get_agent(self, agent: str) -> RegistryCard:
         raw = await self._call(self.contract.functions.getAgent(checksum(agent)))
-        return AgentCard(
+        return RegistryCard(
             raw[0],
             raw[1],
             bytes(raw[2]),
@@ -360,6 +380,18 @@ class CapMode(enum.IntEnum):
 
 NATIVE = "0x0000000000000000000000000000000000000000"
 NO_CALLDATA = b"\x00\x00\x00\x00"
+# AgentWallet's refusals of an agent call under the owner's policy (``CallFailed`` is
+# not one: the policy allowed the call and its target reverted).
+POLICY_ERRORS = frozenset(
+    {
+        "NotAgent",
+        "TargetNotAllowed",
+        "CapExceeded",
+        "MalformedCalldata",
+        "SelfCallForbidden",
+        "EnforcedPause",
+    }
+)
 
 
 class AgentWalletClient(_Client):
@@ -380,18 +412,31 @@ class AgentWalletClient(_Client):
         return type(self)(wallet, self.address)
 
     async def execute(self, target: str, value: int, data: bytes) -> TxReceipt:
-        return await self.wallet.transact(
+        """Call ``target`` as the agent; a policy refusal raises ``PolicyViolation``."""
+        return await self._agent_call(
             self.contract.functions.execute(checksum(target), value, data)
         )
 
     async def execute_with_approval(
         self, token: str, spender: str, amount: int, target: str, value: int, data: bytes
     ) -> TxReceipt:
-        return await self.wallet.transact(
+        """Approve ``spender`` for ``amount`` of ``token``, call ``target``, reset the
+        approval; a policy refusal raises ``PolicyViolation``."""
+        return await self._agent_call(
             self.contract.functions.executeWithApproval(
                 checksum(token), checksum(spender), amount, checksum(target), value, data
             )
         )
+
+    async def _agent_call(self, fn: Any) -> TxReceipt:
+        try:
+            return await self.wallet.transact(fn)
+        except ContractRevertError as exc:
+            if exc.error_name not in POLICY_ERRORS or isinstance(exc, PolicyViolation):
+                raise
+            raise PolicyViolation(
+                exc.error_name, exc.error_args, contract=exc.contract, raw=exc.raw
+            ) from None
 
     async def set_cap(self, token: str, limit: int, mode: CapMode) -> TxReceipt:
         return await self.wallet.transact(

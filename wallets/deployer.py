@@ -48,7 +48,8 @@ async def fund_dev_accounts(
     """Mint ``whole_musd`` mUSD to each of anvil's dev accounts (they already hold ETH)."""
     if whole_musd <= 0:
         return
-    token = w3.eth.contract(address=deployment.address("MeshUSD"), abi=load_artifact("MeshUSD").abi)
+    address = AsyncWeb3.to_checksum_address(deployment.address("MeshUSD"))
+    token = w3.eth.contract(address=address, abi=load_artifact("MeshUSD").abi)
     for account in await w3.eth.accounts:
         await deployer.transact(token.functions.mint(account, whole_musd * 10**MUSD_DECIMALS))
 

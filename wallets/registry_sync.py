@@ -15,19 +15,19 @@ from collections.abc import Awaitable, Callable, Iterable
 from zmq.utils import z85
 
 from agentmesh.errors import AgentMeshError
-from agentmesh.mesh.card import AgentCard as MeshCard
+from agentmesh.mesh.card import AgentCard
 from agentmesh.wallets.chain import Chain
-from agentmesh.wallets.clients import AgentCard, RegistryClient, ServiceOffer
+from agentmesh.wallets.clients import RegistryCard, RegistryClient, ServiceOffer
 from agentmesh.wallets.wallet import Wallet
 
 log = logging.getLogger("agentmesh.registry")
 PAGE = 100
 
 
-def registry_card(card: MeshCard) -> AgentCard:
+def registry_card(card: AgentCard) -> RegistryCard:
     """The on-chain form of a mesh card."""
     sha = bytes.fromhex(card.model_sha256) if card.model_sha256 else bytes(32)
-    return AgentCard(
+    return RegistryCard(
         name=card.name,
         endpoint=card.bootstrap_address,
         curve_key=z85.decode(card.curve_key.encode()),
@@ -37,7 +37,7 @@ def registry_card(card: MeshCard) -> AgentCard:
     )
 
 
-async def register_card(chain: Chain, wallet: Wallet, card: MeshCard) -> str:
+async def register_card(chain: Chain, wallet: Wallet, card: AgentCard) -> str:
     """Register ``card`` for ``wallet`` (update it if already registered); returns the tx."""
     registry = RegistryClient(wallet, chain.deployment.address("AgentRegistry"))
     onchain = registry_card(card)

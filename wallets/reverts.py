@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from eth_abi import decode as abi_decode
-from eth_utils import function_signature_to_4byte_selector, to_checksum_address
+from eth_abi.abi import decode as abi_decode
+from eth_utils.abi import function_signature_to_4byte_selector
+from eth_utils.address import to_checksum_address
 
 from agentmesh.contracts import all_artifacts
 from agentmesh.errors import ContractRevertError
@@ -74,11 +75,11 @@ def _pretty(value: Any, abi_type: str) -> Any:
 def decode_revert(data: bytes | str | None, *, detail: str = "") -> ContractRevertError:
     """Build a :class:`ContractRevertError` from raw revert data (bytes or 0x-hex)."""
     if isinstance(data, str):
-        text = data.removeprefix("0x")
+        text = data
         try:
-            data = bytes.fromhex(text)
+            data = bytes.fromhex(text.removeprefix("0x"))
         except ValueError:
-            return ContractRevertError(None, detail=detail or data)
+            return ContractRevertError(None, detail=detail or text)
     raw = data or b""
     if len(raw) < 4:
         return ContractRevertError(None, raw=raw, detail=detail)

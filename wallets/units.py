@@ -27,7 +27,8 @@ def parse_amount(text: str | int | Decimal, decimals: int, *, symbol: str = "") 
             f"invalid amount {text!r}: at most {decimals} decimal places{label}"
         )
     shift = exponent + decimals
-    return digits * 10**shift if shift >= 0 else digits // 10 ** (-shift)
+    scale: int = 10 ** abs(shift)
+    return digits * scale if shift >= 0 else digits // scale
 
 
 def format_amount(units: int, decimals: int, symbol: str = "") -> str:

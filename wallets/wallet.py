@@ -18,11 +18,11 @@ from typing import Any, TypeVar
 import aiohttp
 from eth_account.messages import encode_defunct, encode_typed_data
 from eth_account.signers.local import LocalAccount
-from eth_typing import ChecksumAddress
+from eth_typing import ChecksumAddress, Hash32
 from web3 import AsyncWeb3
 from web3.contract.async_contract import AsyncContractFunction
 from web3.exceptions import ContractLogicError, TimeExhausted, Web3RPCError
-from web3.types import TxParams, TxReceipt
+from web3.types import TxParams, TxReceipt, Wei
 
 from agentmesh.contracts import Artifact
 from agentmesh.errors import (
@@ -216,7 +216,7 @@ class Wallet:
         try:
             receipt: TxReceipt = await guard_rpc(
                 self.w3.eth.wait_for_transaction_receipt(
-                    tx_hash, timeout=self.receipt_timeout, poll_latency=RECEIPT_POLL_S
+                    Hash32(tx_hash), timeout=self.receipt_timeout, poll_latency=RECEIPT_POLL_S
                 ),
                 self._rpc_url,
             )
@@ -232,20 +232,20 @@ class Wallet:
         self, call: AsyncContractFunction, *, value: int = 0, gas: int | None = None
     ) -> TxReceipt:
         """Send a contract function call from this wallet."""
-        tx: dict[str, Any] = {
+        tx: TxParams = {
             "to": call.address,
             "data": call._encode_transaction_data(),
-            "value": value,
+            "value": Wei(value),
         }
         if gas is not None:
             tx["gas"] = gas
-        return await self.send(tx)  # type: ignore[arg-type]
+        return await self.send(tx)
 
     async def deploy(self, artifact: Artifact, *args: Any) -> tuple[ChecksumAddress, TxReceipt]:
         """Deploy ``artifact`` with constructor ``args``; returns its address and receipt."""
         factory = self.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
         data = factory.constructor(*args).data_in_transaction
-        receipt = await self.send({"data": data})  # type: ignore[typeddict-item]
+        receipt = await self.send({"data": data})
         address = receipt["contractAddress"]
         if address is None:
             raise TransactionError(f"deploying {artifact.name} returned no contract address")
@@ -292,7 +292,7 @@ class Wallet:
         """
         tx_hash = receipt["transactionHash"]
         try:
-            trace = await self.w3.provider.make_request(  # type: ignore[arg-type]
+            trace = await self.w3.provider.make_request(
                 "debug_traceTransaction", ["0x" + bytes(tx_hash).hex(), {"tracer": "callTracer"}]
             )
             output = (trace.get("result") or {}).get("output")
@@ -306,7 +306,7 @@ class Wallet:
         block = await self.w3.eth.get_block(receipt["blockNumber"])
         overrides = {"time": hex(block["timestamp"]), "number": hex(block["number"])}
         try:
-            reply = await self.w3.provider.make_request(  # type: ignore[arg-type]
+            reply = await self.w3.provider.make_request(
                 "eth_call",
                 [
                     {**probe, "value": hex(int(probe.get("value", 0)))},

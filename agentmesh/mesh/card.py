@@ -9,7 +9,6 @@ therefore knows that the curve key it encrypts to belongs to that wallet address
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 
 import zmq
@@ -18,6 +17,7 @@ from eth_account.messages import encode_defunct
 from pydantic import BaseModel, ConfigDict, Field
 from zmq.utils import z85
 
+from agentmesh.canonical import canonical_bytes
 from agentmesh.envelope import now_ms
 from agentmesh.errors import SignatureError
 
@@ -68,7 +68,7 @@ class AgentCard(BaseModel):
 
     def signing_bytes(self) -> bytes:
         body = self.model_dump(exclude={"signature"})
-        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        return canonical_bytes(body)
 
     def signed(self, private_key: bytes) -> AgentCard:
         """This card with a fresh issue time and the wallet's signature."""
@@ -81,7 +81,7 @@ class AgentCard(BaseModel):
     def verify(self) -> str:
         """The card's address if its wallet signed it; else ``SignatureError``."""
         try:
-            signer = Account.recover_message(
+            signer: str = Account.recover_message(
                 encode_defunct(primitive=self.signing_bytes()), signature=self.signature
             )
         except Exception as exc:  # noqa: BLE001 - eth_account raises several types

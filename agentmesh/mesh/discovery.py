@@ -29,7 +29,7 @@ from agentmesh.envelope import Envelope, now_ms
 from agentmesh.errors import AgentMeshError, ProtocolError, SignatureError
 from agentmesh.mesh.card import AgentCard
 from agentmesh.mesh.guard import Rejected
-from agentmesh.mesh.node import ZERO_ADDRESS, MeshNode
+from agentmesh.mesh.node import MeshNode
 from agentmesh.mesh.reactor import ReactorSocket
 from agentmesh.mesh.routes import MESH_PROTOCOL, MESH_VERSION, HandlerContext
 from agentmesh.message import Message
@@ -94,15 +94,7 @@ class Discovery:
 
     async def start(self) -> None:
         """Start presence and discovery (the node must be started)."""
-        node = self.node
-        sub = node._zmq.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
-        if self.config.curve:
-            sub.curve_secretkey = node.curve.secret
-            sub.curve_publickey = node.curve.public
-        self._sub = ReactorSocket(sub, self._on_presence, node._loop_error)
+        self._sub = self.node.subscriber(self._on_presence)
         self._tasks = [
             asyncio.create_task(self._join_all(), name="mesh-join"),
             asyncio.create_task(self._heartbeat_loop(), name="mesh-heartbeat"),
@@ -241,17 +233,16 @@ class Discovery:
     async def _heartbeat_loop(self) -> None:
         node = self.node
         while True:
-            assert node._pub is not None and node.card is not None
+            assert node.card is not None
             self._seq += 1
             beat = Heartbeat(seq=self._seq, card_issued_ms=node.card.issued_ms)
-            envelope = node._seal(ZERO_ADDRESS, beat, MESH_PROTOCOL, MESH_VERSION, None)
-            node._pub.send([envelope.to_frame()])  # PUB drops, never blocks, when full
+            node.publish(beat, protocol=MESH_PROTOCOL, version=MESH_VERSION)
             await asyncio.sleep(self.config.heartbeat_s)
 
     def _on_presence(self, batch: list[list[bytes]]) -> None:
         for parts in batch:
             try:
-                envelope = self.node._admit("presence", parts[-1], broadcast_ok=True)
+                envelope = self.node.admit("presence", parts[-1], broadcast_ok=True)
             except Rejected:
                 continue
             self._on_heartbeat(envelope)

@@ -12,6 +12,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 from agentmesh.config import MeshConfig
+from agentmesh.errors import ReplayError
 
 log = logging.getLogger("agentmesh.mesh")
 
@@ -31,6 +32,19 @@ class Rejected(Exception):  # noqa: N818 - a control-flow signal, not an error t
         self.detail = detail
 
 
+class ReplayRejected(Rejected, ReplayError):
+    """A frame rejected as a replay: its envelope has expired (a copy of an old message).
+
+    Both the loop's ``Rejected`` signal (same reason codes and counters) and the public
+    :class:`~agentmesh.errors.ReplayError`, for callers of ``MeshNode.admit``.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        ReplayError.__init__(self, f"replayed message rejected: {detail or reason}")
+        self.reason = reason
+        self.detail = detail
+
+
 class InboundGuard:
     """Checks that are independent of handlers; one instance per node."""
 
@@ -43,8 +57,11 @@ class InboundGuard:
         self._buckets: dict[str, _Bucket] = {}
         self._last_log: dict[tuple[str, str], float] = {}
 
-    def reject(self, peer: str, reason: str, detail: str = "") -> Rejected:
-        """Count and (rate-limited) log a rejection; returns the signal to raise."""
+    def reject(self, peer: str, reason: str, detail: str = "", *, replay: bool = False) -> Rejected:
+        """Count and (rate-limited) log a rejection; returns the signal to raise.
+
+        ``replay`` marks a replayed message: the signal is then a ``ReplayRejected``.
+        """
         self.counters[f"rejected.{reason}"] += 1
         key = (peer, reason)
         now = time.monotonic()
@@ -53,7 +70,7 @@ class InboundGuard:
             if len(self._last_log) > 10_000:
                 self._last_log.clear()
             log.warning("rejected frame from %s: %s %s", peer, reason, detail)
-        return Rejected(reason, detail)
+        return ReplayRejected(reason, detail) if replay else Rejected(reason, detail)
 
     def check_rate(self, peer: str) -> None:
         """Token bucket per peer; a peer over its rate has its frames dropped."""
@@ -72,15 +89,19 @@ class InboundGuard:
         bucket.tokens -= 1
 
     def check_times(self, peer: str, created: int, expires: int, now_ms: int) -> None:
+        """Reject a frame from the future, an expired one (a replay) or a bad ttl."""
         skew = self.config.clock_skew_ms
         if created > now_ms + skew:
             raise self.reject(peer, "from_future", f"created {created - now_ms} ms ahead")
         if expires + skew < now_ms:
-            raise self.reject(peer, "expired", f"expired {now_ms - expires} ms ago")
+            # Past its expiry the replay cache no longer holds its id: only this check
+            # stops a recorded copy being accepted again.
+            raise self.reject(peer, "expired", f"expired {now_ms - expires} ms ago", replay=True)
         if expires < created or expires - created > self.config.max_ttl_ms:
             raise self.reject(peer, "bad_ttl", f"ttl {expires - created} ms")
 
     def seen(self, message_id: bytes) -> bool:
+        """Whether ``message_id`` is in the replay cache (a duplicate or a retry)."""
         return message_id in self._seen
 
     def remember(self, message_id: bytes, created: int, expires: int, now_ms: int) -> None:

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import zmq
 from pydantic import ValidationError
@@ -252,15 +252,20 @@ class MeshNode:
 
     # ------------------------------------------------------------------ outbound
 
-    def _seal(
+    def seal(
         self,
         recipient: str,
         message: Message,
+        *,
         protocol: str,
         version: str,
-        conversation: bytes | None,
+        conversation: bytes | None = None,
         reply_to: bytes = NO_REPLY,
     ) -> Envelope:
+        """Sign ``message`` for ``recipient`` (``ZERO_ADDRESS``: any node) without sending it.
+
+        The envelope expires ``message_ttl_ms`` after now; every field is signed.
+        """
         return Envelope.seal(
             self._signer,
             recipient=recipient,
@@ -272,6 +277,35 @@ class MeshNode:
             reply_to=reply_to,
             ttl_ms=self.config.message_ttl_ms,
         )
+
+    def publish(self, message: Message, *, protocol: str, version: str) -> Envelope:
+        """Broadcast ``message``, sealed for any node, on our presence (PUB) socket.
+
+        Subscribers admit it like a direct message (signature, clock, rate). PUB drops
+        rather than blocks when a subscriber is slow, so this never waits. Returns the
+        envelope; raises ``RuntimeError`` before :meth:`start`.
+        """
+        if self._pub is None:
+            raise RuntimeError(f"{self!r} is not started: nothing to publish on")
+        envelope = self.seal(ZERO_ADDRESS, message, protocol=protocol, version=version)
+        self._pub.send([envelope.to_frame()])
+        return envelope
+
+    def subscriber(self, on_batch: Callable[[list[list[bytes]]], None]) -> ReactorSocket:
+        """A SUB socket (subscribed to everything) whose batches go to ``on_batch``.
+
+        It carries our CurveZMQ keys when ``curve`` is on (set ``curve_serverkey`` on
+        ``.sock`` before each connect) and reports receive errors like the node's own
+        sockets do, so a failing ``on_batch`` never stops the loop. Close it when done.
+        """
+        sock = self._zmq.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
+        if self.config.curve:
+            sock.curve_secretkey = self.curve.secret
+            sock.curve_publickey = self.curve.public
+        return ReactorSocket(sock, on_batch, self._loop_error)
 
     def _dealer_for(self, key: str, endpoint: str, curve_key: str) -> ReactorSocket:
         dealer = self._dealers.get(key)
@@ -317,7 +351,14 @@ class MeshNode:
     ) -> Envelope:
         """Send a one-way message; returns the envelope that was sent."""
         address, sock = self._route_to(peer)
-        envelope = self._seal(address, message, protocol, version, conversation, reply_to)
+        envelope = self.seal(
+            address,
+            message,
+            protocol=protocol,
+            version=version,
+            conversation=conversation,
+            reply_to=reply_to,
+        )
         if not await sock.send_async([envelope.to_frame()]):
             raise PeerUnreachable(f"{address} is not accepting messages (send queue full)")
         self.counters["sent"] += 1
@@ -340,9 +381,10 @@ class MeshNode:
         timeout. Raises ``RemoteError`` for an error reply, ``PeerUnreachable`` when no
         reply comes."""
         address, sock = self._route_to(peer)
-        return await self._request_via(
+        reply = await self._request_via(
             sock, address, message, protocol, version, expect, timeout, retries, conversation
         )
+        return self._decode_reply(reply, expect)
 
     async def request_endpoint(
         self,
@@ -372,9 +414,8 @@ class MeshNode:
             timeout,
             None,
             None,
-            keep_envelope=True,
         )
-        return reply  # type: ignore[return-value]
+        return self._decode_reply(reply, expect), reply
 
     async def _request_via(
         self,
@@ -387,11 +428,13 @@ class MeshNode:
         timeout: float | None,
         retries: int | None,
         conversation: bytes | None,
-        keep_envelope: bool = False,
-    ) -> Any:
+    ) -> Envelope:
+        """Send and re-send until the reply envelope comes; raises ``PeerUnreachable``."""
         for reply_type in expect:
             self.routes.learn(reply_type)
-        envelope = self._seal(address, message, protocol, version, conversation)
+        envelope = self.seal(
+            address, message, protocol=protocol, version=version, conversation=conversation
+        )
         frame = envelope.to_frame()
         loop = asyncio.get_running_loop()
         per_try = timeout if timeout is not None else self.config.request_timeout_s
@@ -417,25 +460,32 @@ class MeshNode:
         finally:
             self._pending.pop(envelope.id, None)
         self._log_out.append(envelope)
-        decoded = self._decode_reply(reply, expect)
-        return (decoded, reply) if keep_envelope else decoded
+        return reply
 
-    def _decode_reply(self, reply: Envelope, expect: tuple[type[Message], ...]) -> Message:
+    def _decode_reply(self, reply: Envelope, expect: tuple[type[M], ...]) -> M:
         reply_type = self.routes.types.get(reply.schema_digest)
         if reply_type is ErrorReply:
             error = ErrorReply.decode(reply.payload)
-            raise RemoteError(reply.sender, error.code, error.detail)  # type: ignore[attr-defined]
+            raise RemoteError(reply.sender, error.code, error.detail)
         if reply_type is None or (expect and reply_type not in expect):
             raise ProtocolError(f"{reply.sender} replied with an unexpected message type")
         try:
-            return reply_type.decode(reply.payload)
+            # One of ``expect`` (checked above), or any known type when none is given.
+            return cast(M, reply_type.decode(reply.payload))
         except ValidationError as exc:
             raise ProtocolError(f"{reply.sender} replied with an invalid payload: {exc}") from None
 
     # ------------------------------------------------------------------ inbound
 
-    def _admit(self, label: str, frame: bytes, *, broadcast_ok: bool) -> Envelope:
-        """All checks that do not need the store; raises ``Rejected``."""
+    def admit(self, label: str, frame: bytes, *, broadcast_ok: bool) -> Envelope:
+        """Parse and check one inbound frame: every check that needs no store.
+
+        Rate (per ``label``: a connection or a socket), size, format, signature,
+        recipient (``broadcast_ok`` also accepts ``ZERO_ADDRESS``) and clock. A failed
+        check is counted and raises ``Rejected`` (``ReplayRejected``, also a
+        ``ReplayError``, for an expired envelope). Duplicate ids are the caller's to
+        check (``guard.seen``): a retried request is answered, not rejected.
+        """
         guard = self.guard
         guard.check_rate(label)
         if len(frame) > self.config.max_frame_bytes:
@@ -470,7 +520,7 @@ class MeshNode:
                 continue
             ident, frame = parts
             try:
-                envelope = self._admit(ident.hex(), frame, broadcast_ok=True)
+                envelope = self.admit(ident.hex(), frame, broadcast_ok=True)
             except Rejected:
                 continue
             if envelope.recipient == ZERO_ADDRESS and envelope.protocol != "mesh":
@@ -610,13 +660,13 @@ class MeshNode:
     ) -> None:
         frame = None
         if reply is not None:
-            frame = self._seal(
+            frame = self.seal(
                 envelope.sender,
                 reply,
-                envelope.protocol,
-                envelope.protocol_version,
-                envelope.conversation,
-                envelope.id,
+                protocol=envelope.protocol,
+                version=envelope.protocol_version,
+                conversation=envelope.conversation,
+                reply_to=envelope.id,
             ).to_frame()
         self._done.append(_Done(ident, envelope, status, frame, effects))
         if from_handler and len(self._handler_tasks) <= 1 and not self._flush_scheduled:
@@ -653,7 +703,7 @@ class MeshNode:
         for parts in batch:
             try:
                 self.counters["received"] += 1
-                envelope = self._admit(key, parts[-1], broadcast_ok=False)
+                envelope = self.admit(key, parts[-1], broadcast_ok=False)
             except Rejected:
                 continue
             future = self._pending.get(envelope.reply_to)

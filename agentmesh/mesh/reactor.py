@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import cast
 
 import zmq
 
@@ -43,7 +44,7 @@ class ReactorSocket:
         self._on_batch = on_batch
         self._on_error = on_error
         self._loop = asyncio.get_running_loop()
-        self._fd = sock.getsockopt(zmq.FD)
+        self._fd = sock.FD
         self._scheduled = False
         self._closed = False
         if on_batch is not None:
@@ -54,9 +55,10 @@ class ReactorSocket:
         if self._closed or self._on_batch is None:
             return
         sock = self.sock
+        events = cast("Callable[[int], int]", sock.getsockopt)  # EVENTS is an int option
         batch: Batch = []
         try:
-            while len(batch) < BATCH_MAX and sock.getsockopt(EVENTS) & POLLIN:
+            while len(batch) < BATCH_MAX and events(EVENTS) & POLLIN:
                 batch.append(sock.recv_multipart(NOBLOCK))
         except zmq.Again:
             pass

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from agentmesh.agents.agent import Agent
-from agentmesh.agents.service import Service, ServiceContext
+from agentmesh import Agent, Service, ServiceContext
 
 agent = Agent("garbage-summarizer")
 # A dishonest provider runs modified code: it skips the check an honest agent applies

@@ -9,9 +9,7 @@ import asyncio
 import os
 from pathlib import Path
 
-from agentmesh.agents.agent import Agent
-from agentmesh.agents.service import ServiceContext
-from agentmesh.llm import LocalModel
+from agentmesh import Agent, LocalModel, ServiceContext
 
 agent = Agent("slow-summarizer", model=LocalModel.default())
 GATE = Path(os.environ.get("AGENTMESH_TEST_GATE", "/nonexistent/gate"))

@@ -1,20 +1,25 @@
 """A requester that freezes while checking a delivery (the test kills it there).
 
 Its check blocks the whole process, like a crash between receiving the result and
-releasing the payment.
+releasing the payment. It first touches the file ``AGENTMESH_TEST_GATE`` names, so the
+test knows it is frozen there.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any
 
-from agentmesh.agents.agent import Agent
+from agentmesh import Agent
 
 agent = Agent("stalling-buyer")
 
 
 def freeze(result: Any) -> bool:
+    if "AGENTMESH_TEST_GATE" in os.environ:
+        Path(os.environ["AGENTMESH_TEST_GATE"]).touch()
     time.sleep(3600)
     return True
 

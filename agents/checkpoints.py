@@ -1,0 +1,47 @@
+"""Where task graphs keep their checkpoints: SQLite, with a serializer that knows the
+negotiation's typed messages.
+
+A paused task is resumed with the typed message that woke it (``Award``, ``Funded``,
+``Timeout``, ``ApprovalDecision``...); LangGraph writes that resume value into the
+checkpoint, and its msgpack serializer only rebuilds classes it is told about.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+from agentmesh.protocols.negotiation import NEGOTIATION, ApprovalDecision, Phase, Timeout
+
+
+def checkpoint_serde() -> JsonPlusSerializer:
+    """The serializer of agent checkpoints: the negotiation's types are allowed back."""
+    types: tuple[type[Any], ...] = (*NEGOTIATION.messages, Timeout, ApprovalDecision, Phase)
+    return JsonPlusSerializer(allowed_msgpack_modules=[(t.__module__, t.__name__) for t in types])
+
+
+@contextlib.asynccontextmanager
+async def open_checkpoints(path: Path) -> AsyncIterator[AsyncSqliteSaver]:
+    """The agent's checkpoint saver on ``path`` (created if missing)."""
+    import aiosqlite
+
+    async with aiosqlite.connect(str(path)) as conn:
+        yield AsyncSqliteSaver(conn, serde=checkpoint_serde())
+
+
+@contextlib.contextmanager
+def read_checkpoints(path: Path) -> Iterator[SqliteSaver]:
+    """A synchronous saver on ``path`` for readers such as the CLI."""
+    import sqlite3
+
+    conn = sqlite3.connect(str(path), check_same_thread=False)
+    try:
+        yield SqliteSaver(conn, serde=checkpoint_serde())
+    finally:
+        conn.close()
