@@ -19,7 +19,7 @@ from web3.logs import DISCARD
 from web3.types import TxReceipt
 
 from agentmesh.contracts import load_artifact
-from agentmesh.errors import ContractRevertError
+from agentmesh.errors import ContractRevertError, PolicyViolation
 from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import (
     NATIVE,
@@ -796,6 +796,35 @@ async def test_call_failed_on_eth_to_contract_without_receive(aw: Setup) -> None
 
     assert_error(exc, "CallFailed", aw.token.address, b"")
     assert await aw.wallet.spendable(NATIVE) == (0, ETHER)
+
+
+async def test_policy_refusals_are_policy_violations_and_target_reverts_are_not(
+    aw: Setup,
+) -> None:
+    """The client tells the owner's policy (PolicyViolation) from a target that reverted
+    on its own (CallFailed: a plain ContractRevertError)."""
+    await allow_transfers(aw, 100 * ONE_MUSD)
+
+    with pytest.raises(PolicyViolation) as refused:
+        await agent_transfer(aw, 100 * ONE_MUSD + 1)
+    assert_error(refused, "CapExceeded", aw.token.address, 100 * ONE_MUSD + 1, 100 * ONE_MUSD)
+
+    with pytest.raises(PolicyViolation) as refused:
+        await aw.as_agent.execute(aw.token.address, 0, approve_data(aw.token, aw.recipient, 1))
+    assert_error(refused, "TargetNotAllowed", aw.token.address, APPROVE)
+
+    with pytest.raises(PolicyViolation) as refused:
+        await aw.wallet.as_wallet(aw.stranger).execute_with_approval(
+            aw.token.address, aw.recipient, 1, aw.token.address, 0, b""
+        )
+    assert_error(refused, "NotAgent", aw.stranger.address)
+
+    await aw.wallet.set_cap(aw.token.address, 1_000 * ONE_MUSD, CapMode.DAILY)
+    with pytest.raises(ContractRevertError) as failed:
+        await agent_transfer(aw, WALLET_MUSD + 1)  # within the cap, beyond the balance
+    assert not isinstance(failed.value, PolicyViolation)
+    assert failed.value.error_name == "CallFailed"
+    assert await aw.token.balance_of(aw.recipient) == 0
 
 
 # ---------------------------------------------------------------------- cap windows

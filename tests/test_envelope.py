@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
+from typing import Any
 
+import coincurve
 import msgpack
 import pytest
 from eth_account import Account
 from eth_account.messages import _hash_eip191_message, encode_typed_data
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentmesh.envelope import FRAME_VERSION, Envelope, EnvelopeSigner, recover_address
+from agentmesh.envelope import FRAME_VERSION, Envelope, EnvelopeSigner, now_ms, recover_address
 from agentmesh.errors import ProtocolError, SignatureError
 from agentmesh.message import Message
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+MAX_U64 = 2**64 - 1
 
 
 class Ping(Message):
@@ -111,6 +117,41 @@ def test_bad_signatures_are_errors_not_false(alice: EnvelopeSigner, bob_address:
         dataclasses.replace(envelope, signature=flipped).verify()
 
 
+def test_low_s_rule_is_exactly_s_above_half_n(alice: EnvelopeSigner, bob_address: str) -> None:
+    """s == N // 2 is the largest low s; its twin s' = N - s == N // 2 + 1 is refused."""
+    digest = _seal(alice, bob_address).digest()
+    sig = alice.sign_digest(digest)
+    r, v = sig[:32], sig[64]
+    half = SECP256K1_N // 2
+    low = r + half.to_bytes(32, "big") + bytes((v,))
+    high = r + (SECP256K1_N - half).to_bytes(32, "big") + bytes((55 - v,))
+    assert SECP256K1_N - half == half + 1
+    signer = recover_address(digest, low)  # accepted: recovers some key
+    # The high twin (other recovery id) is a valid signature by that same key...
+    twin = coincurve.PublicKey.from_signature_and_message(
+        high[:64] + bytes((high[64] - 27,)), digest, hasher=None
+    )
+    assert to_checksum_address(keccak(twin.format(compressed=False)[1:])[-20:]) == signer
+    # ... and exactly the malleable copy the low-s rule exists to refuse.
+    with pytest.raises(SignatureError, match="malleable"):
+        recover_address(digest, high)
+
+
+def test_now_ms_is_the_wall_clock_in_milliseconds() -> None:
+    before = time.time() * 1000
+    now = now_ms()
+    after = time.time() * 1000
+    assert before - 1 <= now <= after + 1
+
+
+def test_seal_sets_expires_to_created_plus_ttl(alice: EnvelopeSigner, bob_address: str) -> None:
+    default = _seal(alice, bob_address)
+    assert default.expires == default.created + 30_000  # the default TTL
+    assert abs(default.created - now_ms()) < 5_000  # created defaults to now
+    given = _seal(alice, bob_address, ttl_ms=1_234, created=1_800_000_000_000)
+    assert (given.created, given.expires) == (1_800_000_000_000, 1_800_000_001_234)
+
+
 def test_frame_round_trip(alice: EnvelopeSigner, bob_address: str) -> None:
     envelope = _seal(alice, bob_address)
     frame = envelope.to_frame()
@@ -169,6 +210,45 @@ def test_each_bad_field_is_named(
     frame = bytes((FRAME_VERSION,)) + msgpack.packb(fields, use_bin_type=True)
     with pytest.raises(ProtocolError, match=f"bad {name}"):
         Envelope.from_frame(frame)
+
+
+@pytest.mark.parametrize("field", ["created", "expires", "nonce"])
+@pytest.mark.parametrize("value", [0, MAX_U64], ids=["zero", "max-u64"])
+def test_uint64_fields_take_their_whole_range(
+    alice: EnvelopeSigner, bob_address: str, field: str, value: int
+) -> None:
+    changes: dict[str, Any] = {field: value}
+    unsigned = dataclasses.replace(_seal(alice, bob_address), **changes)
+    envelope = unsigned.with_signature(alice.sign_digest(unsigned.digest()))
+    decoded = Envelope.from_frame(envelope.to_frame())
+    assert getattr(decoded, field) == value
+    assert decoded.verify() == alice.address
+    # msgpack has no integer above 2**64 - 1: a larger value cannot even be framed.
+    beyond: dict[str, Any] = {field: MAX_U64 + 1, "raw": b""}
+    with pytest.raises(OverflowError):
+        dataclasses.replace(envelope, **beyond).to_frame()
+
+
+@pytest.mark.parametrize("field", ["protocol", "protocol_version"])
+def test_names_of_64_characters_are_the_longest_accepted(
+    alice: EnvelopeSigner, bob_address: str, field: str
+) -> None:
+    longest = _seal(alice, bob_address, **{field: "p" * 64})
+    decoded = Envelope.from_frame(longest.to_frame())
+    assert decoded == longest
+    assert decoded.verify() == alice.address
+    too_long = _seal(alice, bob_address, **{field: "p" * 65})
+    wire_name = {"protocol": "protocol", "protocol_version": "protocolVersion"}[field]
+    with pytest.raises(ProtocolError, match=f"bad {wire_name}$"):
+        Envelope.from_frame(too_long.to_frame())
+
+
+def test_a_frame_of_exactly_max_size_is_parsed(alice: EnvelopeSigner, bob_address: str) -> None:
+    envelope = _seal(alice, bob_address)
+    frame = envelope.to_frame()
+    assert Envelope.from_frame(frame, max_size=len(frame)) == envelope
+    with pytest.raises(ProtocolError, match=f"{len(frame)} bytes exceeds the {len(frame) - 1}-"):
+        Envelope.from_frame(frame, max_size=len(frame) - 1)
 
 
 @settings(max_examples=300, deadline=None)

@@ -284,6 +284,29 @@ async def test_open_skips_approve_when_allowance_suffices(chain: Chain, p: Parti
     assert await token.allowance(p.client.address, escrow.address) == 2 * AMOUNT
 
 
+async def test_open_with_an_allowance_of_exactly_the_amount_sends_no_approve(
+    chain: Chain, p: Parties
+) -> None:
+    escrow = escrow_for(chain, p.client)
+    token = token_for(chain, p.client)
+    await token.approve(escrow.address, AMOUNT)
+
+    job_id, receipts = await escrow.open(
+        provider=p.provider.address,
+        token=token,
+        amount=AMOUNT,
+        deadline=await chain_now(chain) + DEADLINE_S,
+        review_window=REVIEW_S,
+        arbiter=p.arbiter.address,
+        terms_hash=h32("terms"),
+    )
+
+    assert len(receipts) == 1  # open only
+    assert events(escrow, "JobOpened", receipts[0])[0]["jobId"] == job_id
+    assert await token.allowance(p.client.address, escrow.address) == 0
+    assert await token.balance_of(escrow.address) == AMOUNT
+
+
 async def test_job_ids_are_sequential(chain: Chain, p: Parties) -> None:
     ids = [await open_job(chain, p, amount=AMOUNT + i) for i in range(3)]
     assert ids == [1, 2, 3]
@@ -965,6 +988,19 @@ async def test_accept_and_submit_on_the_deadline_second(chain: Chain, p: Parties
     await pin_next_block(chain, deadline)
     assert await block_time(chain, await provider.submit(job_id, h32("result"))) == deadline
     assert (await provider.get_job(job_id)).submitted_at == deadline
+
+
+async def test_accept_on_the_deadline_second_itself(chain: Chain, p: Parties) -> None:
+    provider = escrow_for(chain, p.provider)
+    job_id = await open_job(chain, p)
+    deadline = (await provider.get_job(job_id)).deadline
+    await pin_next_block(chain, deadline)
+    # The deadline second still belongs to the provider (`>`, not `>=`); an explicit gas
+    # limit skips the estimate, so the call is mined at `deadline`.
+    receipt = await p.provider.transact(provider.contract.functions.accept(job_id), gas=FIXED_GAS)
+    assert await block_time(chain, receipt) == deadline
+    job = await provider.get_job(job_id)
+    assert job.status == JobStatus.ACCEPTED and job.accepted_at == deadline
 
 
 async def test_refund_on_the_deadline_second_is_too_early(chain: Chain, p: Parties) -> None:

@@ -310,3 +310,36 @@ def test_the_hashes_are_checked_before_the_value() -> None:
     text = json.dumps("   ")
     problem = delivery_problem(text, RESULT_SHA, bytes.fromhex(RESULT_SHA), check=lambda v: True)
     assert problem == "the result does not match its hash"
+
+
+def test_by_default_any_arbiter_and_review_window_are_accepted() -> None:
+    # Left out, the optional limits accept anything (what a provider with no arbiter of
+    # its own and no review-window cap agrees to).
+    terms = AgreedTerms(
+        conversation=CONVERSATION.hex(),
+        requester=REQUESTER,
+        provider=PROVIDER,
+        token=TOKEN,
+        price=PRICE,
+        service=SERVICE,
+        input_sha256=sha256_hex(INPUT),
+        min_work_s=MIN_WORK_S,
+    )
+    job = funded(review_window=30 * 24 * 3600, arbiter=STRANGER)
+    assert funded_job_problem(job, terms, NOW) == ""
+
+
+def test_the_agreed_terms_cannot_be_changed_once_made() -> None:
+    terms = agreed()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        terms.price = PRICE // 2  # type: ignore[misc]
+    assert funded_job_problem(funded(amount=PRICE // 2), terms, NOW).startswith("amount")
+
+
+def test_a_result_that_only_converts_to_the_buyers_type_is_refused() -> None:
+    # "5" is not an int: the buyer's result_type is checked strictly, not coerced.
+    text = canonical_json("5")
+    problem = delivery_problem(
+        text, sha256_hex(text), bytes.fromhex(sha256_hex(text)), result_type=int
+    )
+    assert problem.startswith("result is not a valid")

@@ -6,6 +6,8 @@ What ``InboundGuard`` promises: an id it remembered is seen until its envelope e
 clock check, so dropping an expired id never opens a replay window; the cache holds at
 most ``replay_cache_size`` ids, oldest dropped first, and ``evicted_created_ms`` then
 tells the node from which creation time on it must ask its store instead.
+
+The guard's per-peer rate limit (a token bucket) is tested here too, on a frozen clock.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import zmq
 from agentmesh.config import MeshConfig
 from agentmesh.envelope import Envelope, EnvelopeSigner, now_ms
 from agentmesh.errors import ReplayError
+from agentmesh.mesh import guard as guard_module
 from agentmesh.mesh.guard import InboundGuard, Rejected
 from agentmesh.mesh.node import MeshNode
 from agentmesh.mesh.routes import HandlerContext
@@ -30,6 +33,7 @@ T0 = 1_800_000_000_000  # a fixed "now" in ms: the guard takes time as an argume
 TTL = 30_000
 SKEW = MeshConfig().clock_skew_ms
 PEER = "0x" + "11" * 20
+SELF = "0x" + "22" * 20
 PROTO = "test.replay"
 
 
@@ -39,7 +43,7 @@ def new_id() -> bytes:
 
 @pytest.fixture
 def guard() -> InboundGuard:
-    return InboundGuard(MeshConfig(), "0x" + "22" * 20)
+    return InboundGuard(MeshConfig(), SELF)
 
 
 # ---------------------------------------------------------------------------- the id cache
@@ -94,6 +98,23 @@ def test_the_cache_is_bounded_and_drops_the_oldest_first() -> None:
     assert guard.evicted_created_ms == T0 + 499
 
 
+def test_an_id_dropped_for_space_on_its_last_valid_millisecond_counts_as_evicted() -> None:
+    """At ``now == expires + skew`` an id is still unexpired (the clock check admits its
+    envelope), so dropping it for space must move ``evicted_created_ms``."""
+    size = 1_000
+    guard = InboundGuard(MeshConfig(replay_cache_size=size), SELF)
+    first = new_id()
+    guard.remember(first, T0, T0 + TTL, T0)
+    for i in range(1, size):
+        guard.remember(new_id(), T0 + i, T0 + i + TTL, T0 + i)
+    assert guard.evicted_created_ms == 0  # full, nothing dropped yet
+    last_valid = T0 + TTL + SKEW
+    guard.remember(new_id(), last_valid, last_valid + TTL, last_valid)
+    assert not guard.seen(first)  # dropped for space...
+    guard.check_times(PEER, T0, T0 + TTL, last_valid)  # ... while a copy is still admitted
+    assert guard.evicted_created_ms == T0  # so the node asks its store from T0 on
+
+
 # ---------------------------------------------------------------------------- clock checks
 
 
@@ -133,6 +154,87 @@ def test_the_longest_allowed_ttl_and_the_skew_ahead_are_admitted(guard: InboundG
     guard.check_times(PEER, T0, T0 + MeshConfig().max_ttl_ms, T0)
     guard.check_times(PEER, T0 + SKEW, T0 + SKEW + TTL, T0)
     assert not guard.counters
+
+
+def test_a_ttl_of_zero_is_admitted_for_the_skew(guard: InboundGuard) -> None:
+    """expires == created is not a bad ttl: such an envelope lives for the clock skew."""
+    guard.check_times(PEER, T0, T0, T0)
+    guard.check_times(PEER, T0, T0, T0 + SKEW)
+    assert not guard.counters
+    with pytest.raises(Rejected) as info:
+        guard.check_times(PEER, T0, T0, T0 + SKEW + 1)
+    assert info.value.reason == "expired"
+
+
+# ---------------------------------------------------------------------------- rate limits
+
+BURST = 5
+RATE = 4.0  # tokens per second: one every 0.25 s (exact in binary floating point)
+BUCKET_TABLE_CAP = 100_000  # check_rate resets its table of buckets above this many peers
+
+
+class FrozenClock:
+    """Stands in for the guard module's ``time``: ``monotonic()`` moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FrozenClock:
+    frozen = FrozenClock()
+    monkeypatch.setattr(guard_module, "time", frozen)
+    return frozen
+
+
+@pytest.fixture
+def limiter(clock: FrozenClock) -> InboundGuard:
+    return InboundGuard(MeshConfig(burst=BURST, rate_per_s=RATE), SELF)
+
+
+def passes(guard: InboundGuard, peer: str) -> bool:
+    """Whether ``check_rate`` lets a frame from ``peer`` through."""
+    try:
+        guard.check_rate(peer)
+    except Rejected as exc:
+        assert exc.reason == "rate_limited"
+        return False
+    return True
+
+
+def test_exactly_burst_frames_pass_then_one_per_refill(
+    clock: FrozenClock, limiter: InboundGuard
+) -> None:
+    assert [passes(limiter, PEER) for _ in range(BURST + 2)] == [True] * BURST + [False] * 2
+    assert limiter.counters == {"rejected.rate_limited": 2}
+    clock.now += 1 / RATE  # one token back
+    assert [passes(limiter, PEER) for _ in range(2)] == [True, False]
+    clock.now += 3_600  # a long pause refills up to the burst, not beyond
+    assert [passes(limiter, PEER) for _ in range(BURST + 1)] == [True] * BURST + [False]
+
+
+def test_a_flooding_peer_stays_limited_while_new_peers_arrive(limiter: InboundGuard) -> None:
+    assert [passes(limiter, PEER) for _ in range(BURST + 1)][-1] is False
+    for i in range(3):
+        assert passes(limiter, f"0x{i:040x}")  # each new peer gets its own full bucket
+        assert not passes(limiter, PEER)  # the flooder's empty bucket is kept
+
+
+def test_the_bucket_table_is_reset_only_above_its_cap(limiter: InboundGuard) -> None:
+    """The table of buckets is bounded: past the cap, a new peer clears it."""
+    assert [passes(limiter, PEER) for _ in range(BURST + 1)][-1] is False
+    for i in range(BUCKET_TABLE_CAP - 1):
+        limiter.check_rate(f"peer-{i}")
+    # The table holds exactly the cap (the flooder's bucket among them): a new peer
+    # still leaves it alone...
+    assert passes(limiter, "newcomer-1")
+    assert not passes(limiter, PEER)
+    # ... and the next one, above the cap, resets it: the flooder starts afresh.
+    assert passes(limiter, "newcomer-2")
+    assert passes(limiter, PEER)
 
 
 # ---------------------------------------------------------------------------- a node, no store

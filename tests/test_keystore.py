@@ -18,7 +18,7 @@ from agentmesh.errors import (
     WalletNotFoundError,
     WrongPasswordError,
 )
-from agentmesh.wallets.keystore import Keystore
+from agentmesh.wallets.keystore import DEFAULT_SCRYPT_N, Keystore
 from agentmesh.wallets.wallet import Wallet
 from tests.helpers import TEST_SCRYPT_N
 
@@ -104,6 +104,49 @@ def test_no_tmp_file_left_after_write(keystore: Keystore) -> None:
     names = sorted(p.name for p in keystore.directory.iterdir())
 
     assert names == ["alice.json", "bob.json"]
+
+
+def test_production_scrypt_strength_is_two_to_the_18(tmp_path: Path) -> None:
+    """Tests use a fast scrypt n; a keystore made without one gets the production 2**18."""
+    assert DEFAULT_SCRYPT_N == 2**18
+    assert Keystore(tmp_path).scrypt_n == 2**18
+
+
+def test_create_makes_a_home_folder_that_does_not_exist_yet(tmp_path: Path) -> None:
+    home = tmp_path / "not" / "yet" / "home"
+    keystore = Keystore(home, scrypt_n=TEST_SCRYPT_N)
+
+    entry = keystore.create("alice", PASSWORD)
+
+    assert entry.path == home / "keystores" / "alice.json"
+    assert _mode(keystore.directory) == 0o700
+    assert keystore.load("alice", PASSWORD).address == entry.address
+
+
+@pytest.mark.parametrize(
+    ("where", "error"),
+    [
+        ("dump", OSError(28, "No space left on device")),
+        ("fsync", KeyboardInterrupt()),
+        ("replace", OSError(18, "Invalid cross-device link")),
+    ],
+    ids=["write", "interrupted-sync", "rename"],
+)
+def test_failed_write_leaves_no_temp_file(
+    keystore: Keystore, monkeypatch: pytest.MonkeyPatch, where: str, error: BaseException
+) -> None:
+    def fail(*_args: object, **_kwargs: object) -> None:
+        raise error
+
+    with monkeypatch.context() as patch:
+        patch.setattr(json if where == "dump" else os, where, fail)
+        with pytest.raises(type(error)):
+            keystore.import_key("alice", KEY_HEX, PASSWORD)
+
+    assert list(keystore.directory.iterdir()) == []
+    # Nothing half-written blocks the name: the next attempt succeeds.
+    keystore.import_key("alice", KEY_HEX, PASSWORD)
+    assert keystore.load("alice", PASSWORD).address == KEY_ADDRESS
 
 
 # ---------------------------------------------------------------- import_key
@@ -255,6 +298,20 @@ def test_structurally_corrupt_json_is_keystore_error(
     assert not isinstance(info.value, WrongPasswordError)
     assert "corrupt" in info.value.user_message
     assert str(path) in info.value.user_message
+
+
+def test_file_with_an_address_but_no_crypto_is_not_listed(keystore: Keystore) -> None:
+    """An address alone is not a wallet: entry() and list() must not show it."""
+    kept = keystore.create("bob", PASSWORD)
+    path = _mutated(keystore, "alice", {"crypto": None})
+
+    with pytest.raises(KeystoreError) as info:
+        keystore.entry("alice")
+
+    assert "corrupt" in info.value.user_message
+    assert "'crypto'" in info.value.user_message
+    assert str(path) in info.value.user_message
+    assert keystore.list() == [kept]
 
 
 def test_tampered_ciphertext_is_not_loaded(keystore: Keystore) -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -13,7 +16,11 @@ from eth_abi import encode as abi_encode
 from eth_account import Account
 from eth_account.messages import encode_defunct, encode_typed_data
 from eth_utils import function_signature_to_4byte_selector
+from multidict import CIMultiDict, CIMultiDictProxy
 from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.exceptions import ContractLogicError, Web3RPCError
+from web3.types import Wei
+from yarl import URL
 
 from agentmesh.errors import (
     AgentMeshValueError,
@@ -32,10 +39,18 @@ from agentmesh.wallets.units import (
     format_amount,
     parse_amount,
 )
-from agentmesh.wallets.wallet import Wallet, guard_rpc, reset_nonces
-from tests.helpers import ONE_MUSD, WalletFactory, token_for
+from agentmesh.wallets.wallet import (
+    FEE_TTL_S,
+    INTRINSIC_GAS,
+    Wallet,
+    guard_rpc,
+    reset_nonces,
+    revert_from,
+)
+from tests.helpers import ONE_MUSD, WalletFactory, escrow_for, eventually, rpc, token_for
 
 ETHER = 10**18
+GWEI = 10**9
 
 
 async def _chain_nonce(chain: Chain, address: str, block: str = "latest") -> int:
@@ -64,6 +79,103 @@ async def _send_behind_the_managers_back(chain: Chain, wallet: Wallet) -> None:
     tx_hash = await chain.w3.eth.send_raw_transaction(signed.raw_transaction)
     receipt = await chain.w3.eth.wait_for_transaction_receipt(tx_hash)
     assert receipt["status"] == 1
+
+
+async def _answer(value: int) -> int:
+    return value
+
+
+class _Eth:
+    """Stands in for one wallet's ``w3.eth``: what a subclass overrides, else the node's."""
+
+    def __init__(self, eth: Any) -> None:
+        self._eth = eth
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._eth, name)
+
+
+class _GasPrices(_Eth):
+    """``gas_price`` answers ``prices`` in turn (the last one repeats) and counts the calls."""
+
+    def __init__(self, eth: Any, prices: list[int]) -> None:
+        super().__init__(eth)
+        self._prices = prices
+        self.calls = 0
+
+    @property
+    def gas_price(self) -> Awaitable[int]:
+        price = self._prices[min(self.calls, len(self._prices) - 1)]
+        self.calls += 1
+        return _answer(price)
+
+
+class _AnswerLost(_Eth):
+    """The first ``send_raw_transaction`` reaches the node, but its answer never comes
+    back (the sender is cancelled while it waits); later ones are answered."""
+
+    def __init__(self, eth: Any) -> None:
+        super().__init__(eth)
+        self.submitted = asyncio.Event()
+
+    async def send_raw_transaction(self, raw: bytes) -> Any:
+        tx_hash = await self._eth.send_raw_transaction(raw)
+        if not self.submitted.is_set():
+            self.submitted.set()
+            await asyncio.Event().wait()
+        return tx_hash
+
+
+class _RefusedEstimate(_Eth):
+    """``estimate_gas`` fails with the node error ``message`` (raised as web3 raises it)."""
+
+    def __init__(self, eth: Any, message: str) -> None:
+        super().__init__(eth)
+        self._message = message
+
+    async def estimate_gas(self, *_args: Any, **_kwargs: Any) -> int:
+        raise Web3RPCError(repr({"code": -32000, "message": self._message}))
+
+
+class _Node:
+    """An ``AsyncWeb3`` whose ``eth`` is the given stand-in; the rest is the real one's."""
+
+    def __init__(self, w3: AsyncWeb3[Any], eth: _Eth) -> None:
+        self._w3 = w3
+        self.eth = eth
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._w3, name)
+
+
+def _wallet_on(chain: Chain, wallet: Wallet, eth: _Eth) -> Wallet:
+    """``wallet``'s account, talking to the chain through ``eth``."""
+    return Wallet(wallet.account, cast("AsyncWeb3[Any]", _Node(chain.w3, eth)))
+
+
+def _node_refusing(
+    monkeypatch: pytest.MonkeyPatch, chain: Chain, refused: dict[str, str]
+) -> list[str]:
+    """Make the node refuse the JSON-RPC methods in ``refused``: "reply" answers "method
+    not found" (a node without the debug API), "http" raises what the provider raises on
+    an HTTP 403 (a gateway blocking the method). Returns every method asked from then on."""
+    provider = chain.w3.provider
+    make_request = provider.make_request
+    asked: list[str] = []
+
+    async def refusing(method: Any, params: Any) -> Any:
+        asked.append(str(method))
+        refusal = refused.get(str(method))
+        if refusal == "reply":
+            return {"jsonrpc": "2.0", "id": 0, "error": {"code": -32601, "message": "not found"}}
+        if refusal == "http":
+            url = URL(chain.rpc_url)
+            request = aiohttp.RequestInfo(url, "POST", CIMultiDictProxy(CIMultiDict()), url)
+            raise aiohttp.ClientResponseError(request, (), status=403, message="Forbidden")
+        return await make_request(method, params)
+
+    monkeypatch.setattr(provider, "make_request", refusing)
+    return asked
 
 
 # ---------------------------------------------------------------- signing
@@ -245,6 +357,69 @@ async def test_reset_nonces_makes_the_next_send_ask_the_chain(
     assert await _chain_nonce(chain, wallet.address) == 3
 
 
+async def test_send_cancelled_after_the_node_got_it_resyncs_the_nonce(
+    chain: Chain, make_wallet: WalletFactory
+) -> None:
+    eth = _AnswerLost(chain.w3.eth)
+    wallet = _wallet_on(chain, await make_wallet(eth=1, musd=0), eth)
+    sink = Account.create().address
+
+    sending = asyncio.create_task(wallet.send({"to": sink, "value": Wei(1)}))
+    await asyncio.wait_for(eth.submitted.wait(), timeout=10)
+    sending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sending
+    assert await _chain_nonce(chain, wallet.address) == 1  # nonce 0 was used after all
+
+    receipt = await wallet.send({"to": sink, "value": Wei(2)})
+
+    assert await _tx_nonce(chain, receipt) == 1
+    assert await chain.w3.eth.get_balance(sink) == 1 + 2
+
+
+# ---------------------------------------------------------------- fees
+
+
+@pytest.mark.parametrize(
+    ("price", "tip"),
+    [(3 * GWEI, GWEI), (GWEI // 2, GWEI // 2)],
+    ids=["tip-capped-at-1-gwei", "tip-is-the-whole-price"],
+)
+async def test_sent_transaction_offers_twice_the_gas_price_and_a_capped_tip(
+    chain: Chain, make_wallet: WalletFactory, price: int, tip: int
+) -> None:
+    eth = _GasPrices(chain.w3.eth, [price])
+    wallet = _wallet_on(chain, await make_wallet(eth=1, musd=0), eth)
+
+    receipt = await wallet.send({"to": Account.create().address, "value": Wei(1)})
+
+    tx = await chain.w3.eth.get_transaction(receipt["transactionHash"])
+    assert (tx["maxFeePerGas"], tx["maxPriorityFeePerGas"]) == (2 * price, tip)
+    assert eth.calls == 1
+
+
+async def test_gas_price_is_asked_again_only_once_its_ttl_has_passed(
+    chain: Chain, make_wallet: WalletFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eth = _GasPrices(chain.w3.eth, [3 * GWEI, 4 * GWEI])
+    wallet = _wallet_on(chain, await make_wallet(eth=1, musd=0), eth)
+    clock = SimpleNamespace(now=1_000.0)
+    monkeypatch.setattr(
+        "agentmesh.wallets.wallet.time", SimpleNamespace(monotonic=lambda: clock.now)
+    )
+    sink = Account.create().address
+    seen: list[tuple[int, int]] = []
+
+    for offset in (0.0, FEE_TTL_S / 2, FEE_TTL_S, FEE_TTL_S * 1.25):
+        clock.now = 1_000.0 + offset
+        receipt = await wallet.send({"to": sink, "value": Wei(1)})
+        tx = await chain.w3.eth.get_transaction(receipt["transactionHash"])
+        seen.append((eth.calls, tx["maxFeePerGas"]))
+
+    # The price asked at t serves every send up to t + FEE_TTL_S inclusive.
+    assert seen == [(1, 6 * GWEI), (1, 6 * GWEI), (1, 6 * GWEI), (2, 8 * GWEI)]
+
+
 # ---------------------------------------------------------------- failures
 
 
@@ -344,6 +519,261 @@ async def test_token_transfer_beyond_balance_is_refused_before_sending(
     assert "holds 3 mUSD" in info.value.user_message
     assert "cannot spend 4 mUSD" in info.value.user_message
     assert await _chain_nonce(chain, wallet.address, "pending") == 0
+
+
+async def test_balance_of_exactly_value_plus_max_fee_may_send(
+    chain: Chain, deployer: Wallet
+) -> None:
+    wallet = Wallet(Account.create(), chain.w3)
+    sink = Account.create().address
+    block = await chain.w3.eth.get_block("latest")
+    max_fee = 2 * int(block["baseFeePerGas"]) + GWEI
+    value = 12_345
+    cost = value + INTRINSIC_GAS * max_fee
+    tx: Any = {
+        "to": sink,
+        "value": value,
+        "gas": INTRINSIC_GAS,
+        "maxFeePerGas": max_fee,
+        "maxPriorityFeePerGas": GWEI,
+    }
+    await deployer.send({"to": wallet.address, "value": Wei(cost - 1)})
+
+    with pytest.raises(InsufficientFundsError):  # one wei short: refused before sending
+        await wallet.send(tx)
+    assert await _chain_nonce(chain, wallet.address, "pending") == 0
+
+    await deployer.send({"to": wallet.address, "value": Wei(1)})
+    receipt = await wallet.send(tx)
+
+    assert receipt["status"] == 1
+    assert await chain.w3.eth.get_balance(sink) == value
+    paid = receipt["gasUsed"] * receipt["effectiveGasPrice"]
+    assert await wallet.eth_balance() == cost - value - paid
+
+
+async def test_receipt_that_never_comes_is_a_transaction_error(chain: Chain) -> None:
+    wallet = Wallet(Account.create(), chain.w3, receipt_timeout=1)
+    tx_hash = os.urandom(32)  # a transaction the node never mines
+
+    with pytest.raises(TransactionError) as info:
+        await wallet.wait(tx_hash)
+
+    assert not isinstance(info.value, ContractRevertError)
+    assert info.value.user_message == f"no receipt for 0x{tx_hash.hex()} after 1s"
+
+
+async def test_estimate_refused_by_the_node_is_a_transaction_error(
+    chain: Chain, make_wallet: WalletFactory
+) -> None:
+    refusal = "gas required exceeds allowance (21000)"
+    wallet = _wallet_on(
+        chain, await make_wallet(eth=1, musd=0), _RefusedEstimate(chain.w3.eth, refusal)
+    )
+
+    with pytest.raises(TransactionError) as info:
+        await wallet.send({"to": Account.create().address, "value": Wei(1)})
+
+    assert not isinstance(info.value, ContractRevertError | InsufficientFundsError)
+    assert info.value.user_message.startswith("transaction would fail: ")
+    assert refusal in info.value.user_message
+    assert await _chain_nonce(chain, wallet.address, "pending") == 0
+
+
+async def test_estimate_refused_for_lack_of_funds_names_the_balance(
+    chain: Chain, make_wallet: WalletFactory
+) -> None:
+    refusal = "insufficient funds for gas * price + value: have 1 want 2"
+    wallet = _wallet_on(
+        chain, await make_wallet(eth=1, musd=0), _RefusedEstimate(chain.w3.eth, refusal)
+    )
+
+    with pytest.raises(InsufficientFundsError) as info:
+        await wallet.send({"to": Account.create().address, "value": Wei(2 * ETHER)})
+
+    assert f"{wallet.address} holds 1 ETH" in info.value.user_message
+    assert await _chain_nonce(chain, wallet.address, "pending") == 0
+
+
+async def test_revert_without_data_carries_the_nodes_message(
+    chain: Chain, make_wallet: WalletFactory
+) -> None:
+    wallet = await make_wallet(eth=1, musd=0)
+
+    # MeshUSD has no receive(): sending it ETH reverts without any error data.
+    with pytest.raises(ContractRevertError) as info:
+        await wallet.send({"to": chain.token_address, "value": Wei(1)})
+
+    assert info.value.error_name is None
+    assert info.value.user_message == "transaction reverted: execution reverted"
+
+
+def test_revert_from_keeps_the_nodes_message_not_the_data() -> None:
+    error = revert_from(ContractLogicError("execution reverted: paused", data="0x"))
+
+    assert error.error_name is None
+    assert error.user_message == "transaction reverted: execution reverted: paused"
+
+
+# ---------------------------------------------------------------- mined reverts
+# A transaction sent with its own gas limit skips the estimate: it is mined and fails.
+# The wallet asks the node for its trace, or, where the node has no debug_traceTransaction,
+# replays the call on the state before its block, at that block's time and number.
+
+NO_DEBUG = {"debug_traceTransaction": "reply"}
+
+
+@pytest.mark.parametrize("refusal", ["reply", "http"], ids=["method-not-found", "http-403"])
+async def test_mined_revert_is_named_by_the_replay_without_debug_trace(
+    chain: Chain, make_wallet: WalletFactory, monkeypatch: pytest.MonkeyPatch, refusal: str
+) -> None:
+    stranger = await make_wallet(eth=1, musd=0)
+    mint = token_for(chain, stranger).contract.functions.mint(stranger.address, ONE_MUSD)
+    asked = _node_refusing(monkeypatch, chain, {"debug_traceTransaction": refusal})
+
+    with pytest.raises(ContractRevertError) as info:
+        await stranger.transact(mint, gas=200_000)
+
+    assert info.value.error_name == "OwnableUnauthorizedAccount"
+    assert info.value.error_args == (stranger.address,)
+    assert "debug_traceTransaction" in asked
+    assert "eth_call" in asked
+    assert await _chain_nonce(chain, stranger.address) == 1  # it was mined
+
+
+async def test_replay_names_an_error_without_arguments(
+    chain: Chain, make_wallet: WalletFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = await make_wallet(eth=1, musd=0)
+    open_nothing = escrow_for(chain, client).contract.functions.open(
+        Account.create().address,
+        chain.token_address,
+        0,  # ZeroAmount(): revert data is the 4-byte selector alone
+        2**40,
+        3_600,
+        Account.create().address,
+        bytes(32),
+    )
+    _node_refusing(monkeypatch, chain, NO_DEBUG)
+
+    with pytest.raises(ContractRevertError) as info:
+        await client.transact(open_nothing, gas=300_000)
+
+    assert (info.value.error_name, info.value.error_args) == ("ZeroAmount", ())
+
+
+async def test_replay_runs_on_the_state_just_before_the_failed_block(
+    chain: Chain, make_wallet: WalletFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wallet = await make_wallet(eth=1, musd=5)
+    token = token_for(chain, wallet)
+    sink = Account.create().address
+    await token.transfer(sink, 5 * ONE_MUSD)  # the block before empties the balance
+    _node_refusing(monkeypatch, chain, NO_DEBUG)
+
+    with pytest.raises(ContractRevertError) as info:
+        await wallet.transact(token.contract.functions.transfer(sink, 1), gas=100_000)
+
+    assert info.value.error_name == "ERC20InsufficientBalance"
+    assert info.value.error_args == (wallet.address, 0, 1)
+
+
+async def test_wait_replays_a_call_given_without_value_as_value_zero(
+    chain: Chain, make_wallet: WalletFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """wait(tx_hash, tx) for a transaction sent by other means, described without value."""
+    stranger = await make_wallet(eth=1, musd=0)
+    mint = token_for(chain, stranger).contract.functions.mint(stranger.address, ONE_MUSD)
+    call = {"from": stranger.address, "to": mint.address, "data": mint._encode_transaction_data()}
+    block = await chain.w3.eth.get_block("latest")
+    signed = stranger.account.sign_transaction(
+        {
+            "to": call["to"],
+            "data": call["data"],
+            "value": 0,
+            "gas": 200_000,
+            "maxFeePerGas": int(block["baseFeePerGas"]) * 2 + GWEI,
+            "maxPriorityFeePerGas": GWEI,
+            "nonce": 0,
+            "chainId": await chain.w3.eth.chain_id,
+        }
+    )
+    tx_hash = await chain.w3.eth.send_raw_transaction(signed.raw_transaction)
+    _node_refusing(monkeypatch, chain, NO_DEBUG)
+
+    with pytest.raises(ContractRevertError) as info:
+        await stranger.wait(bytes(tx_hash), call)
+
+    assert info.value.error_name == "OwnableUnauthorizedAccount"
+
+
+async def test_replay_that_fails_too_still_reports_the_failed_transaction(
+    chain: Chain, make_wallet: WalletFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stranger = await make_wallet(eth=1, musd=0)
+    mint = token_for(chain, stranger).contract.functions.mint(stranger.address, ONE_MUSD)
+    _node_refusing(monkeypatch, chain, {"debug_traceTransaction": "reply", "eth_call": "http"})
+
+    with pytest.raises(ContractRevertError) as info:
+        await stranger.transact(mint, gas=200_000)
+
+    assert info.value.error_name is None
+    assert info.value.user_message.startswith("transaction reverted: status 0 (403")
+    assert await _chain_nonce(chain, stranger.address) == 1
+
+
+async def test_out_of_gas_is_reported_as_such(chain: Chain, make_wallet: WalletFactory) -> None:
+    wallet = await make_wallet(eth=1, musd=5)
+    token = token_for(chain, wallet)
+
+    # Enough gas to be mined, too little to run: the trace has no output and the replay
+    # (with the node's own gas limit) passes.
+    transfer = token.contract.functions.transfer(Account.create().address, 1)
+    with pytest.raises(ContractRevertError) as info:
+        await wallet.transact(transfer, gas=30_000)
+
+    assert info.value.error_name is None
+    assert info.value.user_message == "transaction reverted: status 0 in receipt (out of gas?)"
+    assert await _chain_nonce(chain, wallet.address) == 1
+    assert await token.balance_of(wallet.address) == 5 * ONE_MUSD
+
+
+async def test_revert_decided_by_an_earlier_transaction_of_its_block_is_named(
+    chain: Chain, make_wallet: WalletFactory
+) -> None:
+    """Only the trace sees the state inside a block: replayed on the state before the
+    block, the failed transfer below would pass."""
+    wallet = await make_wallet(eth=1, musd=5)
+    token = token_for(chain, wallet)
+    sink = Account.create().address
+
+    async def pending() -> int:
+        return await _chain_nonce(chain, wallet.address, "pending")
+
+    def reached(count: int) -> Callable[[int], bool]:
+        return lambda seen: seen == count
+
+    await rpc(chain, "evm_setAutomine", False)
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        tasks.append(asyncio.create_task(token.transfer(sink, 5 * ONE_MUSD)))
+        assert await eventually(pending, reached(1)) == 1
+        transfer = token.contract.functions.transfer(sink, 1)
+        tasks.append(asyncio.create_task(wallet.transact(transfer, gas=100_000)))
+        assert await eventually(pending, reached(2)) == 2
+        await rpc(chain, "evm_mine")
+        emptied = await tasks[0]
+        with pytest.raises(ContractRevertError) as info:
+            await tasks[1]
+    finally:
+        await rpc(chain, "evm_setAutomine", True)
+        for task in tasks:
+            task.cancel()
+
+    block = await chain.w3.eth.get_block(emptied["blockNumber"])
+    assert len(block["transactions"]) == 2
+    assert info.value.error_name == "ERC20InsufficientBalance"
+    assert info.value.error_args == (wallet.address, 0, 1)
 
 
 # ---------------------------------------------------------------- lost chain

@@ -29,6 +29,7 @@ the tooling or a baseline failed.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import io
 import json
 import os
@@ -844,6 +845,14 @@ def main(argv: list[str] | None = None) -> int:
         and not args.list
         and (not wanted or "solidity" in wanted or bool(sol_only))
     )
+    # One run per label at a time: a second one waits instead of sharing the copy.
+    workdir.mkdir(parents=True, exist_ok=True)
+    lock = (workdir / ".lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        console.print(f"another mutation run of '{label}' is going on: waiting for it")
+        fcntl.flock(lock, fcntl.LOCK_EX)
     console.rule(f"mutation run '{label}': {root} ({_git_describe(root)})")
     try:
         python = _prepare_copy(root, dest, args.resume)
