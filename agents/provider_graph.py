@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
@@ -316,16 +317,12 @@ async def await_settlement(state: ProviderState, runtime: Ctx) -> Update:
     return {"phase": Phase.LOST, "error": f"settlement: the job is {job.status.name}"}
 
 
-def _next_if(phase: Phase, node: str) -> Any:
-    def route(state: ProviderState) -> str:
-        return node if state.get("phase") == phase else END
+def routes(table: dict[Phase, str], otherwise: str = END) -> Any:
+    """A conditional edge: the node for the phase the last node reported (``table``),
+    else ``otherwise``. Both graphs route with it."""
 
-    return route
-
-
-def _routes(table: dict[Phase, str]) -> Any:
-    def route(state: ProviderState) -> str:
-        return table.get(Phase(state["phase"]), END) if state.get("phase") else END
+    def route(state: Mapping[str, Any]) -> str:
+        return table.get(state.get("phase", ""), otherwise)
 
     return route
 
@@ -347,19 +344,19 @@ def build_provider_graph(checkpointer: Any) -> CompiledStateGraph[Any, Any, Any,
     ):
         graph.add_node(node.__name__, node)
     graph.add_edge(START, "evaluate")
-    graph.add_conditional_edges("evaluate", _next_if(Phase.EVALUATED, "decide"))
-    graph.add_conditional_edges("decide", _next_if(Phase.PROPOSED, "await_award"))
+    graph.add_conditional_edges("evaluate", routes({Phase.EVALUATED: "decide"}))
+    graph.add_conditional_edges("decide", routes({Phase.PROPOSED: "await_award"}))
     graph.add_conditional_edges(
         "await_award",
-        _routes({Phase.AWARDED: "await_funding", Phase.PROPOSED: "await_award"}),
+        routes({Phase.AWARDED: "await_funding", Phase.PROPOSED: "await_award"}),
     )
-    graph.add_conditional_edges("await_funding", _next_if(Phase.FUNDED, "verify_accept"))
-    graph.add_conditional_edges("verify_accept", _next_if(Phase.ACCEPTED, "execute"))
+    graph.add_conditional_edges("await_funding", routes({Phase.FUNDED: "verify_accept"}))
+    graph.add_conditional_edges("verify_accept", routes({Phase.ACCEPTED: "execute"}))
     graph.add_conditional_edges(
-        "execute", _routes({Phase.EXECUTED: "submit", Phase.FAILING: "abandon"})
+        "execute", routes({Phase.EXECUTED: "submit", Phase.FAILING: "abandon"})
     )
     graph.add_edge("abandon", END)
-    graph.add_conditional_edges("submit", _next_if(Phase.SUBMITTED, "deliver"))
+    graph.add_conditional_edges("submit", routes({Phase.SUBMITTED: "deliver"}))
     graph.add_edge("deliver", "await_settlement")
-    graph.add_conditional_edges("await_settlement", _next_if(Phase.DELIVERED, "await_settlement"))
+    graph.add_conditional_edges("await_settlement", routes({Phase.DELIVERED: "await_settlement"}))
     return graph.compile(checkpointer=checkpointer)

@@ -32,7 +32,7 @@ from langgraph.types import interrupt
 
 from agentmesh.agents.checks import delivery_problem
 from agentmesh.agents.context import TaskContext, tx_hex
-from agentmesh.agents.provider_graph import merge, phase_text, waiting
+from agentmesh.agents.provider_graph import merge, phase_text, routes, waiting
 from agentmesh.agents.ranking import Weights, rank
 from agentmesh.canonical import sha256_hex
 from agentmesh.errors import AgentMeshError
@@ -524,14 +524,6 @@ async def dispute(state: RequesterState, runtime: Ctx) -> Update:
 # ---------------------------------------------------------------------- the graph
 
 
-def _routes(table: dict[Phase, str], otherwise: str = END) -> Any:
-    def route(state: RequesterState) -> str:
-        phase = state.get("phase")
-        return table.get(Phase(phase), otherwise) if phase else otherwise
-
-    return route
-
-
 def build_requester_graph(checkpointer: Any) -> CompiledStateGraph[Any, Any, Any, Any]:
     """Compile the requester graph; runs get the agent's ``TaskContext`` as context."""
     graph = StateGraph(RequesterState, context_schema=TaskContext)
@@ -550,20 +542,20 @@ def build_requester_graph(checkpointer: Any) -> CompiledStateGraph[Any, Any, Any
     ):
         graph.add_node(node.__name__, node)
     graph.add_edge(START, "solicit")
-    graph.add_conditional_edges("solicit", _routes({Phase.SOLICITED: "choose"}))
-    graph.add_conditional_edges("choose", _routes({Phase.CHOSEN: "approve"}, "reject_all"))
-    graph.add_conditional_edges("approve", _routes({Phase.APPROVED: "award"}, "reject_all"))
+    graph.add_conditional_edges("solicit", routes({Phase.SOLICITED: "choose"}))
+    graph.add_conditional_edges("choose", routes({Phase.CHOSEN: "approve"}, "reject_all"))
+    graph.add_conditional_edges("approve", routes({Phase.APPROVED: "award"}, "reject_all"))
     graph.add_edge("reject_all", END)
-    graph.add_conditional_edges("award", _routes({Phase.AWARDED: "fund", Phase.REAWARD: "choose"}))
-    graph.add_conditional_edges("fund", _routes({Phase.FUNDED: "notify"}))
+    graph.add_conditional_edges("award", routes({Phase.AWARDED: "fund", Phase.REAWARD: "choose"}))
+    graph.add_conditional_edges("fund", routes({Phase.FUNDED: "notify"}))
     graph.add_conditional_edges(
-        "notify", _routes({Phase.NOTIFIED: "await_delivery", Phase.REAWARD: "choose"})
+        "notify", routes({Phase.NOTIFIED: "await_delivery", Phase.REAWARD: "choose"})
     )
     graph.add_conditional_edges(
         "await_delivery",
-        _routes({Phase.DELIVERED: "check", Phase.NOTIFIED: "await_delivery"}),
+        routes({Phase.DELIVERED: "check", Phase.NOTIFIED: "await_delivery"}),
     )
-    graph.add_conditional_edges("check", _routes({Phase.CHECKED: "release"}, "dispute"))
+    graph.add_conditional_edges("check", routes({Phase.CHECKED: "release"}, "dispute"))
     graph.add_edge("release", END)
-    graph.add_conditional_edges("dispute", _routes({Phase.NOTIFIED: "await_delivery"}))
+    graph.add_conditional_edges("dispute", routes({Phase.NOTIFIED: "await_delivery"}))
     return graph.compile(checkpointer=checkpointer)
