@@ -11,11 +11,19 @@ from __future__ import annotations
 
 import os
 import tomllib
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from agentmesh.errors import ConfigError
 
@@ -83,13 +91,36 @@ class MeshConfig(_Section):
     rate_per_s: Annotated[float, Field(gt=0)] = 20_000
     burst: Annotated[int, Field(ge=1)] = 40_000
     replay_cache_size: Annotated[int, Field(ge=1000)] = 200_000
+    # Retention of the message store (and its peers table). Messages older than
+    # `store_retention_s` are dropped, and the oldest go first while the store holds
+    # more than `store_max_messages` or `store_max_bytes` of frames; never a message
+    # accepted but not yet handled (restart recovery), nor one young enough that a copy
+    # of it could still pass the clock check (max_ttl_ms + 2 x clock_skew_ms: replay
+    # protection), so the limits may be exceeded by that window's traffic.
+    store_retention_s: Annotated[int, Field(ge=1)] = 7 * 24 * 3600
+    store_max_messages: Annotated[int, Field(ge=1)] = 200_000
+    store_max_bytes: Annotated[int, Field(ge=1024)] = 256 * 1024 * 1024
+    store_prune_s: Annotated[float, Field(gt=0)] = 60.0  # how often the node prunes
+    # Peers held at most (memory and store); when full, the longest-unseen peer that is
+    # down makes room, and a new card is refused while every known peer is up.
+    max_peers: Annotated[int, Field(ge=2)] = 10_000
+
+
+def _price_text(value: object) -> object:
+    """A price given as a TOML number (``approval_threshold = 1.0``) as its text."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{Decimal(str(value)):f}"
+    return value
 
 
 class AgentConfig(_Section):
     """How agents trade (``[agent]``): approvals, escrow terms and waiting times."""
 
     # Spends above this many mUSD wait for `agentmesh approve`; unset: never wait.
-    approval_threshold: Annotated[str | None, Field(pattern=r"^\d+(\.\d{1,6})?$")] = None
+    # A number (1.0) or a string ("1.0"); kept as text, parsed like any price.
+    approval_threshold: (
+        Annotated[str, BeforeValidator(_price_text), Field(pattern=r"^\d+(\.\d{1,6})?$")] | None
+    ) = None
     review_window_s: Annotated[int, Field(ge=1, le=30 * 24 * 3600)] = 120
     deadline_s: Annotated[int, Field(ge=10, le=7 * 24 * 3600)] = 300
     proposal_window_s: Annotated[float, Field(gt=0)] = 20.0  # wait for proposals
@@ -102,6 +133,10 @@ class AgentConfig(_Section):
     # Tries to hand a result to an unreachable requester (1, 2, 4, 8, 10 s apart); after
     # that the requester asks for it again (`Redeliver`) when it looks at the job.
     delivery_attempts: Annotated[int, Field(ge=1, le=50)] = 5
+    # `agentmesh task request` buys through one running agent per wallet (started on
+    # demand); it exits once no task of its is unfinished and no command has used it
+    # for this long.
+    wallet_agent_idle_s: Annotated[float, Field(gt=0)] = 60.0
     counter_ratio: Annotated[float, Field(gt=0, le=1)] | None = None  # counter at this share
     # Ranking of proposals: lower score wins. Price in budget shares, latency in seconds,
     # reputation as the provider's average score out of 100 (unrated: 50).

@@ -130,6 +130,19 @@ def check_gguf(path: Path) -> None:
         raise ModelError(f"{path} is not a GGUF model (its first bytes are {magic!r})")
 
 
+def default_threads() -> int:
+    """Half the CPUs this process may use (at least 1, at most 8).
+
+    llama.cpp's threads spin at their barriers, so a machine whose cores are
+    oversubscribed (several agents, each with a model, plus the devnet) slows down far
+    more than it shares: measured on 2 cores, one pricing call took 0.47 s alone and
+    11-15 s when two agents ran it at once with 2 threads each (0.7-0.9 s with 1
+    thread each). A small model gains little from more threads anyway.
+    """
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min((usable or 1) // 2, 8))
+
+
 def gpu_offload_supported() -> bool:
     import llama_cpp
 
@@ -160,7 +173,7 @@ class LocalModel:
         if prefix_cache_size < 0:
             raise ModelError(f"prefix_cache_size {prefix_cache_size} is negative (0 disables)")
         self.n_ctx = n_ctx
-        self.n_threads = n_threads or max(1, min(os.cpu_count() or 1, 4))
+        self.n_threads = n_threads or default_threads()
         self.n_gpu_layers = n_gpu_layers
         self.seed = seed
         self.overflow = overflow

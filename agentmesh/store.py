@@ -9,6 +9,14 @@ Delivery guarantees: a message is recorded as ``received`` before its handler ru
 flips to ``handled`` (with its reply) after, in one transaction per batch. A message id
 that is already present is a duplicate: its stored reply is sent again and the handler
 does not run. On start, ``received`` rows left by a crash are handed back for handling.
+
+Retention (:meth:`Store.prune_messages`, run by the node): messages older than a maximum
+age go, and the oldest go first while the table holds more rows or frame bytes than its
+limits. Two kinds of rows are never pruned: ``received`` ones (accepted, not yet handled:
+restart recovery needs them) and those young enough that a copy of their envelope could
+still pass the clock check (their ids are what refuses a replay after a restart; past
+that window the clock check refuses a copy on its own). Peers are pruned by last sighting
+and count (:meth:`Store.prune_peers`).
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -60,7 +68,7 @@ class MessageRow(SQLModel, table=True):
     status: str = Field(index=True)  # received, handled, failed, sent
     frame: bytes
     reply_frame: bytes | None = None
-    created_ms: int
+    created_ms: int = Field(index=True)  # retention prunes oldest first
     handled_ms: int | None = None
 
 
@@ -95,6 +103,17 @@ class StatRow(SQLModel, table=True):
     name: str = Field(primary_key=True)
     value: int
     updated_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRetention:
+    """What :meth:`Store.prune_messages` keeps (see the module docstring)."""
+
+    max_age_ms: int
+    max_rows: int
+    max_bytes: int
+    # Rows younger than this are kept whatever the limits: the replay window.
+    protect_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +167,12 @@ class Store:
             tables=[t.__table__ for t in self.TABLES],  # type: ignore[attr-defined]
         )
         self._raw = self.engine.raw_connection()
+        # Stores made before the index was declared (create_all never adds one to an
+        # existing table).
+        cursor = self._raw.cursor()
+        cursor.execute("CREATE INDEX IF NOT EXISTS ix_messages_created_ms ON messages (created_ms)")
+        self._raw.commit()
+        cursor.close()
 
     def close(self) -> None:
         self._raw.close()
@@ -246,6 +271,60 @@ class Store:
                 query = query.where(EffectRow.key == key)
             return list(session.exec(query).all())
 
+    def message_totals(self) -> tuple[int, int]:
+        """Rows in the message table and the bytes of their frames (with replies)."""
+        cursor = self._raw.cursor()
+        cursor.execute(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(frame) + COALESCE(LENGTH(reply_frame), 0)), 0)"
+            " FROM messages"
+        )
+        rows, size = cursor.fetchone() or (0, 0)  # an aggregate always has one row
+        cursor.close()
+        return int(rows), int(size)
+
+    def prune_messages(self, retention: MessageRetention, now_ms: int | None = None) -> int:
+        """Apply ``retention``; returns how many messages were deleted.
+
+        Deletes unprotected rows older than ``max_age_ms``, then the oldest unprotected
+        rows while more than ``max_rows`` rows or ``max_bytes`` bytes remain. Protected:
+        ``received`` rows and rows younger than ``protect_ms``.
+        """
+        now = _now_ms() if now_ms is None else now_ms
+        protected_from = now - retention.protect_ms
+        prunable = "status != 'received' AND created_ms < ?"
+        cursor = self._raw.cursor()
+        try:
+            cursor.execute(
+                f"DELETE FROM messages WHERE {prunable} AND created_ms < ?",
+                (protected_from, now - retention.max_age_ms),
+            )
+            deleted = max(cursor.rowcount, 0)
+            self._raw.commit()
+            rows, size = self.message_totals()
+            if rows <= retention.max_rows and size <= retention.max_bytes:
+                return deleted
+            # Oldest first, until both limits hold (or nothing unprotected is left).
+            cursor.execute(
+                "SELECT rowid, LENGTH(frame) + COALESCE(LENGTH(reply_frame), 0) "
+                f"FROM messages WHERE {prunable} ORDER BY created_ms, rowid",
+                (protected_from,),
+            )
+            victims: list[tuple[int]] = []
+            while rows > retention.max_rows or size > retention.max_bytes:
+                batch = cursor.fetchmany(1024)
+                if not batch:
+                    break  # the rest is protected
+                for rowid, frame_bytes in batch:
+                    victims.append((rowid,))
+                    rows, size = rows - 1, size - int(frame_bytes)
+                    if rows <= retention.max_rows and size <= retention.max_bytes:
+                        break
+            cursor.executemany("DELETE FROM messages WHERE rowid = ?", victims)
+            self._raw.commit()
+            return deleted + len(victims)
+        finally:
+            cursor.close()
+
     def message_counts(self) -> dict[str, int]:
         cursor = self._raw.cursor()
         cursor.execute("SELECT direction || '.' || status, COUNT(*) FROM messages GROUP BY 1")
@@ -293,6 +372,27 @@ class Store:
     def peers(self) -> list[PeerRow]:
         with Session(self.engine) as session:
             return list(session.exec(select(PeerRow).order_by(PeerRow.name)).all())
+
+    def prune_peers(self, keep: Collection[str], max_rows: int, seen_before_ms: int) -> int:
+        """Drop peer rows not in ``keep`` (the node's live table) that were last seen
+        before ``seen_before_ms``, and the longest-unseen others beyond ``max_rows``
+        rows in all (rows left by earlier runs); returns how many were dropped."""
+        cursor = self._raw.cursor()
+        try:
+            cursor.execute("SELECT address, last_seen_ms FROM peers ORDER BY last_seen_ms DESC")
+            rows = cursor.fetchall()
+            others = [(address, seen) for address, seen in rows if address not in keep]
+            room = max(max_rows - (len(rows) - len(others)), 0)
+            doomed = [
+                (address,)
+                for i, (address, seen) in enumerate(others)
+                if i >= room or seen < seen_before_ms
+            ]
+            cursor.executemany("DELETE FROM peers WHERE address = ?", doomed)
+            self._raw.commit()
+            return len(doomed)
+        finally:
+            cursor.close()
 
     # ------------------------------------------------------------------ stats
 

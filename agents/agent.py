@@ -36,9 +36,11 @@ from pydantic import BaseModel
 
 from agentmesh.agents.checkpoints import open_checkpoints
 from agentmesh.agents.context import TaskContext
+from agentmesh.agents.control import parse_budget
 from agentmesh.agents.messenger import MeshMessenger
 from agentmesh.agents.negotiation_handlers import NegotiationHandlers
 from agentmesh.agents.outcome import TaskFailed, TaskOutcome
+from agentmesh.agents.pricing import PricingPacer, warm_up_pricing
 from agentmesh.agents.provider_graph import build_provider_graph
 from agentmesh.agents.records import AgentRecords
 from agentmesh.agents.requester_graph import build_requester_graph
@@ -85,7 +87,11 @@ class Agent:
         mesh: MeshConfig | None = None,
         approval_threshold: str | int | None = None,
         rpc_url: str | None = None,
+        throwaway_devnet: bool = True,
     ) -> None:
+        """``throwaway_devnet=False``: with no chain configured or running, fail to start
+        (``DevnetError``) instead of starting a private anvil that dies with the agent
+        (for agents whose payments must outlast them)."""
         if not re.match(AGENT_NAME, name):
             raise AgentMeshValueError(
                 f"invalid agent name {name!r}: letters, digits, '_', '.', '-' (at most 64, "
@@ -99,6 +105,7 @@ class Agent:
         self._mesh_option = mesh
         self._threshold_option = approval_threshold
         self._rpc_url_option = rpc_url
+        self._throwaway_devnet = throwaway_devnet
         self.services: dict[str, Service] = {}
         self._raw_handlers: list[
             tuple[type[Message], str, str, tuple[type[Message], ...], Any]
@@ -245,7 +252,9 @@ class Agent:
         from agentmesh.wallets.faucet import top_up
         from agentmesh.wallets.wallet import Wallet
 
-        self.chain = await stack.enter_async_context(open_chain(self.home, self.config))
+        self.chain = await stack.enter_async_context(
+            open_chain(self.home, self.config, allow_embedded=self._throwaway_devnet)
+        )
         self.wallet = Wallet(account, self.chain.w3, name=self.name)
         self.address = self.wallet.address
         self.token = TokenClient(self.wallet, self.chain.token_address)
@@ -288,15 +297,30 @@ class Agent:
             self.node.on(message_type, protocol=protocol, version=version, replies=replies)(fn)
         await self.node.start()
         stack.push_async_callback(self.node.stop)
-        try:
-            await register_card(self.chain, self.wallet, self.messenger.card)
-        except AgentMeshError as exc:
-            log.warning("not registered on chain: %s", exc.user_message)
+        if self.services or self._raw_handlers:
+            # Agents that answer others (services, own protocols) are listed in the
+            # registry to be found; a pure buyer needs no entry (its card travels with
+            # its call for proposals), so a CLI purchase spends no transaction on it
+            # and leaves no entry behind.
+            try:
+                await register_card(self.chain, self.wallet, self.messenger.card)
+                stack.push_async_callback(self._deregister)
+            except AgentMeshError as exc:
+                log.warning("not registered on chain: %s", exc.user_message)
         self.discovery = Discovery(
             self.node, sources=[registry_source(self.chain, self.wallet, [self.address])]
         )
         await self.discovery.start()
         stack.push_async_callback(self.discovery.stop)
+
+    async def _deregister(self) -> None:
+        """Leave the registry on a clean stop, so new agents do not try to join through
+        a dead endpoint (an agent killed outright stays listed; joining through its
+        entry then costs one timeout, tried in parallel with the live ones)."""
+        try:
+            await self.registry.deregister()
+        except AgentMeshError as exc:
+            log.info("not deregistered: %s", exc.user_message)
 
     def _task_context(self) -> TaskContext:
         return TaskContext(
@@ -316,6 +340,7 @@ class Agent:
             approval_threshold=self.approval_threshold,
             buyer_checks=self._checks,
             spawn=self.spawn,
+            pricing=PricingPacer(self.settings.decision_timeout_s),
         )
 
     async def start(self) -> None:
@@ -342,9 +367,8 @@ class Agent:
             self.handlers = NegotiationHandlers(self.context, self.runner)
             await self._join_mesh(stack)
             self.started = True
-            warm_up = getattr(self.model, "load", None)  # LocalModel loads lazily
-            if callable(warm_up):
-                self.spawn(warm_up())  # warm up while the mesh settles
+            if self.model is not None:  # warm up while the mesh settles
+                self.spawn(warm_up_pricing(self.model, self.services, self.context.pricing))
             await self.runner.resume_unfinished()
             self.spawn(self.runner.approval_loop())
             self.spawn(self.runner.timer_loop())
@@ -436,8 +460,56 @@ class Agent:
         parsed result must be non-empty, of ``result_type`` if given (e.g. ``str``), and
         pass ``check``; a failing result is disputed instead. Both live in memory: after
         a restart of this agent only the default check applies. Returns when the payment
-        is released.
+        is released; the outcome's ``result`` is then of ``result_type`` when one is
+        given (a pydantic model or dataclass is built from the delivered JSON).
         """
+        tid, future = await self._start_buy(
+            service, input, budget, providers, deadline_s, check, result_type, fields
+        )
+        conversation = tid.partition(":")[2]
+        try:
+            values = await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            row = self.records.task(tid)
+            state = row.state if row is not None else Phase.UNKNOWN
+            raise AgentMeshError(
+                f"task {conversation[:12]} still in phase {state} after {timeout:g}s; this "
+                "agent carries it on while it runs (unfinished tasks resume when it starts)"
+            ) from None
+        finally:
+            self._checks.pop(tid, None)
+        outcome = TaskOutcome.from_state(conversation, values, result_type)
+        if not outcome.settled:
+            raise TaskFailed(outcome)
+        return outcome
+
+    async def start_buy(
+        self,
+        service: str,
+        input: dict[str, Any] | BaseModel | None = None,
+        *,
+        budget: str | int,
+        providers: tuple[str, ...] | list[str] = (),
+        deadline_s: int | None = None,
+    ) -> str:
+        """Start buying ``service`` and return the task's conversation id at once; the
+        purchase goes on in this agent (see ``agentmesh task show``)."""
+        tid, _ = await self._start_buy(
+            service, input, budget, providers, deadline_s, None, None, {}
+        )
+        return tid.partition(":")[2]
+
+    async def _start_buy(
+        self,
+        service: str,
+        input: dict[str, Any] | BaseModel | None,
+        budget: str | int,
+        providers: tuple[str, ...] | list[str],
+        deadline_s: int | None,
+        check: CheckFn | None,
+        result_type: Any,
+        fields: dict[str, Any],
+    ) -> tuple[str, asyncio.Future[dict[str, Any]]]:
         if not self.started:
             raise AgentMeshError("start the agent first (async with agent: ...)")
         if isinstance(input, BaseModel):
@@ -452,7 +524,7 @@ class Agent:
             "service": service,
             "input": text,
             "input_sha256": sha256_hex(text),
-            "budget": parse_price(budget),
+            "budget": parse_budget(budget),
             "token": self.token_address,
             "deadline_s": deadline_s or self.settings.deadline_s,
             "providers": list(providers),
@@ -465,21 +537,7 @@ class Agent:
         self.records.start_task(tid, Role.REQUESTER, service)
         lock = await self.runner.begin(tid)
         self.runner.run_locked(tid, lock, self.requester_graph, initial)
-        try:
-            values = await asyncio.wait_for(asyncio.shield(future), timeout)
-        except TimeoutError:
-            row = self.records.task(tid)
-            state = row.state if row is not None else Phase.UNKNOWN
-            raise AgentMeshError(
-                f"task {conversation[:12]} still in phase {state} after {timeout:g}s; it goes "
-                "on in the background"
-            ) from None
-        finally:
-            self._checks.pop(tid, None)
-        outcome = TaskOutcome.from_state(conversation, values)
-        if not outcome.settled:
-            raise TaskFailed(outcome)
-        return outcome
+        return tid, future
 
     async def wait_for_providers(self, service: str, count: int = 1, timeout: float = 30.0) -> int:
         """Wait until ``count`` live peers offer ``service``; ``PeerUnreachable`` if not."""

@@ -87,5 +87,5 @@ def delivery_problem(
         value = json.loads(result)
     except ValueError:
         return "result is not JSON"
-    ok, why = check_result(value, check, result_type)
+    ok, why = check_result(value, check, result_type, whose="the buyer's")
     return "" if ok else why

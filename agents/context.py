@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from agentmesh.agents.pricing import PricingPacer
 from agentmesh.agents.records import AgentRecords
 from agentmesh.agents.service import CheckFn, Service
 from agentmesh.chat_model import ChatModel
@@ -146,6 +147,8 @@ class TaskContext:
     buyer_checks: MutableMapping[str, tuple[CheckFn | None, Any]]
     # Runs a coroutine in the background (cancelled when the agent stops).
     spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
+    # The measured cost of a pricing call: how long a decision may wait for the model.
+    pricing: PricingPacer
 
     @property
     def model_sha256(self) -> str:

@@ -5,6 +5,10 @@ its conversation that is paused waiting for it, or is refused with an error repl
 naming why (``not_party``, ``out_of_order`` with the states that accept it, ...). Which
 step each waiting phase accepts is read from ``NEGOTIATION``; the resume carries the
 typed message. ``Redeliver`` is answered from the checkpoint.
+
+A refused step costs no state: it is answered from the latest checkpoint before the
+task's lock is taken, so a step for a conversation this agent does not know creates no
+lock, record or checkpoint. A task's lock is dropped once the task has ended.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from agentmesh.agents.context import TaskContext
 from agentmesh.errors import AgentMeshError, SignatureError
 from agentmesh.mesh.routes import ErrorReply, HandlerContext
-from agentmesh.message import Message
+from agentmesh.message import MAX_WIRE_INT, Message
 from agentmesh.protocols.negotiation import (
     NEGOTIATION,
     Ack,
@@ -33,6 +37,7 @@ from agentmesh.protocols.negotiation import (
     Reject,
     Role,
     Settled,
+    TaskStatus,
 )
 
 if TYPE_CHECKING:
@@ -41,6 +46,8 @@ if TYPE_CHECKING:
 
 # Who the other party of a task is, by the role this agent plays in it.
 PARTY_FIELD = {Role.PROVIDER: "requester", Role.REQUESTER: "winner"}
+# The answer to a call whose first run an error stopped before any offer.
+NOT_EVALUATED = "internal error: the call could not be evaluated"
 
 
 class NegotiationHandlers:
@@ -77,8 +84,9 @@ class NegotiationHandlers:
             eta_s=self.ctx.settings.min_work_s,
             model_sha256=self.ctx.model_sha256,
             reason=reason[:64],
-            reputation_count=count,
-            reputation_total=total,
+            # What the chain says (uint256), capped to what a message may carry.
+            reputation_count=min(count, MAX_WIRE_INT),
+            reputation_total=min(total, MAX_WIRE_INT),
             valid_until=values.get("offer_until", 0),
         )
 
@@ -110,10 +118,15 @@ class NegotiationHandlers:
         tid = Role.PROVIDER.task_id(ctx.conversation.hex())
         graph = self.runner.graph(tid)
         lock = await self.runner.begin(tid)
+        ended = failed = False
         try:
             snapshot = await graph.aget_state(self.runner.config(tid))
             if snapshot.values:
                 values = snapshot.values
+                row = self.ctx.records.task(tid)
+                # Stopped by an error before any offer and recorded failed (below).
+                failed = bool(snapshot.next) and row is not None and row.status == TaskStatus.FAILED
+                ended = failed or not snapshot.next
                 same = (
                     values.get("input_sha256") == call.input_sha256
                     and values.get("requester", "").lower() == ctx.sender.lower()
@@ -121,10 +134,13 @@ class NegotiationHandlers:
                 if not same:
                     return self.out_of_order(CallForProposals, values.get("phase", "?"))
             else:
-                self.ctx.records.start_task(tid, Role.PROVIDER, call.service, ctx.sender)
+                self.start(tid, call, ctx.sender)
                 values = await self.runner.advance(tid, graph, self.provider_input(ctx, call))
+                ended = failed = self.failed_before_offer(tid, values)
         finally:
-            lock.release()
+            self.runner.release(tid, lock, ended=ended)
+        if failed:
+            return Decline(reason=NOT_EVALUATED)
         reason = str((values.get("decision") or {}).get("reason", ""))
         if values.get("phase") in NEGOTIATION.offering:
             try:
@@ -133,6 +149,33 @@ class NegotiationHandlers:
                 count = total = 0  # the snapshot is informative; the chain is the truth
             return self.proposal(values, reason, count, total)
         return Decline(reason=(reason or "no reason given")[:200])
+
+    def start(self, tid: str, call: CallForProposals, sender: str) -> None:
+        """Record a new sale (a call evaluated again after a failed first try is active
+        again)."""
+        row = self.ctx.records.task(tid)
+        if row is None:
+            self.ctx.records.start_task(tid, Role.PROVIDER, call.service, sender)
+        elif row.status != TaskStatus.ACTIVE:
+            self.ctx.records.update_task(tid, status=TaskStatus.ACTIVE)
+
+    def failed_before_offer(self, tid: str, values: dict[str, Any]) -> bool:
+        """Whether an error stopped a sale's first run before it offered anything; if so
+        the task is recorded ``failed`` rather than left stalled.
+
+        A stalled task is retried until it ends, which is right once money may be held;
+        before any offer nothing is owed to anyone (the requester is answered with a
+        ``Decline`` now), so a retry would only revive a task nobody waits for, and a
+        call that always fails would be retried forever.
+        """
+        row = self.ctx.records.task(tid)
+        if row is None or row.status != TaskStatus.STALLED:
+            return False
+        if values.get("phase") in NEGOTIATION.offering:
+            return False  # the requester has an offer: the retry keeps it good
+        self.ctx.records.update_task(tid, status=TaskStatus.FAILED)
+        self.ctx.counters["calls_failed"] += 1
+        return True
 
     async def on_redeliver(self, ctx: HandlerContext, message: Redeliver) -> Message:
         """Send a delivery again, to the requester only and once it is on chain.
@@ -225,16 +268,18 @@ class NegotiationHandlers:
         # task's lock: two agents whose graphs each wait on the other's reply must not
         # deadlock until a timeout, and a stranger is turned away even mid-run (who the
         # other party is does not change while a step runs; the task's state may, so
-        # that part waits for the run to pause).
-        lock = self.runner.locks.setdefault(tid, asyncio.Lock())
+        # that part waits for the run to pause). A refusal creates nothing: a step for
+        # an unknown conversation leaves no lock, record or checkpoint behind.
         early = await graph.aget_state(self.runner.config(tid))
-        if lock.locked():
+        running = self.runner.locks.get(tid)
+        if running is not None and running.locked():
             party = str(early.values.get(PARTY_FIELD[role], ""))
             refusal = self.stranger(early, party, ctx.sender)
         else:
             refusal = self.refusal(early, role, ctx.sender, message)
         if refusal is not None:
             return refusal
+        lock = self.runner.locks.setdefault(tid, asyncio.Lock())
         try:
             await asyncio.wait_for(lock.acquire(), self.ctx.settings.reply_timeout_s / 3)
         except TimeoutError:
@@ -270,4 +315,4 @@ class NegotiationHandlers:
             return self.answer(message, update)
         finally:
             if not handed_over:
-                lock.release()
+                self.runner.release(tid, lock)

@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from agentmesh.errors import AgentMeshError
 from agentmesh.protocols.negotiation import Phase
 
@@ -38,10 +40,18 @@ class TaskOutcome:
         return self.phase == Phase.SETTLED
 
     @classmethod
-    def from_state(cls, conversation: str, values: dict[str, Any]) -> TaskOutcome:
+    def from_state(
+        cls, conversation: str, values: dict[str, Any], result_type: Any = None
+    ) -> TaskOutcome:
+        """The outcome in a task's final state; ``result`` parsed from its JSON, and
+        built as ``result_type`` (any type pydantic validates: a model, a dataclass,
+        ``str``, ``list[int]``...) when one is given and the task settled."""
         result = values.get("result")
         with contextlib.suppress(TypeError, ValueError):
             result = json.loads(result) if isinstance(result, str) else result
+        if result_type is not None and result is not None and values.get("phase") == Phase.SETTLED:
+            # The delivery check validated it against result_type before paying.
+            result = TypeAdapter(result_type).validate_json(json.dumps(result), strict=True)
         return cls(
             conversation=conversation,
             phase=str(values.get("phase", Phase.UNKNOWN)),

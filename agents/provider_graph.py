@@ -26,6 +26,7 @@ from langgraph.types import interrupt
 from agentmesh.agents.checks import AgreedTerms, funded_job_problem
 from agentmesh.agents.context import TaskContext, tx_hex
 from agentmesh.agents.decisions import PriceDecision, apply_rules, pricing_prompt
+from agentmesh.agents.pricing import PRICING_MAX_TOKENS
 from agentmesh.agents.service import ServiceContext
 from agentmesh.canonical import sha256_hex
 from agentmesh.errors import AgentMeshError, ModelError
@@ -42,7 +43,7 @@ from agentmesh.protocols.negotiation import (
     Settled,
     Timeout,
 )
-from agentmesh.wallets.clients import JobStatus
+from agentmesh.wallets.clients import EscrowJob, JobStatus
 
 if TYPE_CHECKING:
     from langgraph.graph.state import CompiledStateGraph
@@ -120,21 +121,39 @@ async def evaluate(state: ProviderState, runtime: Ctx) -> Update:
 
 
 async def ask_model_price(state: ProviderState, ctx: TaskContext) -> PriceDecision | None:
-    """The model's pricing answer, or None (the rules decide) if it has none in time."""
+    """The model's pricing answer, or None (the rules decide) if it has none in time.
+
+    The wait is bounded by the measured cost of a pricing call (``PricingPacer``), not
+    a flat timeout; when the calls already queued for the model would take longer than
+    ``decision_timeout_s``, the rules decide at once.
+    """
     if ctx.model is None:
+        return None
+    wait_s = ctx.pricing.wait_s()
+    if wait_s is None:
+        ctx.counters["model_fallbacks"] += 1
+        log.warning(
+            "pricing by the rules: %d decisions already queued for the model (%.2f s each)",
+            ctx.pricing.in_flight,
+            ctx.pricing.cost_s or 0.0,
+        )
         return None
     service = ctx.services[state["service"]]
     prompt = pricing_prompt(service.name, service.price, state["budget"], len(state["input"]))
     try:
-        # A model busy with long generations must not make us miss the call's window:
-        # past the timeout the (still queued) decision is dropped.
-        return await asyncio.wait_for(
-            ctx.model.structured(prompt, PriceDecision, max_tokens=48),
-            ctx.settings.decision_timeout_s,
+        # Past the wait, the decision (still queued or running) is dropped.
+        return await ctx.pricing.ask(
+            ctx.model.structured(prompt, PriceDecision, max_tokens=PRICING_MAX_TOKENS), wait_s
         )
     except (ModelError, TimeoutError) as exc:  # the rules decide, logged
         ctx.counters["model_fallbacks"] += 1
-        why = exc.user_message if isinstance(exc, ModelError) else "model busy"
+        why = (
+            exc.user_message
+            if isinstance(exc, ModelError)
+            else (
+                f"no answer within {wait_s:.2f} s (a call measured {ctx.pricing.cost_s or 0:.2f} s)"
+            )
+        )
         log.warning("pricing model unavailable, rules decide: %s", why)
         return None
 
@@ -217,8 +236,25 @@ async def verify_accept(state: ProviderState, runtime: Ctx) -> Update:
     return {"phase": Phase.ACCEPTED}  # accepted before a restart
 
 
+async def too_late(ctx: TaskContext, job: EscrowJob) -> Update | None:
+    """The abandon update if ``job``'s deadline has passed (a provider restarted late):
+    the result could no longer be submitted, so the work is not done at all and the
+    deposit goes back to the requester at once."""
+    # A transaction now lands in a later block: at the deadline second it is too late.
+    if await ctx.clock.now() < job.deadline:
+        return None
+    ctx.counters["deadline_passed"] += 1
+    return {
+        "phase": Phase.FAILING,
+        "error": "the job's deadline passed before the result could be submitted",
+    }
+
+
 async def execute(state: ProviderState, runtime: Ctx) -> Update:
     ctx = runtime.context
+    late = await too_late(ctx, await ctx.escrow.get_job(state["job_id"]))
+    if late is not None:
+        return late
     service = ctx.services[state["service"]]
     service_ctx = ServiceContext(
         service=service.name,
@@ -261,6 +297,9 @@ async def submit(state: ProviderState, runtime: Ctx) -> Update:
     digest = bytes.fromhex(state["result_sha256"])
     txs: dict[str, str] = {}
     if job.status == JobStatus.ACCEPTED:
+        late = await too_late(ctx, job)
+        if late is not None:
+            return late
         txs["submit"] = tx_hex(await ctx.escrow.submit(state["job_id"], digest))
         job = await ctx.escrow.get_job(state["job_id"])
     if job.status == JobStatus.SUBMITTED and job.result_hash == digest:
@@ -356,7 +395,9 @@ def build_provider_graph(checkpointer: Any) -> CompiledStateGraph[Any, Any, Any,
         "execute", routes({Phase.EXECUTED: "submit", Phase.FAILING: "abandon"})
     )
     graph.add_edge("abandon", END)
-    graph.add_conditional_edges("submit", routes({Phase.SUBMITTED: "deliver"}))
+    graph.add_conditional_edges(
+        "submit", routes({Phase.SUBMITTED: "deliver", Phase.FAILING: "abandon"})
+    )
     graph.add_edge("deliver", "await_settlement")
     graph.add_conditional_edges("await_settlement", routes({Phase.DELIVERED: "await_settlement"}))
     return graph.compile(checkpointer=checkpointer)

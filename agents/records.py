@@ -8,12 +8,14 @@ the agent is down is applied when it starts.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import text
 from sqlmodel import Field, Session, SQLModel, select
 
 from agentmesh.errors import AgentMeshValueError
@@ -28,6 +30,9 @@ class ApprovalStatus(StrEnum):
     APPROVED = "approved"
     REJECTED = "rejected"
     EXPIRED = "expired"  # the offer lapsed before anyone decided
+
+
+MAX_TRACE = 64  # phases kept in a task's trace
 
 
 def _now_ms() -> int:
@@ -49,6 +54,9 @@ class TaskRow(SQLModel, table=True):
     job_id: int | None = None
     detail: str = ""
     txs: str = "{}"  # JSON: step name -> transaction hash, this agent's own
+    # JSON: [[phase, epoch ms], ...] each phase the task entered, in order: where its
+    # time went (`agentmesh task show`).
+    trace: str = "[]"
     created_ms: int = Field(default_factory=_now_ms)
     updated_ms: int = Field(default_factory=_now_ms)
 
@@ -79,6 +87,17 @@ class AgentRecords:
             self.engine,
             tables=[TaskRow.__table__, ApprovalRow.__table__],  # type: ignore[attr-defined]
         )
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Columns added since a home's database was created (``create_all`` adds tables,
+        never columns): added with their defaults, so old homes keep working."""
+        added = {"trace": "TEXT NOT NULL DEFAULT '[]'"}
+        with self.engine.begin() as connection:
+            have = {row[1] for row in connection.execute(text("PRAGMA table_info(tasks)"))}
+            for column, kind in added.items():
+                if column not in have:
+                    connection.execute(text(f"ALTER TABLE tasks ADD COLUMN {column} {kind}"))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -88,8 +107,18 @@ class AgentRecords:
     def start_task(self, conversation: str, role: str, service: str, peer: str = "") -> None:
         with Session(self.engine) as session:
             if session.get(TaskRow, conversation) is None:
+                now = _now_ms()
+                trace = json.dumps([[Phase.STARTED.value, now]])
                 session.add(
-                    TaskRow(conversation=conversation, role=role, service=service, peer=peer)
+                    TaskRow(
+                        conversation=conversation,
+                        role=role,
+                        service=service,
+                        peer=peer,
+                        trace=trace,
+                        created_ms=now,
+                        updated_ms=now,
+                    )
                 )
                 session.commit()
 
@@ -101,6 +130,18 @@ class AgentRecords:
             for key, value in changes.items():
                 setattr(row, key, value)
             row.updated_ms = _now_ms()
+            phase = changes.get("state")
+            if phase is not None:
+                trace = json.loads(row.trace or "[]")
+                if not trace or trace[-1][0] != str(phase):
+                    # Bounded: a task that loops (refused deliveries) keeps its start
+                    # and its latest steps.
+                    trace = [
+                        *trace[:1],
+                        *trace[1:][-(MAX_TRACE - 2) :],
+                        [str(phase), row.updated_ms],
+                    ]
+                    row.trace = json.dumps(trace)
             session.add(row)
             session.commit()
 

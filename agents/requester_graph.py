@@ -35,7 +35,7 @@ from agentmesh.agents.context import TaskContext, tx_hex
 from agentmesh.agents.provider_graph import merge, phase_text, routes, waiting
 from agentmesh.agents.ranking import Weights, rank
 from agentmesh.canonical import sha256_hex
-from agentmesh.errors import AgentMeshError
+from agentmesh.errors import AgentMeshError, PeerUnreachable
 from agentmesh.mesh.card import AgentCard
 from agentmesh.message import Message
 from agentmesh.protocols.negotiation import (
@@ -58,6 +58,7 @@ from agentmesh.protocols.negotiation import (
     terms_hash,
 )
 from agentmesh.wallets.clients import EscrowJob, JobStatus
+from agentmesh.wallets.units import MUSD_DECIMALS, format_amount
 
 if TYPE_CHECKING:
     from langgraph.graph.state import CompiledStateGraph
@@ -129,7 +130,9 @@ async def ask_for_proposal(
             timeout=ctx.settings.proposal_window_s,
             retries=0,
         )
-    except AgentMeshError as exc:
+    except PeerUnreachable as exc:  # no answer at all: not the provider's decision
+        return {"provider": card.address, "why": exc.user_message, "unanswered": True}
+    except AgentMeshError as exc:  # an error reply, e.g. the call was malformed
         return {"provider": card.address, "why": exc.user_message}
     latency = round((time.perf_counter() - started) * 1000)
     if not isinstance(reply, Proposal):
@@ -183,10 +186,7 @@ async def choose(state: RequesterState, runtime: Ctx) -> Update:
     candidates = [p for p in state.get("proposals", []) if p["provider"] not in excluded]
     ranked = rank(candidates, state["budget"], weights)
     if not ranked:
-        reasons = "; ".join(d["why"] for d in state.get("declines", [])) or "none"
-        if excluded:
-            reasons += f"; {len(excluded)} awarded provider(s) failed"
-        return {"phase": Phase.NO_PROPOSAL, "error": f"no affordable proposal ({reasons})"}
+        return {"phase": Phase.NO_PROPOSAL, "error": no_proposal_reason(state, candidates)}
     best = ranked[0]
     price = best["price"]
     if settings.counter_ratio is not None and not state.get("countered"):
@@ -199,6 +199,29 @@ async def choose(state: RequesterState, runtime: Ctx) -> Update:
         "price": price,
         "countered": bool(state.get("countered")) or settings.counter_ratio is not None,
     }
+
+
+def no_proposal_reason(state: RequesterState, candidates: list[dict[str, Any]]) -> str:
+    """Why no proposal can be taken, naming each provider's own reason."""
+    parts = [_decline_text(d) for d in state.get("declines", [])]
+    if candidates:
+        cheapest = min(p["price"] for p in candidates)
+        parts.append(
+            f"{len(candidates)} proposal(s) above the budget of "
+            f"{format_amount(state['budget'], MUSD_DECIMALS, 'mUSD')} (cheapest "
+            f"{format_amount(cheapest, MUSD_DECIMALS, 'mUSD')})"
+        )
+    excluded = state.get("excluded") or []
+    if excluded:
+        parts.append(f"{len(excluded)} awarded provider(s) failed")
+    return "no proposal to take: " + ("; ".join(parts) or "no provider answered")
+
+
+def _decline_text(decline: dict[str, Any]) -> str:
+    provider, why = decline["provider"], decline["why"]
+    if not decline.get("unanswered"):
+        return f"{provider} declined: {why}"
+    return why if provider in why else f"no answer from {provider}: {why}"
 
 
 async def counter(
@@ -220,6 +243,15 @@ async def counter(
     return min(int(offered), int(best["price"]))
 
 
+def approval_text(state: RequesterState) -> str:
+    """What a person approves: the price, the provider, the service and its input."""
+    shown = state["input"] if len(state["input"]) <= 80 else state["input"][:77] + "..."
+    return (
+        f"pay {format_amount(state['price'], MUSD_DECIMALS, 'mUSD')} to {state['winner']} for "
+        f"{state['service']} of {shown}"
+    )
+
+
 async def approve(state: RequesterState, runtime: Ctx) -> Update:
     ctx = runtime.context
     threshold = ctx.approval_threshold
@@ -228,8 +260,7 @@ async def approve(state: RequesterState, runtime: Ctx) -> Update:
             {
                 "kind": "approval",
                 "amount": state["price"],
-                "description": f"pay {state['price']} base units to {state['winner']} "
-                f"for {state['service']}",
+                "description": approval_text(state),
                 # The offer does not wait forever: when it lapses, so does the request
                 # (0: the provider did not say; wait as long as it takes).
                 "until": state.get("offer_until", 0),

@@ -1,7 +1,10 @@
 """Services an agent sells: declared with ``@agent.service`` from a typed function.
 
 The function's parameters after ``ctx`` become the service's input schema (a pydantic
-model with ``extra="forbid"``), and its return annotation the result type. A requester
+model with ``extra="forbid"``), and its return annotation the result type. Limits
+declared with ``Annotated`` (``text: Annotated[str, Field(max_length=20_000)]``) are part
+of that schema: a call whose input breaks one is declined, naming the field and the
+limit, before any proposal. A requester
 sends the input as a JSON object; the provider validates it before the work starts and
 serializes the result as canonical JSON of that type. Before delivering, the provider
 applies its own check (the declared type, non-empty, and the service's ``check=``) and
@@ -14,9 +17,10 @@ JSON (of the ``result_type`` it passed to ``Agent.buy``, if any) and applies the
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, get_args, get_origin, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 
@@ -113,7 +117,11 @@ class Service:
             )
         try:
             # ctx may be annotated with a ServiceContext imported anywhere (or nowhere).
-            hints = get_type_hints(fn, localns={"ServiceContext": ServiceContext})
+            # include_extras: keep ``Annotated`` metadata (Field limits, validators),
+            # which get_type_hints strips by default.
+            hints = get_type_hints(
+                fn, localns={"ServiceContext": ServiceContext}, include_extras=True
+            )
         except NameError as exc:  # an annotation imported only under TYPE_CHECKING
             raise AgentMeshValueError(
                 f"service {name!r}: cannot resolve the annotations of {fn.__name__}: {exc}"
@@ -164,15 +172,21 @@ class Service:
         try:
             value = self.result.validate_json(text)
         except ValidationError as exc:
-            return False, f"result is not a valid {self.result_type}: {_first(exc)}"
+            shown = _unannotated(self.result_type)
+            return False, f"result is not a valid {shown}: {_first(exc)}"
         return check_result(value, self.check)
 
 
-def check_result(value: Any, check: CheckFn | None, result_type: Any = None) -> tuple[bool, str]:
-    """Default check (non-empty; of ``result_type`` when given) plus an optional custom one."""
+def check_result(
+    value: Any, check: CheckFn | None, result_type: Any = None, *, whose: str = "the service's"
+) -> tuple[bool, str]:
+    """Default check (non-empty; of ``result_type`` when given) plus an optional custom one
+    (``whose`` check it is, for the message: the service's own, or the buyer's)."""
     if result_type is not None:
         try:
-            TypeAdapter(result_type).validate_python(value, strict=True)
+            # Validated as the JSON it came as: strict (no "1" for 1), and an object
+            # may become a model or a dataclass.
+            TypeAdapter(result_type).validate_json(json.dumps(value), strict=True)
         except ValidationError as exc:
             return False, f"result is not a valid {result_type}: {_first(exc)}"
     if value is None or (hasattr(value, "__len__") and len(value) == 0):
@@ -182,10 +196,16 @@ def check_result(value: Any, check: CheckFn | None, result_type: Any = None) -> 
     if check is not None:
         try:
             if not check(value):
-                return False, "result failed the service's check"
+                return False, f"result failed {whose} check"
         except Exception as exc:  # a buggy check is a failed check, not a crash
-            return False, f"the service's check raised {type(exc).__name__}: {exc}"
+            return False, f"{whose} check raised {type(exc).__name__}: {exc}"
     return True, ""
+
+
+def _unannotated(kind: Any) -> Any:
+    """``kind`` without its ``Annotated`` metadata (for messages: the limit is named by
+    the validation error itself)."""
+    return get_args(kind)[0] if get_origin(kind) is Annotated else kind
 
 
 def _first(exc: ValidationError) -> str:

@@ -49,6 +49,7 @@ class TaskRunner:
         self.ctx = ctx
         self.graphs = graphs
         self.locks: dict[str, asyncio.Lock] = {}
+        self._ended: set[str] = set()  # tasks whose run ended: their lock goes on release
         # Purchases waiting for their end: task -> the final state values.
         self.outcomes: dict[str, asyncio.Future[dict[str, Any]]] = {}
         # Handlers waiting for a task to reach a phase before they answer.
@@ -68,6 +69,19 @@ class TaskRunner:
         await lock.acquire()
         return lock
 
+    def release(self, tid: str, lock: asyncio.Lock, *, ended: bool = False) -> None:
+        """Release a task's ``lock``; forget it if the task has ended (``ended``, or its
+        last run reached a final phase) and nobody waits for it, so a finished task
+        keeps no lock (a later step is refused from its checkpoint without one)."""
+        lock.release()
+        if not (ended or tid in self._ended):
+            return
+        # A waiter holds this very lock: dropping it would let a new one run beside it.
+        waiting = getattr(lock, "_waiters", None)
+        if self.locks.get(tid) is lock and not lock.locked() and not waiting:
+            del self.locks[tid]
+            self._ended.discard(tid)
+
     def run_locked(
         self, tid: str, lock: asyncio.Lock, graph: Any, graph_input: Any
     ) -> asyncio.Task[Any]:
@@ -77,7 +91,7 @@ class TaskRunner:
             try:
                 await self.advance(tid, graph, graph_input)
             finally:
-                lock.release()
+                self.release(tid, lock)
 
         return self.ctx.spawn(body())
 
@@ -109,6 +123,8 @@ class TaskRunner:
             log.exception("task %s stopped", tid)
         snapshot = await graph.aget_state(config)
         values = dict(snapshot.values)
+        if not snapshot.next and not error:
+            self._ended.add(tid)
         self._record(tid, snapshot, error)
         if not snapshot.next or error:
             future = self.outcomes.pop(tid, None)
@@ -201,6 +217,10 @@ class TaskRunner:
     def busy(self, tid: str) -> bool:
         return tid in self.locks and self.locks[tid].locked()
 
+    def retry_now(self, tid: str) -> None:
+        """Run a stalled task again at the next tick instead of after its back-off."""
+        self._stalled_next[tid] = 0.0
+
     async def _retry_stalled(self) -> None:
         """Run again tasks an error stopped, backing off (5 s, 10 s, ... 5 min)."""
         now = asyncio.get_running_loop().time()
@@ -251,7 +271,7 @@ class TaskRunner:
                     )
                     self.ctx.records.mark_applied(row.id)
                     if not waiting:
-                        lock.release()
+                        self.release(tid, lock, ended=not snapshot.next)
                         continue
                     self.ctx.records.update_task(tid, status=TaskStatus.ACTIVE)
                     decision = ApprovalDecision(approved=row.status == ApprovalStatus.APPROVED)

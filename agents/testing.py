@@ -24,6 +24,7 @@ from typing import Any
 
 from agentmesh.agents.agent import Agent
 from agentmesh.agents.context import TaskContext
+from agentmesh.agents.pricing import PricingPacer
 from agentmesh.agents.service import Service, ServiceContext
 from agentmesh.config import AgentConfig, ChainConfig, Config, MeshConfig, WalletConfig
 
@@ -137,4 +138,5 @@ def unit_context(
         approval_threshold=approval_threshold,
         buyer_checks={},
         spawn=asyncio.ensure_future,
+        pricing=PricingPacer((settings or AgentConfig(faucet=False)).decision_timeout_s),
     )

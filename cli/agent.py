@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import logging
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from agentmesh.cli.context import JsonOption, console, print_json, state, write_ready_file
+from agentmesh.cli.context import (
+    JsonOption,
+    console,
+    log_to_stderr,
+    print_json,
+    state,
+    write_ready_file,
+)
 from agentmesh.errors import AgentMeshValueError
 
 if TYPE_CHECKING:
@@ -117,12 +124,7 @@ def run_agent(
             )
             console.print(f"selling: {offered}")
 
-    # What the agent does (resumed tasks, approvals needed, failures) goes to stderr.
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    agent_log = logging.getLogger("agentmesh")
-    agent_log.addHandler(handler)
-    agent_log.setLevel(logging.DEBUG if app_state.debug else logging.INFO)
+    log_to_stderr(app_state.debug)
     console.print(f"starting agent {agent.name}...")
     # A spinner while the chain connects, contracts deploy (throw-away devnet), the mesh
     # binds and the model loads; it stops when the agent is ready (or fails to start).
@@ -183,13 +185,16 @@ def approvals(ctx: typer.Context, json_out: JsonOption = False) -> None:
     if json_out:
         print_json(rows)
         return
-    table = Table(title="approvals")
-    for column in ("id", "agent", "status", "amount", "description"):
+    from agentmesh.wallets.units import MUSD_DECIMALS, format_amount
+
+    table = Table(title="approvals (* decided, not yet applied by its agent; times are local)")
+    for column in ("id", "agent", "status", "amount", "what", "asked"):
         table.add_column(column)
     for entry in rows:
         shown = entry["status"]
         if not entry["applied"] and shown != ApprovalStatus.PENDING:
             shown += " *"
-        amount = str(entry["amount"])
-        table.add_row(entry["id"], entry["agent"], shown, amount, entry["description"])
+        amount = format_amount(entry["amount"], MUSD_DECIMALS, "mUSD")
+        asked = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["created_ms"] / 1000))
+        table.add_row(entry["id"], entry["agent"], shown, amount, entry["description"], asked)
     console.print(table)

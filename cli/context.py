@@ -80,6 +80,17 @@ def password(prompt: str = "Password", *, confirm: bool = False) -> str:
     return value
 
 
+def log_to_stderr(debug: bool) -> None:
+    """Send the agent's log (resumed tasks, approvals needed, failures) to stderr."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    agent_log = logging.getLogger("agentmesh")
+    agent_log.addHandler(handler)
+    agent_log.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
 def write_ready_file(path: Path, info: dict[str, Any]) -> None:
     """Announce a started agent to whoever waits on ``path`` (written atomically, so a
     reader never sees half a file)."""

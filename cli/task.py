@@ -1,20 +1,34 @@
-"""``agentmesh task request | list | show``: buy a service from the command line; inspect
-tasks with their on-chain state."""
+"""``agentmesh task request | resume | refund | list | show``: buy a service from the
+command line through the wallet's agent; inspect tasks with their on-chain state and
+the money they hold. Tables show mUSD and local times; ``--json`` keeps base units and
+epoch times (ms for records, s for the chain)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from agentmesh.cli.context import AppState, JsonOption, console, password, print_json, run, state
+from agentmesh.cli.context import (
+    AppState,
+    JsonOption,
+    console,
+    log_to_stderr,
+    password,
+    print_json,
+    run,
+    state,
+)
 from agentmesh.errors import AgentMeshError, AgentMeshValueError, DevnetError
 
 if TYPE_CHECKING:
@@ -39,6 +53,10 @@ def _input(input_json: str | None, text: str | None) -> dict[str, Any]:
     return value
 
 
+AGENT_START_S = 60.0  # loading the keystore, joining the chain and the mesh
+GRACE_S = 60  # beyond the deadline and the review window: proposals, transactions
+
+
 @app.command()
 def request(
     ctx: typer.Context,
@@ -49,102 +67,309 @@ def request(
     ] = None,
     text: Annotated[str | None, typer.Option(help="shortcut for --input '{\"text\": ...}'")] = None,
     wallet: Annotated[str, typer.Option(help="keystore wallet that pays")] = "requester",
-    provider: Annotated[list[str] | None, typer.Option(help="only these addresses")] = None,
-    deadline: Annotated[int | None, typer.Option(help="seconds for the work", min=10)] = None,
+    provider: Annotated[
+        list[str] | None, typer.Option(help="only this provider address (repeatable)")
+    ] = None,
+    deadline: Annotated[
+        int | None, typer.Option(help="seconds for the work (default: config deadline_s)", min=10)
+    ] = None,
     wait: Annotated[
         bool,
-        typer.Option("--wait/--no-wait", help="wait for the result, or run it in the background"),
+        typer.Option("--wait/--no-wait", help="wait for the result, or hand it over and return"),
     ] = True,
-    timeout: Annotated[float, typer.Option(help="give up waiting after (s)", min=1)] = 300,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="stop waiting after (s); default: the deadline plus the review window",
+            min=1,
+        ),
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Buy one run of SERVICE from the best provider on the mesh, through escrow."""
-    from agentmesh.agents.service import parse_price
+    """Buy one run of SERVICE from the best provider on the mesh, through escrow.
+
+    The purchase is carried by the wallet's agent (started when not running), so it
+    goes on to its end whether or not this command still waits: see `task list`.
+    """
+    from agentmesh.agents.control import Buy, parse_budget
 
     app_state = state(ctx)
     payload = _input(input_json, text)
-    parse_price(budget)  # a bad budget fails here, before anything starts
+    parse_budget(budget)  # a bad budget fails here, before anything starts
+    purchase = Buy(
+        service=service,
+        input=payload,
+        budget=budget,
+        providers=tuple(_address(p) for p in provider or ()),
+        deadline_s=deadline,
+        wait=wait,
+    )
+    agent_settings = app_state.config.agent
+    limit = timeout or (
+        (deadline or agent_settings.deadline_s)
+        + agent_settings.review_window_s
+        + agent_settings.proposal_window_s
+        + GRACE_S
+    )
+    run(_carry(app_state, wallet, purchase, limit, json_out))
+
+
+def _address(value: str) -> str:
+    if not re.fullmatch(r"0x[0-9a-fA-F]{40}", value):
+        raise AgentMeshValueError(f"--provider {value!r} is not an address (0x and 40 hex digits)")
+    return value
+
+
+@app.command()
+def resume(
+    ctx: typer.Context,
+    task_id: Annotated[str, typer.Argument(help="task id (a unique prefix is enough)")],
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="follow it to its end")] = True,
+    timeout: Annotated[float, typer.Option(help="stop waiting after (s)", min=1)] = 600,
+    json_out: JsonOption = False,
+) -> None:
+    """Carry an unfinished purchase on now (a stalled one is retried at once)."""
+    from agentmesh.agents.control import Resume
+
+    app_state = state(ctx)
+    agent, task = _find_task(app_state.home, task_id, role="requester")
+    run(
+        _carry(
+            app_state,
+            _wallet_of(agent),
+            Resume(task=task.conversation[2:], wait=wait),
+            timeout,
+            json_out,
+        )
+    )
+
+
+@app.command()
+def refund(
+    ctx: typer.Context,
+    task_id: Annotated[str, typer.Argument(help="task id (a unique prefix is enough)")],
+    json_out: JsonOption = False,
+) -> None:
+    """Take back the deposit of a purchase whose deadline passed with nothing delivered."""
+    from agentmesh.agents.control import Refund
+
+    app_state = state(ctx)
+    agent, task = _find_task(app_state.home, task_id, role="requester")
+    run(_carry(app_state, _wallet_of(agent), Refund(task=task.conversation[2:]), 120, json_out))
+
+
+@app.command("agent", hidden=True)
+def wallet_agent(
+    ctx: typer.Context,
+    wallet: Annotated[str, typer.Option(help="keystore wallet")] = "requester",
+) -> None:
+    """Run the wallet's agent that carries CLI purchases (started by `task request`)."""
+    run(_serve_wallet(state(ctx), wallet))
+
+
+async def _serve_wallet(app_state: AppState, wallet: str) -> None:
+    import signal
+
+    from agentmesh.agents.agent import Agent
+    from agentmesh.agents.control import lock_path, socket_path, wallet_agent_name
+    from agentmesh.agents.wallet_agent import WalletAgentServer, single_instance
+    from agentmesh.wallets.keystore import Keystore
+
+    home, config = app_state.home, app_state.config
+    name = wallet_agent_name(wallet)
+    log_to_stderr(app_state.debug)
+    with single_instance(lock_path(home, name)) as mine:
+        if not mine:
+            console.print(f"the agent of wallet {wallet!r} is already running")
+            return
+        account = Keystore(home, scrypt_n=config.wallet.scrypt_n).load(
+            wallet, password(f"Password for {wallet}")
+        )
+        agent = Agent(name, wallet=account, home=home, config=config, throwaway_devnet=False)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await agent.start()
+        try:
+            server = WalletAgentServer(
+                agent, socket_path(home, name), config.agent.wallet_agent_idle_s
+            )
+            await server.run(stop)
+        finally:
+            await agent.stop()
+
+
+# ---------------------------------------------------------------------- talking to it
+
+
+def _chain_url(app_state: AppState) -> str:
+    """The chain a purchase uses; a clear error (not a throw-away devnet) if none is up."""
+    from agentmesh.chain.home import running_devnet
+    from agentmesh.chain.rpc import is_up
+
+    configured = app_state.config.chain.rpc_url
+    if configured:
+        if not is_up(configured):
+            raise DevnetError(
+                f"the chain at {configured} (chain.rpc_url in config.toml) does not answer"
+            )
+        return configured
+    record = running_devnet(app_state.home)
+    if record is None:
+        raise DevnetError(
+            "no chain to buy on: start one with `agentmesh devnet up` (or set chain.rpc_url "
+            "in config.toml); a purchase never runs on a throw-away devnet"
+        )
+    return record.rpc_url
+
+
+async def _ensure_wallet_agent(app_state: AppState, wallet: str) -> Path:
+    """The control socket of the wallet's agent, starting the agent if none runs."""
+    from agentmesh.agents.control import connect, socket_path, wallet_agent_name
+
+    home = app_state.home
+    name = wallet_agent_name(wallet)
+    path = socket_path(home, name)
+    streams = await connect(path)
+    if streams is not None:
+        streams[1].close()
+        return path
+    _chain_url(app_state)  # a clear error now if there is no chain to buy on
+    if not (home / "keystores" / f"{wallet}.json").exists():
+        raise AgentMeshValueError(
+            f"no wallet {wallet!r} in {home / 'keystores'} (create it with "
+            f"`agentmesh wallet new {wallet}`)"
+        )
     secret = password(f"Password for {wallet}")
-    if not wait:
-        _detach(app_state, ctx, secret)
-        return
-    outcome = run(
-        _buy(app_state, service, payload, budget, wallet, secret, provider, deadline, timeout)
-    )
-    data = {
-        "task": outcome.conversation,
-        "phase": outcome.phase,
-        "provider": outcome.provider,
-        "price": outcome.price,
-        "job_id": outcome.job_id,
-        "txs": outcome.txs,
-        "result": outcome.result,
-    }
-    if json_out:
-        print_json(data)
-        return
-    from agentmesh.wallets.units import MUSD_DECIMALS, format_amount
-
-    console.print(
-        f"[green]✓[/] task {outcome.conversation[:12]} settled: "
-        f"{format_amount(outcome.price, MUSD_DECIMALS, 'mUSD')} to {outcome.provider} "
-        f"(job {outcome.job_id})"
-    )
-    console.print(outcome.result if isinstance(outcome.result, str) else json.dumps(outcome.result))
-
-
-def _detach(app_state: AppState, ctx: typer.Context, secret: str) -> None:
-    """Run this same request with --wait as a background process; its log is kept."""
-    argv = [a for a in sys.argv[1:] if a != "--no-wait"]
-    logs = app_state.home / "logs"
+    logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True, mode=0o700)
-    log = logs / f"task-{os.getpid()}.log"
-    with log.open("wb") as out:
+    log = logs / f"{name}.log"
+    command = [sys.executable, "-m", "agentmesh.cli.app", "--home", str(home)]
+    command += ["task", "agent", "--wallet", wallet]
+    with log.open("ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "agentmesh.cli.app", *argv, "--wait"],
-            env={**os.environ, "AGENTMESH_PASSWORD": secret, "AGENTMESH_HOME": str(app_state.home)},
+            command,
+            env={**os.environ, "AGENTMESH_PASSWORD": secret},
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=True,  # it outlives this command (and its Ctrl-C)
         )
-    console.print(f"running in the background (pid {process.pid}); log: {log}")
-    console.print("follow it with `agentmesh task list`")
+    started = time.monotonic()
+    with console.status(f"starting the agent of wallet {wallet!r}..."):
+        while time.monotonic() - started < AGENT_START_S:
+            streams = await connect(path)
+            if streams is not None:
+                streams[1].close()
+                return path
+            # Exit 0: another command started the agent first (it holds the lock).
+            if process.poll() not in (None, 0):
+                raise AgentMeshError(
+                    f"the agent of wallet {wallet!r} did not start: {_last_line(log)} (log: {log})"
+                )
+            await asyncio.sleep(0.05)
+    raise AgentMeshError(
+        f"the agent of wallet {wallet!r} did not start within {AGENT_START_S:g} s (log: {log})"
+    )
 
 
-async def _buy(
-    app_state: AppState,
-    service: str,
-    payload: dict[str, Any],
-    budget: str,
-    wallet: str,
-    secret: str,
-    providers: list[str] | None,
-    deadline: int | None,
-    timeout: float,
-) -> Any:
-    from agentmesh.agents.agent import Agent
-    from agentmesh.wallets.keystore import Keystore
+def _last_line(log: Path) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "no output"
 
-    keystore = Keystore(app_state.home, scrypt_n=app_state.config.wallet.scrypt_n)
-    account = keystore.load(wallet, secret)
-    agent = Agent(f"cli-{wallet}", wallet=account, home=app_state.home, config=app_state.config)
-    with console.status("joining the mesh..."):
-        await agent.start()
+
+async def _carry(
+    app_state: AppState, wallet: str, request: Any, limit: float, json_out: bool
+) -> None:
+    """Hand ``request`` to the wallet's agent and show what it reports."""
+    from agentmesh.agents.control import exchange
+
+    path = await _ensure_wallet_agent(app_state, wallet)
+    accepted: dict[str, Any] = {}
+    phase = "started"
     try:
-        with console.status(f"looking for providers of {service}..."):
-            await agent.wait_for_providers(service, timeout=min(timeout, 60))
-        with console.status(f"buying {service} (proposals, escrow, work, check, release)..."):
-            return await agent.buy(
-                service,
-                payload,
-                budget=budget,
-                providers=tuple(providers or ()),
-                deadline_s=deadline,
-                timeout=timeout,
-            )
-    finally:
-        await agent.stop()
+        async with asyncio.timeout(limit):
+            with console.status("handing over to the wallet's agent...") as status:
+                async for event in exchange(path, request):
+                    kind = event["event"]
+                    if kind == "error":
+                        raise AgentMeshError(event.get("message", "the wallet's agent failed"))
+                    if kind == "accepted":
+                        accepted = event
+                        if not getattr(request, "wait", True):
+                            _handed_over(event, json_out)
+                            return
+                    elif kind == "phase":
+                        phase = event["phase"]
+                        status.update(f"task {accepted.get('task', '')[:12]}: {phase}...")
+                    elif kind == "outcome":
+                        _show_outcome(event, json_out)
+                        return
+                    elif kind in ("refunded", "status"):
+                        _show_event(event, json_out)
+                        return
+    except TimeoutError:
+        task = accepted.get("task", "")
+        raise AgentMeshError(
+            f"task {task[:12]} is still {phase} after {limit:g} s; the wallet's agent (pid "
+            f"{accepted.get('pid', '?')}) carries it on to its end: see `agentmesh task "
+            f"show {task[:12]}`"
+        ) from None
+    raise AgentMeshError("the wallet's agent closed the connection without an answer")
+
+
+def _handed_over(event: dict[str, Any], json_out: bool) -> None:
+    if json_out:
+        print_json({"task": event["task"], "agent": event["agent"], "pid": event["pid"]})
+        return
+    console.print(
+        f"task {event['task'][:12]} handed to the wallet's agent {event['agent']} (pid "
+        f"{event['pid']}), which carries it to its end; follow it with `agentmesh task show "
+        f"{event['task'][:12]}`"
+    )
+
+
+def _show_outcome(event: dict[str, Any], json_out: bool) -> None:
+    data = {
+        "task": event["conversation"],
+        "phase": event["phase"],
+        "provider": event["provider"],
+        "price": event["price"],
+        "job_id": event["job_id"],
+        "txs": event["txs"],
+        "result": event["result"],
+    }
+    if event["phase"] != "settled":
+        raise AgentMeshError(
+            f"task {event['conversation'][:12]} ended {event['phase']}: "
+            f"{event['error'] or 'no reason given'}"
+        )
+    if json_out:
+        print_json(data)
+        return
+    console.print(
+        f"[green]✓[/] task {data['task'][:12]} settled: {musd(data['price'])} to "
+        f"{data['provider']} (job {data['job_id']})"
+    )
+    result = data["result"]
+    console.print(result if isinstance(result, str) else json.dumps(result), markup=False)
+
+
+def _show_event(event: dict[str, Any], json_out: bool) -> None:
+    if json_out:
+        print_json(event)
+        return
+    if event["event"] == "refunded":
+        how = (
+            "was refunded already, by the wallet's agent at the deadline"
+            if event.get("already")
+            else "refunded"
+        )
+        console.print(
+            f"[green]✓[/] job {event['job_id']} {how}: {musd(event['amount'])} back to the "
+            f"wallet (tx {event['tx']})"
+        )
 
 
 def _all_tasks(home: Path) -> list[tuple[str, TaskRow]]:
@@ -183,6 +408,58 @@ async def _onchain(app_state: AppState, job_ids: set[int]) -> dict[int, Any]:
         return {}
 
 
+def musd(amount: int) -> str:
+    """Base units as mUSD for a person (``--json`` keeps base units)."""
+    from agentmesh.wallets.units import MUSD_DECIMALS, format_amount
+
+    return format_amount(amount, MUSD_DECIMALS, "mUSD")
+
+
+def local_time(epoch_s: float) -> str:
+    """An epoch time (chain or wall clock) as local time for a person."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch_s))
+
+
+def locked_money(job: Any) -> dict[str, Any] | None:
+    """What holds the deposit of ``job`` in escrow and when it is released, or None if
+    it is not held (paid out, refunded, never funded)."""
+    status = job.status.name.lower()
+    amount = job.amount
+    if status == "open":
+        return {
+            "amount": amount,
+            "until": job.deadline,
+            "release": "the provider accepts, or it returns to the buyer after the deadline",
+        }
+    if status == "accepted":
+        return {
+            "amount": amount,
+            "until": job.deadline,
+            "release": "paid on delivery and release, or back to the buyer after the deadline",
+        }
+    if status == "submitted":
+        return {
+            "amount": amount,
+            "until": job.submitted_at + job.review_window,
+            "release": "paid when the buyer releases, or claimable by the provider after "
+            "the review window",
+        }
+    if status == "disputed":
+        return {
+            "amount": amount,
+            "until": None,
+            "release": f"held until the arbiter {job.arbiter} resolves the dispute",
+        }
+    return None
+
+
+def _lock_text(locked: dict[str, Any] | None) -> str:
+    if locked is None:
+        return ""
+    when = f" (by {local_time(locked['until'])})" if locked["until"] else ""
+    return f"{musd(locked['amount'])} locked: {locked['release']}{when}"
+
+
 def _row(agent: str, task: TaskRow, jobs: dict[int, Any]) -> dict[str, Any]:
     job = jobs.get(task.job_id) if task.job_id is not None else None
     return {
@@ -195,9 +472,11 @@ def _row(agent: str, task: TaskRow, jobs: dict[int, Any]) -> dict[str, Any]:
         "price": task.price,
         "job_id": task.job_id,
         "onchain": job.status.name.lower() if job is not None else None,
+        "locked": locked_money(job) if job is not None else None,
         "peer": task.peer,
         "detail": task.detail,
         "txs": json.loads(task.txs or "{}"),
+        "trace": json.loads(task.trace or "[]"),
         "created_ms": task.created_ms,
         "updated_ms": task.updated_ms,
     }
@@ -205,7 +484,8 @@ def _row(agent: str, task: TaskRow, jobs: dict[int, Any]) -> dict[str, Any]:
 
 @app.command("list")
 def list_(ctx: typer.Context, json_out: JsonOption = False) -> None:
-    """Every task of every agent in this home, with its escrow job's on-chain state."""
+    """Every task of every agent in this home, with its escrow job's on-chain state and
+    any money it still holds (what releases it, and when)."""
     app_state = state(ctx)
     tasks = _all_tasks(app_state.home)
     jobs = run(_onchain(app_state, {t.job_id for _, t in tasks if t.job_id is not None}))
@@ -216,17 +496,18 @@ def list_(ctx: typer.Context, json_out: JsonOption = False) -> None:
     if not rows:
         console.print("no tasks in this home yet")
         return
-    table = Table(title="tasks")
+    table = Table(title="tasks (times are local)")
     for column in (
         "task",
         "agent",
         "role",
         "service",
         "state",
-        "status",
         "price",
         "job",
         "on chain",
+        "money held",
+        "updated",
     ):
         table.add_column(column)
     for row in rows:
@@ -235,13 +516,51 @@ def list_(ctx: typer.Context, json_out: JsonOption = False) -> None:
             row["agent"],
             row["role"],
             row["service"],
-            row["state"],
-            row["status"],
-            str(row["price"]),
+            row["state"] if row["status"] != "stalled" else f"{row['state']} (stalled)",
+            musd(row["price"]) if row["price"] else "",
             str(row["job_id"] or ""),
             row["onchain"] or ("?" if row["job_id"] else ""),
+            _lock_text(row["locked"]),
+            local_time(row["updated_ms"] / 1000),
         )
     console.print(table)
+
+
+def _find_task(
+    home: Path, task_id: str, *, agent_name: str | None = None, role: str | None = None
+) -> tuple[str, TaskRow]:
+    """The one task ``task_id`` (a prefix) names in this home, and its agent."""
+    wanted = task_id.lower().removeprefix("0x")
+    matches = [
+        (a, t)
+        for a, t in _all_tasks(home)
+        if t.conversation[2:].startswith(wanted)
+        and agent_name in (None, a)
+        and role in (None, t.role)
+    ]
+    kind = "purchase" if role == "requester" else "task"
+    if not wanted or not matches:
+        raise AgentMeshValueError(f"no {kind} {task_id!r} in this home (see `agentmesh task list`)")
+    if len(matches) > 1:
+        sides = ", ".join(sorted(a for a, _ in matches))
+        raise AgentMeshValueError(
+            f"{task_id!r} matches {len(matches)} tasks (agents: {sides}); give more "
+            "characters or --agent NAME"
+        )
+    return matches[0]
+
+
+def _wallet_of(agent: str) -> str:
+    """The wallet whose CLI agent owns a purchase by ``agent``."""
+    from agentmesh.agents.control import wallet_agent_name
+
+    wallet = agent.removeprefix("cli-")
+    if wallet_agent_name(wallet) != agent:
+        raise AgentMeshValueError(
+            f"this purchase belongs to agent {agent!r}, not to a wallet's CLI agent: it goes "
+            "on when that agent runs (`agentmesh run ...`), which resumes its tasks itself"
+        )
+    return wallet
 
 
 @app.command()
@@ -253,23 +572,10 @@ def show(
     ] = None,
     json_out: JsonOption = False,
 ) -> None:
-    """One task: its record, transactions, on-chain job and (for a buyer) the result."""
+    """One task: its record, where its time went, transactions, on-chain job, the money
+    it holds and (for a buyer) the result."""
     app_state = state(ctx)
-    wanted = task_id.lower().removeprefix("0x")
-    matches = [
-        (a, t)
-        for a, t in _all_tasks(app_state.home)
-        if t.conversation[2:].startswith(wanted) and agent_name in (None, a)
-    ]
-    if not wanted or not matches:
-        raise AgentMeshValueError(f"no task {task_id!r} in this home (see `agentmesh task list`)")
-    if len(matches) > 1:
-        sides = ", ".join(sorted(a for a, _ in matches))
-        raise AgentMeshValueError(
-            f"{task_id!r} matches {len(matches)} tasks (agents: {sides}); give more "
-            "characters or --agent NAME"
-        )
-    agent, task = matches[0]
+    agent, task = _find_task(app_state.home, task_id, agent_name=agent_name)
     jobs = run(_onchain(app_state, {task.job_id} if task.job_id is not None else set()))
     data = _row(agent, task, jobs)
     values = _checkpoint(app_state.home / "agents" / agent / "checkpoints.db", task.conversation)
@@ -292,13 +598,53 @@ def show(
     if json_out:
         print_json(data)
         return
-    table = Table(show_header=False, box=None, title=f"task {data['task']}")
+    console.print(_show_table(data))
+
+
+def _show_table(data: dict[str, Any]) -> Table:
+    """``task show`` for a person: mUSD, local times, the trace as durations."""
+    table = Table(show_header=False, box=None, title=f"task {data['task']} (times are local)")
+    shown: dict[str, str] = {}
     for key, value in data.items():
         if value in (None, "", [], {}):
             continue
-        shown = json.dumps(value, indent=1) if isinstance(value, dict | list) else str(value)
-        table.add_row(key, shown)
-    console.print(table)
+        if key == "trace":
+            shown[key] = trace_text(value)
+        elif key == "price":
+            shown[key] = musd(value)
+        elif key == "locked":
+            shown["money held"] = _lock_text(value)
+        elif key in ("created_ms", "updated_ms"):
+            shown[key.removesuffix("_ms")] = local_time(value / 1000)
+        elif key == "job":
+            job = dict(value)
+            job["amount"] = musd(job["amount"])
+            job["deadline"] = local_time(job["deadline"])
+            job["review_window"] = f"{job['review_window']} s"
+            shown[key] = "\n".join(f"{k}: {v}" for k, v in job.items())
+        elif key == "proposals":
+            shown[key] = "\n".join(
+                f"{p['provider']}: {musd(p['price'])}, answered in {p['latency_ms']} ms"
+                for p in value
+            )
+        else:
+            shown[key] = (
+                json.dumps(value, indent=1) if isinstance(value, dict | list) else str(value)
+            )
+    for key, text in shown.items():
+        table.add_row(key, text)
+    return table
+
+
+def trace_text(trace: list[list[Any]]) -> str:
+    """One line per phase: seconds since the task started, and how long the step took."""
+    lines = []
+    start = trace[0][1] if trace else 0
+    for i, (phase, ms) in enumerate(trace):
+        took = (trace[i + 1][1] - ms) / 1000 if i + 1 < len(trace) else None
+        step = f"  ({took:.3f} s in it)" if took is not None else ""
+        lines.append(f"+{(ms - start) / 1000:7.3f} s  {phase}{step}")
+    return "\n".join(lines)
 
 
 def _checkpoint(path: Path, thread: str) -> dict[str, Any]:

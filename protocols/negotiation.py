@@ -28,6 +28,11 @@ the review window; a failed award goes to the next-best proposal.
 Each side keeps a per-conversation state; a message that its current state does not
 expect is answered with an ``ErrorReply`` (code ``out_of_order``) naming the states in
 which that message would be accepted. Amounts are token base units.
+
+Every integer field is strict and bounded (``UInt``/``Amount``: at most
+``MAX_WIRE_INT`` = 2**63 - 1, what the task checkpoints and records can store): a payload
+with a larger number, or a number written as a string, a float or a boolean, is refused
+with an ``invalid_payload`` error reply before any task is touched.
 """
 
 from __future__ import annotations
@@ -37,11 +42,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from pydantic import Field
+from pydantic import Field, StrictInt
 
 from agentmesh.canonical import canonical_json
 from agentmesh.mesh.card import AgentCard
-from agentmesh.message import Message
+from agentmesh.message import Amount, Message, UInt
 
 PROTOCOL = "agentmesh.negotiation"
 VERSION = "1"
@@ -57,26 +62,26 @@ class CallForProposals(Message):
     service: str = Field(min_length=1, max_length=64)
     input: str = Field(max_length=MAX_INPUT_CHARS)  # JSON object text
     input_sha256: str = Field(pattern=HEX32)
-    budget: int = Field(gt=0)
+    budget: Amount
     token: str = Field(pattern=ADDRESS)
-    deadline_s: int = Field(ge=10, le=7 * 24 * 3600)  # time allowed for the work
+    deadline_s: StrictInt = Field(ge=10, le=7 * 24 * 3600)  # time allowed for the work
     card: AgentCard  # the requester's signed card: how to reach it with the result
 
 
 class Proposal(Message):
     """The provider's offer."""
 
-    price: int = Field(gt=0)
-    eta_s: int = Field(ge=0)
+    price: Amount
+    eta_s: UInt
     model_sha256: str = Field(default="", max_length=64)
     reason: str = Field(default="", max_length=64)
     # The provider's AgentRegistry reputation when it answered (the requester ranks by
     # what the chain says, this is for display and logs).
-    reputation_count: int = Field(default=0, ge=0)
-    reputation_total: int = Field(default=0, ge=0)
+    reputation_count: UInt = 0
+    reputation_total: UInt = 0
     # Chain time after which the offer is no longer awarded (0: not said). A requester
     # waiting for a person's approval gives up on the offer then.
-    valid_until: int = Field(default=0, ge=0)
+    valid_until: UInt = 0
 
 
 class Decline(Message):
@@ -88,13 +93,13 @@ class CounterOffer(Message):
     provider answers with a ``Proposal`` — the countered price if it can, else its own
     last word (its one counter)."""
 
-    price: int = Field(gt=0)
+    price: Amount
 
 
 class Award(Message):
     """The requester takes the proposal at ``price``; ``Funded`` follows."""
 
-    price: int = Field(gt=0)
+    price: Amount
 
 
 class Reject(Message):
@@ -104,7 +109,7 @@ class Reject(Message):
 class Funded(Message):
     """The escrow job that holds the payment; the provider checks it on chain."""
 
-    job_id: int = Field(ge=0)
+    job_id: UInt
     escrow: str = Field(pattern=ADDRESS)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
+from agentmesh.agents.control import stop_wallet_agents
 from agentmesh.chain.devnet import AnvilProcess, start_anvil
 from agentmesh.config import DevnetConfig
 from agentmesh.wallets.chain import Chain, _deploy_fresh, connect
@@ -76,14 +77,16 @@ def make_wallet(chain: Chain, deployer: Wallet, token: TokenClient) -> WalletFac
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh agentmesh home with fast keystores, exported as AGENTMESH_HOME."""
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh agentmesh home with fast keystores, exported as AGENTMESH_HOME; wallet
+    agents a test's CLI purchases started there are stopped after it."""
     path = tmp_path / "home"
     path.mkdir(mode=0o700)
     (path / "config.toml").write_text(f"[wallet]\nscrypt_n = {TEST_SCRYPT_N}\n")
     monkeypatch.setenv("AGENTMESH_HOME", str(path))
     monkeypatch.delenv("AGENTMESH_PASSWORD", raising=False)
-    return path
+    yield path
+    stop_wallet_agents(path)
 
 
 @pytest.fixture(scope="session")

@@ -23,9 +23,13 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import zmq
+import zmq.asyncio
 from eth_account import Account
 
 from agentmesh.config import AgentConfig, ChainConfig, Config, MeshConfig, WalletConfig
+from agentmesh.envelope import Envelope, EnvelopeSigner
+from agentmesh.mesh.card import AgentCard
+from agentmesh.message import Message
 from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import EscrowClient, JobStatus, RegistryClient, TokenClient
 from agentmesh.wallets.wallet import Wallet
@@ -272,6 +276,7 @@ def bind_home(
     *,
     approval_threshold: str | None = None,
     review_window_s: int = 120,
+    wallet_agent_idle_s: float = 60.0,
 ) -> Config:
     """Point ``home`` at the session chain and its deployment (no faucet: tests fund)."""
     (home / "deployments").mkdir(exist_ok=True)
@@ -280,7 +285,7 @@ def bind_home(
     (home / "config.toml").write_text(
         f'[wallet]\nscrypt_n = {TEST_SCRYPT_N}\n[chain]\nrpc_url = "{chain.rpc_url}"\n'
         f"[agent]\nfaucet = false\nproposal_window_s = 30\ndecision_timeout_s = 25\n{threshold}"
-        f"review_window_s = {review_window_s}\n"
+        f"review_window_s = {review_window_s}\nwallet_agent_idle_s = {wallet_agent_idle_s}\n"
         "[mesh]\nheartbeat_s = 0.2\n"
     )
     return Config(
@@ -294,6 +299,7 @@ def bind_home(
             decision_timeout_s=25,
             approval_threshold=approval_threshold,
             review_window_s=review_window_s,
+            wallet_agent_idle_s=wallet_agent_idle_s,
         ),
         mesh=MeshConfig(heartbeat_s=0.2),
     )
@@ -335,6 +341,80 @@ def raw_dealer(context: zmq.Context[S], endpoint: str, server_key: bytes | None)
     return sock
 
 
+def raw_json(message: Message, **tokens: str) -> bytes:
+    """``message``'s payload with some fields' JSON replaced by raw JSON text, e.g.
+    ``budget="1e5"`` or ``budget='"100000"'``: what a hostile sender could sign, which
+    the message type itself would never encode."""
+    fields = message.model_dump(mode="json")
+    marks = {name: f"@@{name}@@" for name in tokens}
+    text = json.dumps({**fields, **marks})
+    for name, token in tokens.items():
+        text = text.replace(json.dumps(marks[name]), token)
+    return text.encode()
+
+
+def seal_raw(
+    card: AgentCard,
+    key: bytes,
+    message_type: type[Message],
+    payload: bytes,
+    *,
+    protocol: str,
+    version: str,
+    conversation: bytes,
+) -> Envelope:
+    """``payload`` (any bytes) signed by ``key`` as a ``message_type`` for the agent of
+    ``card``."""
+    return Envelope.seal(
+        EnvelopeSigner(key),
+        recipient=card.address,
+        protocol=protocol,
+        protocol_version=version,
+        schema_digest=message_type.schema_digest(),
+        payload=payload,
+        conversation=conversation,
+    )
+
+
+async def ask_raw(card: AgentCard, envelope: Envelope, timeout: float = 30.0) -> Envelope:
+    """Send ``envelope`` to the agent of ``card`` over a bare CurveZMQ DEALER; its signed
+    reply (checked: signed by that agent, answering this envelope)."""
+    context = zmq.asyncio.Context()
+    sock = raw_dealer(context, card.endpoint, card.curve_key.encode())
+    try:
+        await sock.send(envelope.to_frame())
+        frame = await asyncio.wait_for(sock.recv(), timeout)
+    finally:
+        sock.close(0)
+        context.term()
+    reply = Envelope.from_frame(frame)
+    assert reply.verify() == card.address and reply.reply_to == envelope.id
+    return reply
+
+
+async def raw_request(
+    card: AgentCard,
+    key: bytes,
+    message_type: type[Message],
+    payload: bytes,
+    *,
+    protocol: str,
+    version: str,
+    conversation: bytes,
+) -> Envelope:
+    """:func:`seal_raw` then :func:`ask_raw`: the signed reply to a hand-made request."""
+    envelope = seal_raw(
+        card,
+        key,
+        message_type,
+        payload,
+        protocol=protocol,
+        version=version,
+        conversation=conversation,
+    )
+    return await ask_raw(card, envelope)
+
+
 # ---------------------------------------------------------------------------- processes
 
 
@@ -357,6 +437,38 @@ def process_gone(pid: int) -> bool:
 def wait_gone(pid: int, timeout: float = 20.0) -> bool:
     """Bounded poll for ``pid`` to exit."""
     return poll_blocking(lambda: process_gone(pid), timeout=timeout)
+
+
+def cli_process(
+    home: Path, *args: str, timeout: float = 180, password: str = PASSWORD
+) -> subprocess.CompletedProcess[str]:
+    """Run ``agentmesh --home HOME ARGS`` as its own process (as a person would)."""
+    env = {**os.environ, "AGENTMESH_PASSWORD": password}
+    command = [sys.executable, "-m", "agentmesh.cli.app", "--home", str(home), *args]
+    return subprocess.run(
+        command, check=False, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+async def cli_process_async(
+    home: Path, *args: str, timeout: float = 180, password: str = PASSWORD
+) -> subprocess.CompletedProcess[str]:
+    """:func:`cli_process` without a worker thread: waiting on many CLI processes from
+    threads would fill the default executor, which an in-process agent of the same
+    event loop needs for its own work (the processes would wait on that agent)."""
+    env = {**os.environ, "AGENTMESH_PASSWORD": password}
+    command = [sys.executable, "-m", "agentmesh.cli.app", "--home", str(home), *args]
+    process = await asyncio.create_subprocess_exec(
+        *command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return subprocess.CompletedProcess(command, process.returncode, out.decode(), err.decode())
 
 
 def start_provider(

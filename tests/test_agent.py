@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from agentmesh.agents.agent import Agent, TaskFailed
 from agentmesh.agents.records import AgentRecords
 from agentmesh.agents.service import ServiceContext
-from agentmesh.canonical import sha256_hex
+from agentmesh.canonical import canonical_json, sha256_hex
 from agentmesh.cli.app import app
 from agentmesh.config import Config
 from agentmesh.errors import ModelOutputError
@@ -203,7 +203,7 @@ async def test_a_result_failing_the_buyers_check_is_disputed_and_frozen(
 
 
 async def test_a_custom_check_decides_before_paying(provider: Agent, requester: Agent) -> None:
-    with pytest.raises(TaskFailed, match="check"):
+    with pytest.raises(TaskFailed, match="result failed the buyer's check"):
         await requester.buy("summarize", text=TEXT, budget="0.5", check=lambda v: False)
 
 
@@ -221,6 +221,13 @@ async def test_a_spend_above_the_threshold_waits_for_approve(
     buying = asyncio.create_task(requester.buy("summarize", text=TEXT, budget="0.5"))
     row = await _pending_approval(requester.records)
     assert row.amount == 200_000 and row.conversation.startswith("r:")
+    # A person sees what they approve: price, provider, service and input.
+    text = canonical_json({"text": TEXT})
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    assert row.description == f"pay 0.2 mUSD to {provider.address} for summarize of {shown}"
+    table = CliRunner().invoke(app, ["--home", str(home), "approvals"])
+    assert table.exit_code == 0, table.output
+    assert "0.2 mUSD" in table.output and "200000" not in table.output
     # Let time pass on purpose: nothing may happen while the approval is pending.
     await asyncio.sleep(0.5)
     assert not buying.done()  # paused: nothing paid while waiting

@@ -960,3 +960,42 @@ def test_call_for_proposals_deadline_bounds() -> None:
 def test_call_for_proposals_rejects_other_bad_fields(changes: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         _call(**changes)
+
+
+def test_a_settled_outcome_is_built_as_the_result_type() -> None:
+    from dataclasses import dataclass
+
+    from pydantic import BaseModel
+
+    from agentmesh.agents.outcome import TaskOutcome
+
+    class Summary(BaseModel):
+        text: str
+        words: int
+
+    @dataclass
+    class Pair:
+        left: int
+        right: int
+
+    state = {"phase": "settled", "result": '{"text": "hi", "words": 1}'}
+    assert TaskOutcome.from_state("c", state, Summary).result == Summary(text="hi", words=1)
+    pair = {"phase": "settled", "result": '{"left": 1, "right": 2}'}
+    assert TaskOutcome.from_state("c", pair, Pair).result == Pair(1, 2)
+    assert TaskOutcome.from_state("c", pair).result == {"left": 1, "right": 2}
+    # Not settled: the raw result stays (it may not be of the type at all).
+    disputed = {"phase": "disputed", "result": '"not a pair"'}
+    assert TaskOutcome.from_state("c", disputed, Pair).result == "not a pair"
+
+
+def test_a_dataclass_result_type_passes_the_delivery_check() -> None:
+    from dataclasses import dataclass
+
+    @dataclass
+    class Pair:
+        left: int
+        right: int
+
+    assert check_result({"left": 1, "right": 2}, None, Pair) == (True, "")
+    ok, why = check_result({"left": "1", "right": 2}, None, Pair)
+    assert not ok and "left" in why  # strict: "1" is not an int

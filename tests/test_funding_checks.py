@@ -284,14 +284,14 @@ def test_a_result_of_the_declared_type_passes() -> None:
 
 
 def test_a_check_saying_no_refuses_the_result() -> None:
-    assert _deliver("fine", check=lambda value: False) == "result failed the service's check"
+    assert _deliver("fine", check=lambda value: False) == "result failed the buyer's check"
 
 
 def test_a_check_that_raises_refuses_the_result_without_crashing() -> None:
     def broken(value: Any) -> bool:
         raise KeyError("summary")
 
-    assert _deliver("fine", check=broken) == "the service's check raised KeyError: 'summary'"
+    assert _deliver("fine", check=broken) == "the buyer's check raised KeyError: 'summary'"
 
 
 def test_a_check_saying_yes_passes_and_sees_the_decoded_value() -> None:

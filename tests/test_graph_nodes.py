@@ -537,9 +537,18 @@ def accepted_state(ctx: TaskContext, buyer: AgentCard, job_id: int, **changes: A
     return funded_state(ctx, buyer, job_id, **{"phase": Phase.ACCEPTED, **changes})
 
 
+async def accepted_job(ledger: InMemoryLedger, buyer: AgentCard, ctx: TaskContext) -> int:
+    """A job ``buyer`` opened for this seller, which accepted it (deadline in 300 s)."""
+    ledger.mint(buyer.address, FUNDS)
+    job_id = await open_job(ledger, buyer.address, ctx.address)
+    await ledger.escrow_for(ctx.address).accept(job_id)
+    return job_id
+
+
 async def test_execute_ok(tmp_path: Path, ledger: InMemoryLedger, buyer_card: AgentCard) -> None:
     ctx = seller_ctx(tmp_path, ledger)
-    update = await pg.execute(accepted_state(ctx, buyer_card, 1), rt(ctx))
+    job_id = await accepted_job(ledger, buyer_card, ctx)
+    update = await pg.execute(accepted_state(ctx, buyer_card, job_id), rt(ctx))
     assert update == {
         "phase": Phase.EXECUTED,
         "result": RESULT,
@@ -554,7 +563,8 @@ async def test_execute_a_service_that_raises(
         raise RuntimeError("the GPU caught fire")
 
     ctx = seller_ctx(tmp_path, ledger, service=make_service(broken))
-    update = await pg.execute(accepted_state(ctx, buyer_card, 1), rt(ctx))
+    job_id = await accepted_job(ledger, buyer_card, ctx)
+    update = await pg.execute(accepted_state(ctx, buyer_card, job_id), rt(ctx))
     assert update == {"phase": Phase.FAILING, "error": "RuntimeError: the GPU caught fire"}
     assert ctx.counters["service_errors"] == 1
     assert ctx.counters["service_check_failed"] == 0
@@ -564,7 +574,8 @@ async def test_execute_a_result_failing_the_services_own_check(
     tmp_path: Path, ledger: InMemoryLedger, buyer_card: AgentCard
 ) -> None:
     ctx = seller_ctx(tmp_path, ledger, service=make_service(check=lambda value: value == "no"))
-    update = await pg.execute(accepted_state(ctx, buyer_card, 1), rt(ctx))
+    job_id = await accepted_job(ledger, buyer_card, ctx)
+    update = await pg.execute(accepted_state(ctx, buyer_card, job_id), rt(ctx))
     assert update == {
         "phase": Phase.FAILING,
         "error": "result failed its check: result failed the service's check",
@@ -580,8 +591,45 @@ async def test_execute_an_empty_result(
         return ""
 
     ctx = seller_ctx(tmp_path, ledger, service=make_service(nothing))
-    update = await pg.execute(accepted_state(ctx, buyer_card, 1), rt(ctx))
+    job_id = await accepted_job(ledger, buyer_card, ctx)
+    update = await pg.execute(accepted_state(ctx, buyer_card, job_id), rt(ctx))
     assert update == {"phase": Phase.FAILING, "error": "result failed its check: result is empty"}
+
+
+async def test_execute_after_the_deadline_abandons_without_working(
+    tmp_path: Path, ledger: InMemoryLedger, buyer_card: AgentCard
+) -> None:
+    ran: list[str] = []
+
+    async def work(ctx: ServiceContext, text: str) -> str:
+        ran.append(text)
+        return text
+
+    ctx = seller_ctx(tmp_path, ledger, service=make_service(work))
+    job_id = await accepted_job(ledger, buyer_card, ctx)
+    ledger.clock.advance(300)  # restarted at the deadline second: too late to submit
+    update = await pg.execute(accepted_state(ctx, buyer_card, job_id), rt(ctx))
+    assert update["phase"] == Phase.FAILING
+    assert "deadline passed" in update["error"]
+    assert ran == []
+    assert ctx.counters["deadline_passed"] == 1
+
+
+async def test_submit_after_the_deadline_abandons_instead(
+    tmp_path: Path, ledger: InMemoryLedger, buyer_card: AgentCard
+) -> None:
+    ctx = seller_ctx(tmp_path, ledger)
+    job_id = await accepted_job(ledger, buyer_card, ctx)
+    total = ledger.total()
+    ledger.clock.advance(301)
+    state = accepted_state(ctx, buyer_card, job_id, result=RESULT, result_sha256=sha256_hex(RESULT))
+    update = await pg.submit(state, rt(ctx))
+    assert update["phase"] == Phase.FAILING and "deadline passed" in update["error"]
+    assert "submit" not in methods(ledger)  # no transaction doomed to revert
+    abandoned = await pg.abandon({**state, **update}, rt(ctx))
+    assert abandoned["phase"] == Phase.ABANDONED
+    assert ledger.jobs[job_id].status == JobStatus.REFUNDED
+    assert ledger.balance_of(buyer_card.address) == FUNDS and ledger.total() == total
 
 
 async def test_abandon_refunds_and_tells_the_requester(
@@ -906,7 +954,7 @@ async def test_solicit_collects_proposals_and_declines(
     assert (second["provider"], second["price"], second["reputation"]) == (p4.address, 950, None)
     assert update["declines"] == [
         {"provider": p2.address, "why": "busy"},
-        {"provider": p3.address, "why": f"{p3.address} did not answer"},
+        {"provider": p3.address, "why": f"{p3.address} did not answer", "unanswered": True},
     ]
     calls = messenger_of(ctx).messages(CallForProposals)
     assert len(calls) == 4
@@ -974,17 +1022,29 @@ async def test_choose_none_affordable(tmp_path: Path, ledger: InMemoryLedger) ->
     state = purchase(
         buyer_ctx(tmp_path, ledger),
         proposals=[proposal_of(dear, BUDGET + 1)],
-        declines=[{"provider": "0x1", "why": "busy"}, {"provider": "0x2", "why": "down"}],
+        declines=[
+            {"provider": "0x1", "why": "busy"},
+            {"provider": "0x2", "why": "unreachable", "unanswered": True},
+            {"provider": "0x3", "why": "0x3 did not answer in 1s", "unanswered": True},
+        ],
     )
     ctx = buyer_ctx(tmp_path, ledger)
     update = await rg.choose(state, rt(ctx))
-    assert update == {"phase": Phase.NO_PROPOSAL, "error": "no affordable proposal (busy; down)"}
+    assert update == {
+        "phase": Phase.NO_PROPOSAL,
+        "error": "no proposal to take: 0x1 declined: busy; no answer from 0x2: unreachable; "
+        "0x3 did not answer in 1s; 1 proposal(s) above the budget of 0.002 mUSD "
+        "(cheapest 0.002001 mUSD)",
+    }
 
 
 async def test_choose_no_proposal_and_no_decline(tmp_path: Path, ledger: InMemoryLedger) -> None:
     ctx = buyer_ctx(tmp_path, ledger)
     update = await rg.choose(purchase(ctx, proposals=[], declines=[]), rt(ctx))
-    assert update == {"phase": Phase.NO_PROPOSAL, "error": "no affordable proposal (none)"}
+    assert update == {
+        "phase": Phase.NO_PROPOSAL,
+        "error": "no proposal to take: no provider answered",
+    }
 
 
 async def test_choose_skips_excluded_providers(tmp_path: Path, ledger: InMemoryLedger) -> None:
@@ -1003,7 +1063,7 @@ async def test_choose_skips_excluded_providers(tmp_path: Path, ledger: InMemoryL
     )
     assert update == {
         "phase": Phase.NO_PROPOSAL,
-        "error": "no affordable proposal (none; 2 awarded provider(s) failed)",
+        "error": "no proposal to take: 2 awarded provider(s) failed",
     }
 
 
@@ -1070,7 +1130,7 @@ async def awaiting_approval(
         {
             "kind": "approval",
             "amount": LIST_PRICE,
-            "description": f"pay {LIST_PRICE} base units to {seller.address} for {SERVICE}",
+            "description": f"pay 0.001 mUSD to {seller.address} for {SERVICE} of {INPUT}",
             "until": ledger_time(ctx) + 60,
         }
     ]
@@ -1374,7 +1434,7 @@ async def test_await_delivery_a_bad_delivery_is_disputed(
     await graph.ainvoke(Command(resume=delivery), cfg, context=ctx)
     snapshot = await graph.aget_state(cfg)
     assert (snapshot.values["phase"], snapshot.next) == (Phase.DISPUTED, ())
-    assert snapshot.values["error"] == "result failed the service's check"
+    assert snapshot.values["error"] == "result failed the buyer's check"
     assert ledger.jobs[job_id].status == JobStatus.DISPUTED
     assert ledger.balance_of(seller.address) == 0
 
@@ -1493,7 +1553,7 @@ async def test_check_the_buyers_own_check(tmp_path: Path, ledger: InMemoryLedger
     ctx.buyer_checks[REQUESTER_TID] = (lambda value: value.islower(), None)
     assert await rg.check(delivered_state(ctx, seller, job_id), rt(ctx)) == {
         "phase": Phase.REJECTING,
-        "error": "result failed the service's check",
+        "error": "result failed the buyer's check",
     }
     ctx.buyer_checks[REQUESTER_TID] = (None, int)
     update = await rg.check(delivered_state(ctx, seller, job_id), rt(ctx))
@@ -1640,8 +1700,12 @@ async def test_one_whole_trade_in_memory(tmp_path: Path, ledger: InMemoryLedger)
 
     await eventually(seller_done)
     for runner, tid in ((seller_runner, PROVIDER_TID), (buyer_runner, REQUESTER_TID)):
-        async with runner.locks[tid]:  # the background runs have ended
-            pass
+        # The background runs have ended: a final task's lock is dropped with its run.
+        async def unlocked(r: TaskRunner = runner, t: str = tid) -> bool:
+            return t not in r.locks
+
+        await eventually(unlocked)
+        assert tid not in runner.locks
 
     assert values["phase"] == Phase.SETTLED
     assert values["result"] == RESULT
@@ -1680,3 +1744,24 @@ async def test_one_whole_trade_in_memory(tmp_path: Path, ledger: InMemoryLedger)
     ]
     assert [type(m) for _, m in seller_messenger.sent] == [Delivery]
     assert seller.counters["rejected.out_of_order"] == buyer.counters["rejected.out_of_order"] == 0
+
+
+async def test_decide_does_not_queue_behind_a_long_model_queue(
+    tmp_path: Path, ledger: InMemoryLedger
+) -> None:
+    model = FakeChatModel(decisions=[model_says(0.0008)])
+    ctx = seller_ctx(tmp_path, ledger, model=model)
+    ctx.pricing.cost_s = 1.0
+    ctx.pricing.in_flight = int(ctx.settings.decision_timeout_s)  # 5 queued x 1 s
+    update = await pg.decide(call_state(ctx, fake_card()), rt(ctx))
+    assert update["price"] == LIST_PRICE  # the rules, at once
+    assert model.calls == []  # the model was not asked
+    assert ctx.counters["model_fallbacks"] == 1
+
+
+async def test_decide_measures_the_model(tmp_path: Path, ledger: InMemoryLedger) -> None:
+    model = FakeChatModel(decisions=[model_says(0.0008)], delay_s=0.01)
+    ctx = seller_ctx(tmp_path, ledger, model=model)
+    await pg.decide(call_state(ctx, fake_card()), rt(ctx))
+    assert ctx.pricing.calls == 1 and (ctx.pricing.cost_s or 0) >= 0.01
+    assert ctx.pricing.in_flight == 0

@@ -20,6 +20,7 @@ from zmq.utils import z85
 from agentmesh.canonical import canonical_bytes
 from agentmesh.envelope import now_ms
 from agentmesh.errors import SignatureError
+from agentmesh.message import UInt
 
 CURVE_KEY_LABEL = b"agentmesh/curve/v1"
 
@@ -48,7 +49,7 @@ class ServicePrice(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1, max_length=64)
-    price: int = Field(ge=0)
+    price: UInt  # strict and bounded: a card travels in messages and is checkpointed
 
 
 class AgentCard(BaseModel):
@@ -63,7 +64,7 @@ class AgentCard(BaseModel):
     curve_key: str = Field(min_length=40, max_length=40)
     services: tuple[ServicePrice, ...] = Field(default=(), max_length=32)
     model_sha256: str = Field(default="", max_length=64)
-    issued_ms: int = Field(ge=0)
+    issued_ms: UInt
     signature: str = ""
 
     def signing_bytes(self) -> bytes:

@@ -6,7 +6,9 @@
   ``gossip_s`` a few random peers are asked again, spreading cards transitively.
 - **Presence**: each node publishes a signed ``Heartbeat`` on its PUB socket every
   ``heartbeat_s``; we subscribe to every known peer. A peer silent for
-  ``down_after_missed`` beats is marked down, after ``remove_after_missed`` removed.
+  ``down_after_missed`` beats is marked down, after ``remove_after_missed`` removed. A
+  node that stops publishes a signed ``Goodbye``: its peers mark it down at once
+  instead of waiting for missed beats (and stop greeting it).
 - **Extra sources** (the on-chain registry) supply bootstrap addresses the same way.
 
 Every card is verified against its wallet signature before it enters the table, and a
@@ -38,6 +40,8 @@ log = logging.getLogger("agentmesh.mesh.discovery")
 
 MAX_CARDS = 256
 GOSSIP_FANOUT = 3
+GOODBYE_FLUSH_S = 0.05
+BOOTSTRAP_ATTEMPTS = 5  # a configured bootstrap address: it is expected to be up
 
 
 class Hello(Message):
@@ -57,6 +61,10 @@ class Heartbeat(Message):
 
     seq: int
     card_issued_ms: int
+
+
+class Goodbye(Message):
+    """Presence: the sender is leaving the mesh (a clean stop)."""
 
 
 class Ping(Message):
@@ -85,6 +93,9 @@ class Discovery:
         self._greeted: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._seq = 0
+        # Set once every bootstrap address and registry entry has been tried (joined
+        # or given up): from then on, a service nobody offers is not coming soon.
+        self.joined = asyncio.Event()
         node.on(Hello, protocol=MESH_PROTOCOL, version=MESH_VERSION, replies=(Peers,))(
             self._on_hello
         )
@@ -103,6 +114,11 @@ class Discovery:
         ]
 
     async def stop(self) -> None:
+        """Say goodbye on the presence socket, then stop the loops."""
+        with contextlib.suppress(RuntimeError, zmq.ZMQError):
+            self.node.publish(Goodbye(), protocol=MESH_PROTOCOL, version=MESH_VERSION)
+            # PUB sockets do not linger: give the frame a moment to leave.
+            await asyncio.sleep(GOODBYE_FLUSH_S)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -189,6 +205,13 @@ class Discovery:
         return own
 
     async def _join_all(self) -> None:
+        """Join through every bootstrap address at once.
+
+        Configured addresses are retried (they are expected to come up); registry
+        entries get one try each, in parallel, since an entry may belong to an agent
+        that exited without deregistering (killed): a dead entry then costs one
+        timeout beside the live ones, never a queue of retries in front of them.
+        """
         addresses = dict.fromkeys(self.config.bootstrap, "bootstrap")
         for source in self.sources:
             try:
@@ -196,23 +219,37 @@ class Discovery:
                     addresses.setdefault(address, "registry")
             except Exception as exc:  # a broken source must not stop the others
                 log.warning("bootstrap source failed: %s", exc)
-        for address, label in addresses.items():
-            if self.node.card is not None and address == self.node.card.bootstrap_address:
-                continue
-            for attempt in range(5):
-                try:
-                    await self.join(address, label)
-                    break
-                except ProtocolError as exc:  # malformed address: retrying cannot help
-                    log.warning("bootstrap %s unusable: %s", address, exc.user_message)
-                    break
-                except AgentMeshError as exc:
-                    log.info(
-                        "bootstrap %s failed (attempt %d): %s",
-                        address,
-                        attempt + 1,
-                        exc.user_message,
-                    )
+        own = self.node.card.bootstrap_address if self.node.card is not None else None
+        try:
+            await asyncio.gather(
+                *(
+                    self._join_with_retries(address, label)
+                    for address, label in addresses.items()
+                    if address != own
+                )
+            )
+        finally:
+            self.joined.set()
+
+    async def _join_with_retries(self, address: str, label: str) -> None:
+        attempts = BOOTSTRAP_ATTEMPTS if label == "bootstrap" else 1
+        for attempt in range(attempts):
+            try:
+                await self.join(address, label)
+                return
+            except ProtocolError as exc:  # malformed address: retrying cannot help
+                log.warning("bootstrap %s unusable: %s", address, exc.user_message)
+                return
+            except AgentMeshError as exc:
+                log.info(
+                    "%s %s failed (attempt %d of %d): %s",
+                    label,
+                    address,
+                    attempt + 1,
+                    attempts,
+                    exc.user_message,
+                )
+                if attempt + 1 < attempts:
                     await asyncio.sleep(self.config.heartbeat_s)
 
     # ------------------------------------------------------------------ handlers
@@ -249,6 +286,11 @@ class Discovery:
 
     def _on_heartbeat(self, envelope: Envelope) -> None:
         node = self.node
+        if envelope.protocol == MESH_PROTOCOL and envelope.schema_digest == (
+            Goodbye.schema_digest()
+        ):
+            self._on_goodbye(envelope.sender)
+            return
         if (
             envelope.protocol != MESH_PROTOCOL
             or envelope.schema_digest != Heartbeat.schema_digest()
@@ -265,6 +307,15 @@ class Discovery:
             self._greeted.discard(envelope.sender)
             task = asyncio.create_task(self._greet(record.card))
             self._tasks.append(task)
+
+    def _on_goodbye(self, sender: str) -> None:
+        """A peer left: down now (the table keeps its card; a later beat revives it)."""
+        record = self.node.peers.get(sender)
+        if record is None or record.state != "up":
+            return
+        self.node.peers.mark(sender, "down")
+        self._greeted.discard(sender)
+        self.node.counters["peers_left"] += 1
 
     async def _liveness_loop(self) -> None:
         node = self.node

@@ -10,6 +10,10 @@ Inbound frames are drained in batches: each is size-checked, parsed, verified
 as ``received`` in one transaction, handlers run as tasks, and a flusher records them
 ``handled`` (with the reply) before the replies leave. A duplicate id gets its stored
 reply again and never reaches the handler. Nothing a peer sends can stop the loop.
+
+The store is pruned on start and every ``store_prune_s`` (``MeshConfig``'s retention
+limits); the ids a replay check may still need and the messages not yet handled are
+kept (see ``agentmesh.store``).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from agentmesh.mesh.peers import PeerTable
 from agentmesh.mesh.reactor import ReactorSocket
 from agentmesh.mesh.routes import ErrorReply, HandlerContext, Route, Routes
 from agentmesh.message import Message
-from agentmesh.store import Store
+from agentmesh.store import MessageRetention, Store
 
 log = logging.getLogger("agentmesh.mesh")
 
@@ -124,7 +128,9 @@ class MeshNode:
         self.store = store
         self.routes = Routes()
         self.guard = InboundGuard(self.config, self.address)
-        self.peers = PeerTable(self.address, store)
+        self.peers = PeerTable(
+            self.address, store, self.config.max_peers, on_evict=self._close_dealers
+        )
         self.counters = self.guard.counters
         self._services = tuple(services)
         self._model_sha256 = model_sha256
@@ -219,6 +225,7 @@ class MeshNode:
             asyncio.create_task(self._housekeeping(), name="mesh-housekeeping"),
         ]
         await self._recover_pending()
+        self.prune_store()
 
     async def stop(self) -> None:
         """Stop loops, close sockets, write the last counters."""
@@ -326,6 +333,9 @@ class MeshNode:
     def forget(self, address: str) -> None:
         """Remove a peer and close its pooled connections (a departed agent)."""
         self.peers.remove(address)
+        self._close_dealers(address)
+
+    def _close_dealers(self, address: str) -> None:
         for key in [k for k in self._dealers if k.startswith(f"{address}|")]:
             self._dealers.pop(key).close()
 
@@ -729,6 +739,35 @@ class MeshNode:
 
     # ------------------------------------------------------------------ upkeep
 
+    def retention(self) -> MessageRetention:
+        """The store's retention from the config. Protected: rows young enough that a
+        copy of their envelope could still be admitted (a received envelope expires at
+        most ``max_ttl_ms`` after its creation, which is at most ``clock_skew_ms`` ahead
+        of our clock, and is admitted until ``clock_skew_ms`` after it expires)."""
+        config = self.config
+        return MessageRetention(
+            max_age_ms=config.store_retention_s * 1000,
+            max_rows=config.store_max_messages,
+            max_bytes=config.store_max_bytes,
+            protect_ms=config.max_ttl_ms + 2 * config.clock_skew_ms,
+        )
+
+    def prune_store(self, at_ms: int | None = None) -> int:
+        """Apply the retention limits to the store as of ``at_ms`` (default: now);
+        returns how many messages were dropped."""
+        if self.store is None:
+            return 0
+        now = now_ms() if at_ms is None else at_ms
+        dropped = self.store.prune_messages(self.retention(), now)
+        self.counters["store.pruned"] += dropped
+        # Rows of peers this run does not hold (left by earlier runs) age out too.
+        self.store.prune_peers(
+            {r.address for r in self.peers.all()},
+            self.config.max_peers,
+            now - self.config.store_retention_s * 1000,
+        )
+        return dropped
+
     def _flush_logs(self) -> None:
         if self.store is None:
             self._log_out.clear()
@@ -742,7 +781,7 @@ class MeshNode:
             self.store.record_done((_row(e), "reply", None) for e in replies)
 
     async def _housekeeping(self) -> None:
-        last_stats = time.monotonic()
+        last_stats = last_prune = time.monotonic()
         while True:
             await asyncio.sleep(LOG_FLUSH_S)
             try:
@@ -751,5 +790,8 @@ class MeshNode:
                     last_stats = time.monotonic()
                     self.store.save_stats(dict(self.counters))
                     self.peers.sync_last_seen()
+                if time.monotonic() - last_prune >= self.config.store_prune_s:
+                    last_prune = time.monotonic()
+                    self.prune_store()
             except Exception:
                 log.exception("mesh housekeeping error (continuing)")

@@ -1,8 +1,16 @@
-"""The peer table: one record per known agent, fed by bootstrap, gossip and the registry."""
+"""The peer table: one record per known agent, fed by bootstrap, gossip and the registry.
+
+The table is bounded (``max_peers``): anyone can sign a card with a fresh key, so a
+flood of them must not grow memory and the store without end. When full, the peer that
+is down and was seen longest ago makes room; while every known peer is up, a new card
+is refused (peers that keep sending heartbeats are never pushed out by newcomers, and
+cards nobody runs go down after a few missed heartbeats, making room again).
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agentmesh.mesh.card import AgentCard
@@ -30,9 +38,18 @@ class PeerRecord:
 class PeerTable:
     """Verified cards by address; newer cards (by ``issued_ms``) replace older ones."""
 
-    def __init__(self, self_address: str, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        self_address: str,
+        store: Store | None = None,
+        max_peers: int = 10_000,
+        on_evict: Callable[[str], None] | None = None,
+    ) -> None:
         self.self_address = self_address
         self.store = store
+        self.max_peers = max_peers
+        self.on_evict = on_evict  # told the address of a peer evicted to make room
+        self.refused = 0  # new cards turned away while the table was full
         self._peers: dict[str, PeerRecord] = {}
 
     def __len__(self) -> int:
@@ -57,6 +74,9 @@ class PeerTable:
             # alive (gossip would keep a dead peer up): liveness comes only from
             # heartbeats and direct traffic, through `seen`.
             return False
+        if known is None and source != "self" and not self._make_room():
+            self.refused += 1
+            return False
         self._peers[card.address] = PeerRecord(card, known.source if known else source)
         if self.store is not None:
             now = _now_ms()
@@ -76,6 +96,21 @@ class PeerTable:
                     last_seen_ms=now,
                 )
             )
+        return True
+
+    def _make_room(self) -> bool:
+        """Whether a new peer fits, after evicting the longest-unseen down peer if full."""
+        if len(self._peers) < self.max_peers:
+            return True
+        down = [
+            r for r in self._peers.values() if r.state != "up" and r.address != self.self_address
+        ]
+        if not down:
+            return False
+        victim = min(down, key=lambda r: r.last_seen_ms).address
+        self.remove(victim)
+        if self.on_evict is not None:
+            self.on_evict(victim)
         return True
 
     def seen(self, address: str, at_ms: int | None = None) -> None:
