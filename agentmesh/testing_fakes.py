@@ -138,6 +138,7 @@ class _Job:
     status: int = 1  # JobStatus.OPEN
     result_hash: bytes = bytes(32)
     opened_block: int = 0
+    disputed_at: int = 0
 
 
 class InMemoryLedger:
@@ -257,6 +258,7 @@ class InMemoryEscrow:
             status=JobStatus(job.status),
             terms_hash=job.terms_hash,
             result_hash=job.result_hash,
+            disputed_at=job.disputed_at,
         )
 
     async def open(
@@ -366,7 +368,7 @@ class InMemoryEscrow:
         ends = job.submitted_at + job.review_window
         if self.ledger.clock.time > ends:
             raise _revert("ReviewWindowClosed", job_id, ends)
-        job.status = 7
+        job.status, job.disputed_at = 7, self.ledger.clock.time
         return self.ledger._receipt(self.caller, "dispute", job_id)
 
 

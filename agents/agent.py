@@ -43,6 +43,7 @@ from agentmesh.agents.outcome import TaskFailed, TaskOutcome
 from agentmesh.agents.pricing import PricingPacer, warm_up_pricing
 from agentmesh.agents.provider_graph import build_provider_graph
 from agentmesh.agents.records import AgentRecords
+from agentmesh.agents.reputation import CachedReputation
 from agentmesh.agents.requester_graph import build_requester_graph
 from agentmesh.agents.service import CheckFn, Service, ServiceFn, parse_price
 from agentmesh.agents.task_runner import TaskRunner
@@ -328,7 +329,7 @@ class Agent:
             name=self.name,
             token=self.token,
             escrow=self.escrow,
-            registry=self.registry,
+            registry=CachedReputation(self.registry),
             messenger=self.messenger,
             clock=self.clock,
             settings=self.settings,

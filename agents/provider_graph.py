@@ -43,7 +43,7 @@ from agentmesh.protocols.negotiation import (
     Settled,
     Timeout,
 )
-from agentmesh.wallets.clients import EscrowJob, JobStatus
+from agentmesh.wallets.clients import JobStatus
 
 if TYPE_CHECKING:
     from langgraph.graph.state import CompiledStateGraph
@@ -81,6 +81,7 @@ class ProviderState(TypedDict, total=False):
     funding_until: int  # chain time: the award expires unless funded
     claim_after: int  # chain time: the review window has ended
     job_id: int
+    job_deadline: int  # chain time: the funded job's deadline (fixed on chain)
     escrow: str
     result: str
     result_sha256: str
@@ -232,16 +233,20 @@ async def verify_accept(state: ProviderState, runtime: Ctx) -> Update:
         return {"phase": Phase.REFUSED, "error": problem}
     if job.status == JobStatus.OPEN:
         receipt = await ctx.escrow.accept(state["job_id"])
-        return {"phase": Phase.ACCEPTED, "txs": {"accept": tx_hex(receipt)}}
-    return {"phase": Phase.ACCEPTED}  # accepted before a restart
+        return {
+            "phase": Phase.ACCEPTED,
+            "txs": {"accept": tx_hex(receipt)},
+            "job_deadline": job.deadline,
+        }
+    return {"phase": Phase.ACCEPTED, "job_deadline": job.deadline}  # before a restart
 
 
-async def too_late(ctx: TaskContext, job: EscrowJob) -> Update | None:
-    """The abandon update if ``job``'s deadline has passed (a provider restarted late):
-    the result could no longer be submitted, so the work is not done at all and the
-    deposit goes back to the requester at once."""
+async def too_late(ctx: TaskContext, deadline: int) -> Update | None:
+    """The abandon update if the job's ``deadline`` has passed (a provider restarted
+    late): the result could no longer be submitted, so the work is not done at all and
+    the deposit goes back to the requester at once."""
     # A transaction now lands in a later block: at the deadline second it is too late.
-    if await ctx.clock.now() < job.deadline:
+    if await ctx.clock.now() < deadline:
         return None
     ctx.counters["deadline_passed"] += 1
     return {
@@ -252,7 +257,10 @@ async def too_late(ctx: TaskContext, job: EscrowJob) -> Update | None:
 
 async def execute(state: ProviderState, runtime: Ctx) -> Update:
     ctx = runtime.context
-    late = await too_late(ctx, await ctx.escrow.get_job(state["job_id"]))
+    deadline = state.get("job_deadline")
+    if deadline is None:  # a checkpoint written before the deadline was kept in state
+        deadline = (await ctx.escrow.get_job(state["job_id"])).deadline
+    late = await too_late(ctx, deadline)
     if late is not None:
         return late
     service = ctx.services[state["service"]]
@@ -297,7 +305,7 @@ async def submit(state: ProviderState, runtime: Ctx) -> Update:
     digest = bytes.fromhex(state["result_sha256"])
     txs: dict[str, str] = {}
     if job.status == JobStatus.ACCEPTED:
-        late = await too_late(ctx, job)
+        late = await too_late(ctx, job.deadline)
         if late is not None:
             return late
         txs["submit"] = tx_hex(await ctx.escrow.submit(state["job_id"], digest))

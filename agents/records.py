@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from enum import StrEnum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,15 @@ class ApprovalRow(SQLModel, table=True):
     decided_ms: int | None = None
 
 
+# What update_task may set (the column names it writes into its statement).
+_UPDATABLE = frozenset(TaskRow.model_fields) - {"conversation", "created_ms"}
+
+
+def _plain(value: Any) -> Any:
+    """A value as SQLite stores it (enums by their value)."""
+    return value.value if isinstance(value, Enum) else value
+
+
 class AgentRecords:
     """Tasks and approvals of one agent."""
 
@@ -88,6 +97,13 @@ class AgentRecords:
             tables=[TaskRow.__table__, ApprovalRow.__table__],  # type: ignore[attr-defined]
         )
         self._add_missing_columns()
+        # The hot path (update_task, count_attempt) writes through one DBAPI connection.
+        self._raw = self.engine.raw_connection()
+        self._raw.cursor().execute(
+            "CREATE TABLE IF NOT EXISTS attempts (conversation TEXT NOT NULL, "
+            "step TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (conversation, step))"
+        )
+        self._raw.commit()
 
     def _add_missing_columns(self) -> None:
         """Columns added since a home's database was created (``create_all`` adds tables,
@@ -100,6 +116,7 @@ class AgentRecords:
                     connection.execute(text(f"ALTER TABLE tasks ADD COLUMN {column} {kind}"))
 
     def close(self) -> None:
+        self._raw.close()
         self.engine.dispose()
 
     # ------------------------------------------------------------------ tasks
@@ -123,27 +140,63 @@ class AgentRecords:
                 session.commit()
 
     def update_task(self, conversation: str, **changes: Any) -> None:
-        with Session(self.engine) as session:
-            row = session.get(TaskRow, conversation)
-            if row is None:
+        """Set ``changes`` (TaskRow fields) on a task; a new ``state`` joins its trace.
+
+        Plain SQL on one connection, not the ORM: it runs on every phase of every
+        task, on the event loop (measured through the ORM: 0.74 ms a call under load,
+        ~24 calls per purchase).
+        """
+        unknown = set(changes) - _UPDATABLE
+        if unknown:
+            raise AgentMeshValueError(f"not a task field: {', '.join(sorted(unknown))}")
+        now = _now_ms()
+        values = {key: _plain(value) for key, value in changes.items()}
+        values["updated_ms"] = now
+        cursor = self._raw.cursor()
+        try:
+            found = cursor.execute(
+                "SELECT trace FROM tasks WHERE conversation = ?", (conversation,)
+            ).fetchone()
+            if found is None:
                 return
-            for key, value in changes.items():
-                setattr(row, key, value)
-            row.updated_ms = _now_ms()
             phase = changes.get("state")
             if phase is not None:
-                trace = json.loads(row.trace or "[]")
+                trace = json.loads(found[0] or "[]")
                 if not trace or trace[-1][0] != str(phase):
                     # Bounded: a task that loops (refused deliveries) keeps its start
                     # and its latest steps.
-                    trace = [
-                        *trace[:1],
-                        *trace[1:][-(MAX_TRACE - 2) :],
-                        [str(phase), row.updated_ms],
-                    ]
-                    row.trace = json.dumps(trace)
-            session.add(row)
-            session.commit()
+                    trace = [*trace[:1], *trace[1:][-(MAX_TRACE - 2) :], [str(phase), now]]
+                    values["trace"] = json.dumps(trace)
+            columns = sorted(values)
+            assignments = ", ".join(f"{column} = ?" for column in columns)
+            cursor.execute(
+                f"UPDATE tasks SET {assignments} WHERE conversation = ?",
+                (*(values[column] for column in columns), conversation),
+            )
+            self._raw.commit()
+        finally:
+            cursor.close()
+
+    def count_attempt(self, conversation: str, step: str) -> int:
+        """Count one more attempt at ``step`` of a task, durably and before the step
+        has any effect; returns how many attempts came before. 0 means no earlier run
+        of the step (one cut short by a crash included) can have left an effect to
+        look for."""
+        cursor = self._raw.cursor()
+        try:
+            found = cursor.execute(
+                "SELECT count FROM attempts WHERE conversation = ? AND step = ?",
+                (conversation, step),
+            ).fetchone()
+            before = int(found[0]) if found else 0
+            cursor.execute(
+                "INSERT OR REPLACE INTO attempts (conversation, step, count) VALUES (?, ?, ?)",
+                (conversation, step, before + 1),
+            )
+            self._raw.commit()
+            return before
+        finally:
+            cursor.close()
 
     def task(self, conversation: str) -> TaskRow | None:
         with Session(self.engine) as session:

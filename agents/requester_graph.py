@@ -333,9 +333,12 @@ async def found_job(ctx: TaskContext, state: RequesterState, terms: bytes) -> Up
 async def fund(state: RequesterState, runtime: Ctx) -> Update:
     ctx = runtime.context
     terms = agreed_terms_hash(state)
-    found = await found_job(ctx, state, terms)
-    if found is not None:
-        return found
+    # Looking for a job opened by an earlier run costs a log query: only a run that
+    # follows one (a restart, a retry) can find one.
+    if ctx.records.count_attempt(Role.REQUESTER.task_id(state["conversation"]), "fund"):
+        found = await found_job(ctx, state, terms)
+        if found is not None:
+            return found
     deadline = await ctx.clock.now() + state["deadline_s"]
     try:
         job_id, receipts = await ctx.escrow.open(

@@ -113,6 +113,8 @@ class TaskRunner:
                 for update in chunk.values():
                     if isinstance(update, dict) and "phase" in update:
                         extra = {"detail": update["error"]} if update.get("error") else {}
+                        if update.get("job_id") is not None:  # with its phase, not after
+                            extra["job_id"] = update["job_id"]
                         self.ctx.records.update_task(tid, state=str(update["phase"]), **extra)
                         self._phase_changed(tid, update)
         except asyncio.CancelledError:

@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from web3.types import TxReceipt
+
 from agentmesh.agents.agent import Agent
 from agentmesh.agents.control import (
     MAX_LINE,
@@ -34,7 +36,7 @@ from agentmesh.agents.control import (
 from agentmesh.agents.outcome import TaskOutcome
 from agentmesh.errors import AgentMeshError, AgentMeshValueError
 from agentmesh.protocols.negotiation import Role, TaskStatus, Timeout
-from agentmesh.wallets.clients import JobStatus
+from agentmesh.wallets.clients import EscrowJob, JobStatus
 
 log = logging.getLogger("agentmesh.wallet_agent")
 
@@ -289,19 +291,22 @@ class WalletAgentServer:
                 # This agent's own deadline check got there first: the money is back.
                 lock.release()
                 return self._refunded(conversation, job.job_id, job.amount, done, already=True)
-            if job.status not in (JobStatus.OPEN, JobStatus.ACCEPTED):
+            ends = job.dispute_ends_at()
+            if ends is not None:
+                receipt = await self._expire_dispute(job, ends, conversation)
+            elif job.status not in (JobStatus.OPEN, JobStatus.ACCEPTED):
                 raise AgentMeshValueError(
                     f"job {job.job_id} of task {conversation[:12]} is "
                     f"{job.status.name.lower()}: nothing to refund"
                 )
-            now = await agent.clock.now()
-            if now <= job.deadline:
+            elif (now := await agent.clock.now()) <= job.deadline:
                 raise AgentMeshValueError(
                     f"job {job.job_id} is within its deadline ({local_time(job.deadline)}, in "
                     f"{job.deadline - now} s): the provider may still deliver. After the "
                     "deadline the wallet's agent refunds it by itself"
                 )
-            receipt = await agent.escrow.refund(job.job_id)
+            else:
+                receipt = await agent.escrow.refund(job.job_id)
         except BaseException:
             lock.release()
             raise
@@ -318,6 +323,18 @@ class WalletAgentServer:
             lock.release()
         tx = "0x" + bytes(receipt["transactionHash"]).hex()
         return self._refunded(conversation, job.job_id, job.amount, tx, already=False)
+
+    async def _expire_dispute(self, job: EscrowJob, ends: int, conversation: str) -> TxReceipt:
+        """The deposit of a disputed job back to the buyer once the arbiter's time is
+        over; a clear refusal before."""
+        now = await self.agent.clock.now()
+        if now <= ends:
+            raise AgentMeshValueError(
+                f"job {job.job_id} of task {conversation[:12]} is disputed: its arbiter "
+                f"{job.arbiter} may split it until {local_time(ends)} (in {ends - now} s); "
+                "after that `task refund` returns the deposit to the buyer"
+            )
+        return await self.agent.escrow.expire_dispute(job.job_id)
 
     @staticmethod
     def _refunded(

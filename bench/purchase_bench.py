@@ -82,7 +82,19 @@ def start_provider(home: Path, name: str) -> subprocess.Popen[bytes]:
 
 def timed_cli_purchase(home: Path, n: int) -> float:
     start = time.perf_counter()
-    done = cli(home, "task", "request", "echo", "--text", f"cli {n}", "--budget", "0.2", "--json")
+    done = cli(
+        home,
+        "task",
+        "request",
+        "echo",
+        "--text",
+        f"cli {n}",
+        "--budget",
+        "0.2",
+        "--json",
+        "--wallet",
+        "buyer",
+    )
     took = time.perf_counter() - start
     assert json.loads(done.stdout)["phase"] == "settled"
     return took
@@ -220,7 +232,17 @@ def concurrent_cli(home: Path, count: int) -> tuple[int, float]:
     start = time.perf_counter()
     processes = [
         subprocess.Popen(
-            [*command, "echo", "--text", f"together {n}", "--budget", "0.2", "--json"],
+            [
+                *command,
+                "echo",
+                "--text",
+                f"together {n}",
+                "--budget",
+                "0.2",
+                "--json",
+                "--wallet",
+                "buyer",
+            ],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -278,6 +300,7 @@ def run(runs: int) -> dict[str, Any]:
 
 
 def main() -> None:
+    os.environ["AGENTMESH_PASSWORD"] = PASSWORD  # the in-process agent's wallet
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=8, help="purchases per measurement")
     args = parser.parse_args()

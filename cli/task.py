@@ -1,7 +1,8 @@
-"""``agentmesh task request | resume | refund | list | show``: buy a service from the
-command line through the wallet's agent; inspect tasks with their on-chain state and
-the money they hold. Tables show mUSD and local times; ``--json`` keeps base units and
-epoch times (ms for records, s for the chain)."""
+"""``agentmesh task request | resume | refund | resolve | list | show``: buy a service
+from the command line through the wallet's agent; inspect tasks with their on-chain
+state and the money they hold; settle a dispute as its arbiter. Tables show mUSD and
+local times; ``--json`` keeps base units and epoch times (ms for records, s for the
+chain)."""
 
 from __future__ import annotations
 
@@ -156,6 +157,100 @@ def refund(
     app_state = state(ctx)
     agent, task = _find_task(app_state.home, task_id, role="requester")
     run(_carry(app_state, _wallet_of(agent), Refund(task=task.conversation[2:]), 120, json_out))
+
+
+@app.command()
+def resolve(
+    ctx: typer.Context,
+    job_id: Annotated[int, typer.Argument(help="escrow job id (`task show` names it)", min=1)],
+    to_provider: Annotated[
+        str, typer.Option(help="the provider's share in mUSD, e.g. 0.02 (the rest: buyer)")
+    ],
+    wallet: Annotated[str | None, typer.Option(help="keystore wallet of the job's arbiter")] = None,
+    devnet_arbiter: Annotated[
+        bool,
+        typer.Option(help="sign as the devnet deployer, the default arbiter on a devnet"),
+    ] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Arbiter: split the deposit of a disputed job between its provider and its buyer
+    (within the dispute timeout; after it, `task refund` returns it to the buyer)."""
+    from agentmesh.wallets.units import MUSD_DECIMALS, parse_amount
+
+    app_state = state(ctx)
+    if (wallet is None) == (not devnet_arbiter):
+        raise AgentMeshValueError("name the arbiter: --wallet NAME or --devnet-arbiter")
+    share = parse_amount(to_provider, MUSD_DECIMALS, symbol="mUSD")
+    account = None
+    if wallet is not None:
+        from agentmesh.cli.wallet import _load_wallet
+
+        account = _load_wallet(app_state, wallet)
+    done = run(_resolve(app_state, job_id, share, account))
+    if json_out:
+        print_json(done)
+        return
+    console.print(
+        f"job {job_id} resolved: {musd(done['provider_amount'])} to the provider "
+        f"{done['provider']}, {musd(done['client_amount'])} back to the buyer "
+        f"{done['client']} (tx {done['tx']})"
+    )
+
+
+async def _resolve(
+    app_state: AppState, job_id: int, share: int, account: Any | None
+) -> dict[str, Any]:
+    from agentmesh.chain.home import running_devnet
+    from agentmesh.wallets.chain import open_chain
+    from agentmesh.wallets.chain_clock import ChainClock
+    from agentmesh.wallets.clients import EscrowClient
+    from agentmesh.wallets.deployer import dev_deployer
+    from agentmesh.wallets.wallet import Wallet
+
+    _chain_url(app_state)  # a clear error when no chain is up
+    async with open_chain(app_state.home, app_state.config, allow_embedded=False) as chain:
+        if account is None:
+            if running_devnet(app_state.home) is None or app_state.config.chain.rpc_url:
+                raise AgentMeshValueError(
+                    "--devnet-arbiter signs with the devnet's public deployer key: only for "
+                    "this home's `agentmesh devnet up`; name the arbiter's --wallet"
+                )
+            signer = dev_deployer(chain.w3)
+        else:
+            signer = Wallet(account, chain.w3)
+        escrow = EscrowClient(signer, chain.deployment.address("TaskEscrow"))
+        job = await escrow.get_job(job_id)
+        ends = job.dispute_ends_at()
+        if ends is None:
+            raise AgentMeshValueError(
+                f"job {job_id} is {job.status.name.lower()}, not disputed: nothing to resolve"
+            )
+        if job.arbiter.lower() != signer.address.lower():
+            raise AgentMeshValueError(
+                f"{signer.address} is not the arbiter of job {job_id} (its arbiter is "
+                f"{job.arbiter})"
+            )
+        now = await ChainClock(chain.w3).now()
+        if now > ends:
+            raise AgentMeshValueError(
+                f"the dispute of job {job_id} timed out at {local_time(ends)}: the arbiter "
+                "can no longer split it; the buyer's `task refund` returns the deposit"
+            )
+        if share > job.amount:
+            raise AgentMeshValueError(
+                f"--to-provider {musd(share)} is more than the deposit of job {job_id} "
+                f"({musd(job.amount)})"
+            )
+        with console.status(f"resolving job {job_id}..."):
+            receipt = await escrow.resolve(job_id, share)
+    return {
+        "job_id": job_id,
+        "provider": job.provider,
+        "client": job.client,
+        "provider_amount": share,
+        "client_amount": job.amount - share,
+        "tx": "0x" + bytes(receipt["transactionHash"]).hex(),
+    }
 
 
 @app.command("agent", hidden=True)
@@ -447,8 +542,9 @@ def locked_money(job: Any) -> dict[str, Any] | None:
     if status == "disputed":
         return {
             "amount": amount,
-            "until": None,
-            "release": f"held until the arbiter {job.arbiter} resolves the dispute",
+            "until": job.dispute_ends_at(),
+            "release": f"split by the arbiter {job.arbiter} (`task resolve`), or back to "
+            "the buyer (`task refund`) if it has not by the dispute timeout",
         }
     return None
 

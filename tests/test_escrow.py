@@ -28,7 +28,13 @@ from agentmesh.contracts import Artifact
 from agentmesh.contracts.compile import compile_sources, render
 from agentmesh.errors import AgentMeshError, ContractRevertError, InsufficientFundsError
 from agentmesh.wallets.chain import Chain
-from agentmesh.wallets.clients import EscrowClient, EscrowJob, JobStatus, TokenClient
+from agentmesh.wallets.clients import (
+    DISPUTE_TIMEOUT_S,
+    EscrowClient,
+    EscrowJob,
+    JobStatus,
+    TokenClient,
+)
 from agentmesh.wallets.deployer import dev_deployer
 from agentmesh.wallets.reverts import decode_revert
 from agentmesh.wallets.wallet import Wallet
@@ -176,6 +182,7 @@ ACTIONS: dict[str, Action] = {
     "refund": lambda e, j: e.refund(j),
     "dispute": lambda e, j: e.dispute(j, h32("reason")),
     "resolve": lambda e, j: e.resolve(j, 0),
+    "expire": lambda e, j: e.expire_dispute(j),
 }
 
 
@@ -437,6 +444,60 @@ async def test_resolve_splits_the_deposit(chain: Chain, p: Parties, provider_amo
     ) == (CLIENT_MUSD * ONE_MUSD - AMOUNT + client_amount, provider_amount, 0, 0)
 
 
+async def test_an_unresolved_dispute_returns_the_deposit_after_its_timeout(
+    chain: Chain, p: Parties
+) -> None:
+    job_id = await job_in(chain, p, "submitted")
+    client = escrow_for(chain, p.client)
+    disputed_at = await block_time(chain, await client.dispute(job_id, h32("reason")))
+    job = await client.get_job(job_id)
+    ends = disputed_at + DISPUTE_TIMEOUT_S
+    assert (job.disputed_at, job.dispute_ends_at()) == (disputed_at, ends)
+    stranger = escrow_for(chain, p.stranger)
+    # Within the timeout the arbiter decides: expiring it is refused, for anyone.
+    await assert_reverts(
+        chain, p.addresses, stranger.expire_dispute(job_id), "DisputePending", (job_id, ends)
+    )
+    await advance_time(chain, ends - await chain_now(chain) + 1)
+    # Past it the arbiter cannot decide any more ...
+    await assert_reverts(
+        chain,
+        p.addresses,
+        escrow_for(chain, p.arbiter).resolve(job_id, AMOUNT),
+        "DisputeTimedOut",
+        (job_id, ends),
+    )
+    # ... and anyone can send the deposit back to the client (it can go nowhere else).
+    receipt = await stranger.expire_dispute(job_id)
+    assert events(stranger, "DisputeExpired", receipt) == [{"jobId": job_id, "amount": AMOUNT}]
+    assert (await client.get_job(job_id)).status == JobStatus.REFUNDED
+    assert (await client.get_job(job_id)).dispute_ends_at() is None
+    assert await balances(
+        chain, chain.token_address, [p.client.address, p.provider.address, stranger.address]
+    ) == (CLIENT_MUSD * ONE_MUSD, 0, 0)
+    await assert_solvent(chain, chain.token_address)
+    await assert_reverts(
+        chain,
+        p.addresses,
+        stranger.expire_dispute(job_id),
+        "WrongStatus",
+        (job_id, JobStatus.REFUNDED),
+    )
+
+
+async def test_the_arbiter_may_resolve_until_the_last_second_of_the_timeout(
+    chain: Chain, p: Parties
+) -> None:
+    job_id = await job_in(chain, p, "submitted")
+    client = escrow_for(chain, p.client)
+    disputed_at = await block_time(chain, await client.dispute(job_id, h32("reason")))
+    ends = disputed_at + DISPUTE_TIMEOUT_S
+    await rpc(chain, "evm_setNextBlockTimestamp", ends)
+    receipt = await escrow_for(chain, p.arbiter).resolve(job_id, AMOUNT)
+    assert await block_time(chain, receipt) == ends
+    assert (await client.get_job(job_id)).status == JobStatus.RESOLVED
+
+
 async def test_job_record_through_its_life(chain: Chain, p: Parties) -> None:
     client, provider = escrow_for(chain, p.client), escrow_for(chain, p.provider)
     job_id = await open_job(chain, p)
@@ -693,6 +754,8 @@ WRONG_STATUS = [
     ("released", "client", "dispute", False),
     ("submitted", "arbiter", "resolve", False),  # resolve without a dispute
     ("resolved", "arbiter", "resolve", False),  # resolve twice
+    ("submitted", "client", "expire", True),  # no dispute to expire
+    ("resolved", "client", "expire", True),  # resolved: nothing left to expire
     ("refunded_open", "client", "refund", False),  # refund twice
     ("refunded_open", "provider", "accept", False),
     ("cancelled", "provider", "accept", False),

@@ -512,7 +512,11 @@ async def test_verify_accept_accepts_the_agreed_job(
     ledger.mint(buyer_card.address, FUNDS)
     job_id = await open_job(ledger, buyer_card.address, ctx.address)
     update = await pg.verify_accept(funded_state(ctx, buyer_card, job_id), rt(ctx))
-    assert update == {"phase": Phase.ACCEPTED, "txs": {"accept": tx_of(ledger, "accept", job_id)}}
+    assert update == {
+        "phase": Phase.ACCEPTED,
+        "txs": {"accept": tx_of(ledger, "accept", job_id)},
+        "job_deadline": ledger.jobs[job_id].deadline,  # execute checks it without a read
+    }
     assert ledger.jobs[job_id].status == JobStatus.ACCEPTED
     assert ledger.transactions[-1] == (ctx.address.lower(), "accept", job_id)
 
@@ -526,7 +530,8 @@ async def test_verify_accept_after_a_restart_does_not_accept_twice(
     first = await pg.verify_accept(funded_state(ctx, buyer_card, job_id), rt(ctx))
     again = await pg.verify_accept(funded_state(ctx, buyer_card, job_id), rt(ctx))
     assert first["phase"] == again["phase"] == Phase.ACCEPTED
-    assert again == {"phase": Phase.ACCEPTED}  # no transaction the second time
+    # no transaction the second time
+    assert again == {"phase": Phase.ACCEPTED, "job_deadline": ledger.jobs[job_id].deadline}
     assert methods(ledger) == ["open", "accept"]
 
 
@@ -613,6 +618,22 @@ async def test_execute_after_the_deadline_abandons_without_working(
     assert "deadline passed" in update["error"]
     assert ran == []
     assert ctx.counters["deadline_passed"] == 1
+
+
+async def test_execute_checks_the_deadline_kept_in_state_without_a_chain_read(
+    tmp_path: Path, ledger: InMemoryLedger, buyer_card: AgentCard
+) -> None:
+    ctx = seller_ctx(tmp_path, ledger)
+    job_id = await accepted_job(ledger, buyer_card, ctx)
+    deadline = ledger.jobs[job_id].deadline
+    ledger.clock.advance(299)
+    state = accepted_state(ctx, buyer_card, job_id, job_deadline=deadline)
+    assert (await pg.execute(state, rt(ctx)))["phase"] == Phase.EXECUTED
+    ledger.clock.advance(1)
+    assert (await pg.execute(state, rt(ctx)))["phase"] == Phase.FAILING
+    # The state's deadline decides, not a read of the job: one a second later is ok.
+    later = accepted_state(ctx, buyer_card, job_id, job_deadline=deadline + 1)
+    assert (await pg.execute(later, rt(ctx)))["phase"] == Phase.EXECUTED
 
 
 async def test_submit_after_the_deadline_abandons_instead(
@@ -1240,6 +1261,27 @@ async def test_fund_after_a_restart_does_not_pay_twice(
     }
     assert methods(ledger) == ["open"]
     assert ledger.balance_of(ctx.address) == FUNDS - LIST_PRICE
+
+
+async def test_fund_looks_for_an_earlier_job_only_after_an_earlier_attempt(
+    tmp_path: Path, ledger: InMemoryLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = buyer_ctx(tmp_path, ledger)
+    looked: list[int] = []
+    find = ctx.escrow.find_opened_job
+
+    async def counted(*args: Any) -> int | None:
+        looked.append(1)
+        return await find(*args)
+
+    monkeypatch.setattr(ctx.escrow, "find_opened_job", counted)
+    state = chosen(ctx, offering("seller"), phase=Phase.AWARDED)
+    first = await rg.fund(state, rt(ctx))
+    assert looked == []  # a first attempt cannot have opened a job: no log query
+    again = await rg.fund(state, rt(ctx))  # as after a crash: finds it, pays nothing
+    assert looked == [1]
+    assert again["job_id"] == first["job_id"]
+    assert methods(ledger) == ["open"]
 
 
 async def test_fund_recovers_a_lost_receipt(tmp_path: Path, ledger: InMemoryLedger) -> None:

@@ -1140,3 +1140,35 @@ def test_parse_amount_rejects(text: str, reason: str) -> None:
 def test_parse_amount_error_names_the_symbol() -> None:
     with pytest.raises(AgentMeshValueError, match="at most 6 decimal places mUSD"):
         parse_amount("0.1234567", MUSD_DECIMALS, symbol="mUSD")
+
+
+async def test_connect_keeps_one_connection_for_many_requests() -> None:
+    """web3's own sessions close the connection after every request; ``connect`` keeps
+    it open (a real HTTP server counts the connections it accepts)."""
+    from aiohttp import web
+
+    from agentmesh.wallets.chain import connect
+
+    peers: list[object] = []
+
+    async def rpc(request: web.Request) -> web.Response:
+        body = await request.json()
+        peers.append(request.transport.get_extra_info("peername") if request.transport else None)
+        return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": "0x2a"})
+
+    server = web.Application()
+    server.router.add_post("/", rpc)
+    runner = web.AppRunner(server)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    w3 = connect(f"http://127.0.0.1:{port}")
+    try:
+        numbers = [await w3.eth.block_number for _ in range(20)]
+    finally:
+        await w3.provider.disconnect()
+        await runner.cleanup()
+    assert numbers == [42] * 20
+    assert len(peers) == 20
+    assert len(set(peers)) == 1  # one TCP connection (one client port) for all twenty

@@ -13,12 +13,15 @@ import json
 import signal
 from pathlib import Path
 
+import pytest
 from eth_account import Account
 
 from agentmesh.agents.agent import Agent
 from agentmesh.agents.control import running_pid, stop_wallet_agents
+from agentmesh.agents.outcome import TaskFailed
 from agentmesh.agents.records import AgentRecords
 from agentmesh.agents.service import ServiceContext
+from agentmesh.chain.devnet import DEV_DEPLOYER_KEY
 from agentmesh.config import Config
 from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import JobStatus, TokenClient
@@ -31,6 +34,7 @@ from tests.helpers import (
     Ledger,
     advance_time,
     bind_home,
+    chain_now,
     cli_process_async,
     escrow_for,
     eventually,
@@ -295,3 +299,75 @@ async def test_what_the_commands_say(
     )
     assert nochain.returncode == 1
     assert "no chain to buy on: start one with `agentmesh devnet up`" in nochain.stderr
+
+
+async def test_a_dispute_is_split_by_its_arbiter_or_returns_to_the_buyer_after_its_timeout(
+    home: Path,
+    chain: Chain,
+    deployer: Wallet,
+    token: TokenClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = bind_home(home, chain)
+    buyer = await make_buyer(home, deployer, token)
+    keystore = Keystore(home, scrypt_n=TEST_SCRYPT_N)
+    keystore.import_key("arbiter", DEV_DEPLOYER_KEY, PASSWORD)  # the devnet's arbiter
+    keystore.create("someone", PASSWORD)
+    seller = await make_seller(home, config, deployer, token)
+    escrow = escrow_for(chain, deployer)
+    monkeypatch.setenv("AGENTMESH_PASSWORD", PASSWORD)
+    # The wallet's own agent buys twice and refuses both results: two disputed jobs.
+    async with seller, Agent(BUYER, wallet="requester", home=home, config=config) as agent:
+        ledger = await Ledger(token, escrow.address, buyer, seller.address).open()
+        disputed = []
+        for n in range(2):
+            with pytest.raises(TaskFailed, match="result failed the buyer's check") as failed:
+                await agent.buy("shout", text=f"d{n}", budget="0.1", check=lambda _: False)
+            disputed.append(failed.value.outcome)
+    assert [o.phase for o in disputed] == ["disputed", "disputed"]
+    split, lapsed = disputed
+    assert split.job_id is not None and lapsed.job_id is not None
+    job = await escrow.get_job(lapsed.job_id)
+    ends = job.dispute_ends_at()
+    assert ends is not None
+
+    # Before the timeout the buyer cannot take it back: the arbiter decides.
+    early = await cli_process_async(home, "task", "refund", lapsed.conversation[:10])
+    assert early.returncode == 1
+    assert f"job {lapsed.job_id} of task {lapsed.conversation[:12]} is disputed: its arbiter" in (
+        early.stderr
+    )
+    listing = await cli_process_async(home, "task", "list", "--json")
+    locked = {r["task"]: r["locked"] for r in json.loads(listing.stdout) if r["agent"] == BUYER}
+    assert locked[lapsed.conversation]["until"] == ends
+    assert "split by the arbiter" in locked[lapsed.conversation]["release"]
+
+    # Only the arbiter resolves; it splits the first deposit.
+    resolve = ("task", "resolve", str(split.job_id), "--to-provider", "0.01", "--json")
+    wrong = await cli_process_async(home, *resolve, "--wallet", "someone")
+    assert wrong.returncode == 1
+    assert f"is not the arbiter of job {split.job_id} (its arbiter is {job.arbiter})" in (
+        wrong.stderr
+    )
+    too_much = await cli_process_async(home, *resolve[:4], "0.5", "--wallet", "arbiter")
+    assert too_much.returncode == 1
+    assert "--to-provider 0.5 mUSD is more than the deposit" in too_much.stderr
+    done = await cli_process_async(home, *resolve, "--wallet", "arbiter")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["provider_amount"] == 10_000
+    assert json.loads(done.stdout)["client_amount"] == PRICE - 10_000
+    again = await cli_process_async(home, *resolve, "--wallet", "arbiter")
+    assert f"job {split.job_id} is resolved, not disputed: nothing to resolve" in again.stderr
+
+    # Nobody resolves the second: after the timeout it is the buyer's again.
+    await advance_time(chain, ends - await chain_now(chain) + 1)
+    late = await cli_process_async(
+        home, "task", "resolve", str(lapsed.job_id), "--to-provider", "0", "--wallet", "arbiter"
+    )
+    assert late.returncode == 1
+    assert f"the dispute of job {lapsed.job_id} timed out at" in late.stderr
+    back = await cli_process_async(home, "task", "refund", lapsed.conversation[:10], "--json")
+    assert back.returncode == 0, back.stderr
+    assert (await escrow.get_job(lapsed.job_id)).status == JobStatus.REFUNDED
+    # Conserved: the buyer paid 0.01 of two deposits, the seller got it.
+    assert await ledger.conserved() == [-10_000, 10_000, 0]

@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from eth_typing import ChecksumAddress
+from eth_abi.abi import decode as abi_decode
+from eth_abi.abi import encode as abi_encode
+from eth_typing import ABIFunction, ChecksumAddress
+from eth_utils.abi import (
+    function_abi_to_4byte_selector,
+    get_abi_input_types,
+    get_abi_output_types,
+)
 from web3 import AsyncWeb3
 from web3.contract import AsyncContract
-from web3.exceptions import ContractLogicError
+from web3.exceptions import ContractLogicError, Web3RPCError
 from web3.logs import DISCARD
-from web3.types import TxReceipt
+from web3.types import RPCEndpoint, TxReceipt
 
 from agentmesh.contracts import load_artifact
 from agentmesh.errors import (
@@ -28,7 +36,7 @@ from agentmesh.errors import (
     PolicyViolation,
 )
 from agentmesh.wallets.units import MUSD_DECIMALS, format_amount
-from agentmesh.wallets.wallet import Wallet, guard_rpc, revert_from
+from agentmesh.wallets.wallet import Wallet, guard_rpc, revert_from, revert_of_rpc_error
 
 
 def checksum(address: str) -> ChecksumAddress:
@@ -45,6 +53,20 @@ def checksum(address: str) -> ChecksumAddress:
     return AsyncWeb3.to_checksum_address(text)
 
 
+@functools.cache
+def _function_spec(contract_name: str, function: str) -> tuple[bytes, list[str], list[str]]:
+    """Selector, input types and output types of ``function`` of a contract (one
+    without overloads)."""
+    abi = load_artifact(contract_name).abi
+    (found,) = (e for e in abi if e.get("type") == "function" and e.get("name") == function)
+    entry = cast(ABIFunction, found)
+    return (
+        function_abi_to_4byte_selector(entry),
+        get_abi_input_types(entry),
+        get_abi_output_types(entry),
+    )
+
+
 class _Client:
     contract_name: str
 
@@ -54,6 +76,22 @@ class _Client:
         self.contract: AsyncContract = wallet.w3.eth.contract(
             address=self.address, abi=load_artifact(self.contract_name).abi
         )
+
+    async def _read(self, function: str, *args: Any) -> tuple[Any, ...]:
+        """A read call of ``function`` encoded and decoded here: the hot reads of a
+        trade (a job, a balance, an allowance) skip web3's contract-call machinery,
+        which costs ~1 ms of CPU a call against ~0.3 ms for the request itself."""
+        selector, inputs, outputs = _function_spec(self.contract_name, function)
+        data = "0x" + (selector + abi_encode(inputs, args)).hex()
+        request = self.wallet.w3.manager.coro_request(
+            RPCEndpoint("eth_call"), [{"to": self.address, "data": data}, "latest"]
+        )
+        try:
+            result = await guard_rpc(request, self.wallet.rpc_url)
+        except Web3RPCError as exc:
+            raise revert_of_rpc_error(exc) from None
+        # Addresses come back lowercase: callers checksum those they return.
+        return tuple(abi_decode(outputs, bytes.fromhex(str(result).removeprefix("0x"))))
 
     async def _call(self, fn: Any) -> Any:
         """A read call; a revert comes back decoded, like a failed transaction's."""
@@ -71,12 +109,10 @@ class TokenClient(_Client):
     decimals = MUSD_DECIMALS
 
     async def balance_of(self, owner: str) -> int:
-        return int(await self._call(self.contract.functions.balanceOf(checksum(owner))))
+        return int((await self._read("balanceOf", checksum(owner)))[0])
 
     async def allowance(self, owner: str, spender: str) -> int:
-        return int(
-            await self._call(self.contract.functions.allowance(checksum(owner), checksum(spender)))
-        )
+        return int((await self._read("allowance", checksum(owner), checksum(spender)))[0])
 
     async def total_supply(self) -> int:
         return int(await self._call(self.contract.functions.totalSupply()))
@@ -144,6 +180,10 @@ class JobStatus(enum.IntEnum):
         }
 
 
+# TaskEscrow.DISPUTE_TIMEOUT: how long an arbiter has to resolve a dispute.
+DISPUTE_TIMEOUT_S = 7 * 24 * 3600
+
+
 @dataclass(frozen=True, slots=True)
 class EscrowJob:
     """A ``TaskEscrow`` job as stored on chain."""
@@ -161,6 +201,14 @@ class EscrowJob:
     status: JobStatus
     terms_hash: bytes
     result_hash: bytes
+    disputed_at: int = 0  # when the client disputed it (0: never)
+
+    def dispute_ends_at(self) -> int | None:
+        """The last second the arbiter may resolve this job's dispute (None if it is
+        not disputed); after it the deposit can only go back to the client."""
+        if self.status != JobStatus.DISPUTED:
+            return None
+        return self.disputed_at + DISPUTE_TIMEOUT_S
 
 
 _open_locks: weakref.WeakKeyDictionary[Any, dict[str, asyncio.Lock]] = weakref.WeakKeyDictionary()
@@ -176,6 +224,10 @@ class EscrowClient(_Client):
     """TaskEscrow: open, accept, submit, release, claim, refund, dispute, resolve."""
 
     contract_name = "TaskEscrow"
+
+    def __init__(self, wallet: Wallet, address: str) -> None:
+        super().__init__(wallet, address)
+        self._tokens: dict[str, TokenClient] = {}
 
     async def open(
         self,
@@ -194,7 +246,7 @@ class EscrowClient(_Client):
         """
         # Approve and pay from this escrow client's own wallet, whatever wallet the
         # given token client is bound to.
-        token = TokenClient(self.wallet, token.address)
+        token = self._own_token(token.address)
         # approve() sets the allowance outright: two opens from one wallet at once would
         # overwrite each other's allowance, so approve+open run one at a time per wallet.
         async with _open_lock(self.wallet):
@@ -217,6 +269,13 @@ class EscrowClient(_Client):
         # The receipt also holds the token's Transfer/Approval logs: skip them.
         events = self.contract.events.JobOpened().process_receipt(receipt, errors=DISCARD)
         return int(events[0]["args"]["jobId"]), receipts
+
+    def _own_token(self, address: str) -> TokenClient:
+        """A token client bound to this client's wallet (built once: a contract object
+        costs an ABI parse)."""
+        if address not in self._tokens:
+            self._tokens[address] = TokenClient(self.wallet, address)
+        return self._tokens[address]
 
     async def accept(self, job_id: int) -> TxReceipt:
         return await self.wallet.transact(self.contract.functions.accept(job_id))
@@ -244,7 +303,14 @@ class EscrowClient(_Client):
         return await self.wallet.transact(self.contract.functions.dispute(job_id, reason_hash))
 
     async def resolve(self, job_id: int, provider_amount: int) -> TxReceipt:
+        """Arbiter: split a disputed deposit (``provider_amount`` to the provider, the
+        rest to the client), within ``DISPUTE_TIMEOUT_S`` of the dispute."""
         return await self.wallet.transact(self.contract.functions.resolve(job_id, provider_amount))
+
+    async def expire_dispute(self, job_id: int) -> TxReceipt:
+        """Anyone: return the deposit of a dispute left unresolved past its timeout to
+        the client."""
+        return await self.wallet.transact(self.contract.functions.expireDispute(job_id))
 
     async def find_opened_job(
         self, client: str, provider: str, terms_hash: bytes, from_block: int
@@ -262,7 +328,7 @@ class EscrowClient(_Client):
         return None
 
     async def get_job(self, job_id: int) -> EscrowJob:
-        raw = await self._call(self.contract.functions.getJob(job_id))
+        (raw,) = await self._read("getJob", job_id)
         (
             client,
             status,
@@ -276,13 +342,14 @@ class EscrowClient(_Client):
             amount,
             terms_hash,
             result_hash,
+            disputed_at,
         ) = raw
         return EscrowJob(
             job_id=job_id,
-            client=client,
-            provider=provider,
-            arbiter=arbiter,
-            token=token,
+            client=AsyncWeb3.to_checksum_address(client),
+            provider=AsyncWeb3.to_checksum_address(provider),
+            arbiter=AsyncWeb3.to_checksum_address(arbiter),
+            token=AsyncWeb3.to_checksum_address(token),
             amount=int(amount),
             deadline=int(deadline),
             review_window=int(review_window),
@@ -291,6 +358,7 @@ class EscrowClient(_Client):
             status=JobStatus(status),
             terms_hash=bytes(terms_hash),
             result_hash=bytes(result_hash),
+            disputed_at=int(disputed_at),
         )
 
 
@@ -363,7 +431,7 @@ class RegistryClient(_Client):
 
     async def reputation(self, agent: str) -> tuple[int, int]:
         """(number of ratings, sum of scores)."""
-        count, total = await self._call(self.contract.functions.reputationOf(checksum(agent)))
+        count, total = await self._read("reputationOf", checksum(agent))
         return int(count), int(total)
 
     async def agents(self, offset: int = 0, limit: int = 100) -> list[ChecksumAddress]:

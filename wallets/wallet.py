@@ -26,6 +26,7 @@ from web3.types import TxParams, TxReceipt, Wei
 
 from agentmesh.contracts import Artifact
 from agentmesh.errors import (
+    AgentMeshError,
     ChainUnavailableError,
     ContractRevertError,
     InsufficientFundsError,
@@ -104,6 +105,16 @@ def revert_from(exc: Exception) -> ContractRevertError:
     data = getattr(exc, "data", None)
     message = str(exc.args[0]) if exc.args else str(exc)
     return decode_revert(data if isinstance(data, str | bytes) else None, detail=message)
+
+
+def revert_of_rpc_error(exc: Web3RPCError) -> AgentMeshError:
+    """The error a raw JSON-RPC call's failure stands for: a decoded revert when the
+    node sent revert data (code 3), else the node's message."""
+    response = exc.rpc_response or {}
+    error = response.get("error") if isinstance(response, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("data"), str):
+        return decode_revert(error["data"], detail=str(error.get("message", "")))
+    return TransactionError(f"the node refused the call: {_rpc_message(exc)}")
 
 
 class Wallet:

@@ -12,7 +12,10 @@ import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol
 ///   open (client deposits) -> accept (provider) -> submit(resultHash) (provider)
 ///     -> release (client)                       : provider paid
 ///     -> claim   (provider, after review window): provider paid, client was silent
-///     -> dispute (client, within review window) -> resolve (arbiter splits the funds)
+///     -> dispute (client, within review window) -> resolve (arbiter splits the funds,
+///                                                   within DISPUTE_TIMEOUT)
+///                                               -> expireDispute (anyone, after it):
+///                                                   client refunded
 ///   open -> cancel (client, before accept)                   : client refunded
 ///   open|accepted -> refund (client, after deadline)         : client refunded
 ///
@@ -50,11 +53,16 @@ contract TaskEscrow is ReentrancyGuard {
         uint256 amount;
         bytes32 termsHash;
         bytes32 resultHash;
+        /// @dev Its own slot, written only by a dispute.
+        uint64 disputedAt;
     }
 
     /// @notice Shortest and longest review window a job may set, in seconds.
     uint64 public constant MIN_REVIEW_WINDOW = 1;
     uint64 public constant MAX_REVIEW_WINDOW = 30 days;
+    /// @notice How long the arbiter has to resolve a dispute; after it, the deposit can
+    /// only go back to the client (an arbiter that never acts cannot freeze funds).
+    uint64 public constant DISPUTE_TIMEOUT = 7 days;
 
     uint256 public jobCount;
     mapping(uint256 jobId => Job) private _jobs;
@@ -79,6 +87,7 @@ contract TaskEscrow is ReentrancyGuard {
     event JobAbandoned(uint256 indexed jobId, uint256 amount);
     event JobDisputed(uint256 indexed jobId, bytes32 reasonHash);
     event DisputeResolved(uint256 indexed jobId, uint256 providerAmount, uint256 clientAmount);
+    event DisputeExpired(uint256 indexed jobId, uint256 amount);
 
     error UnknownJob(uint256 jobId);
     error NotClient(uint256 jobId, address caller);
@@ -96,6 +105,8 @@ contract TaskEscrow is ReentrancyGuard {
     error EmptyResult(uint256 jobId);
     error InvalidSplit(uint256 jobId, uint256 providerAmount, uint256 amount);
     error DepositMismatch(uint256 expected, uint256 received);
+    error DisputeTimedOut(uint256 jobId, uint256 endedAt);
+    error DisputePending(uint256 jobId, uint256 endsAt);
 
     /// @notice Open a job and deposit `amount` of `token` from the caller (the client).
     /// @dev The client must have approved this contract for `amount` first.
@@ -232,15 +243,18 @@ contract TaskEscrow is ReentrancyGuard {
         uint256 endsAt = uint256(job.submittedAt) + job.reviewWindow;
         if (block.timestamp > endsAt) revert ReviewWindowClosed(jobId, endsAt);
         job.status = Status.Disputed;
+        job.disputedAt = uint64(block.timestamp);
         emit JobDisputed(jobId, reasonHash);
     }
 
     /// @notice Arbiter splits a disputed deposit: `providerAmount` to the provider, the
-    /// rest back to the client.
+    /// rest back to the client. Only within DISPUTE_TIMEOUT of the dispute.
     function resolve(uint256 jobId, uint256 providerAmount) external nonReentrant {
         Job storage job = _existing(jobId);
         if (msg.sender != job.arbiter) revert NotArbiter(jobId, msg.sender);
         if (job.status != Status.Disputed) revert WrongStatus(jobId, job.status);
+        uint256 endsAt = uint256(job.disputedAt) + DISPUTE_TIMEOUT;
+        if (block.timestamp > endsAt) revert DisputeTimedOut(jobId, endsAt);
         if (providerAmount > job.amount) revert InvalidSplit(jobId, providerAmount, job.amount);
         uint256 clientAmount = job.amount - providerAmount;
         job.status = Status.Resolved;
@@ -248,6 +262,18 @@ contract TaskEscrow is ReentrancyGuard {
         IERC20 token = IERC20(job.token);
         if (providerAmount > 0) token.safeTransfer(job.provider, providerAmount);
         if (clientAmount > 0) token.safeTransfer(job.client, clientAmount);
+    }
+
+    /// @notice A dispute its arbiter left unresolved past DISPUTE_TIMEOUT: the deposit
+    /// goes back to the client. Anyone may call it (the funds can only go one way).
+    function expireDispute(uint256 jobId) external nonReentrant {
+        Job storage job = _existing(jobId);
+        if (job.status != Status.Disputed) revert WrongStatus(jobId, job.status);
+        uint256 endsAt = uint256(job.disputedAt) + DISPUTE_TIMEOUT;
+        if (block.timestamp <= endsAt) revert DisputePending(jobId, endsAt);
+        job.status = Status.Refunded;
+        emit DisputeExpired(jobId, job.amount);
+        IERC20(job.token).safeTransfer(job.client, job.amount);
     }
 
     /// @notice The full record of a job.
