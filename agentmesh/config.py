@@ -121,6 +121,13 @@ class AgentConfig(_Section):
     approval_threshold: (
         Annotated[str, BeforeValidator(_price_text), Field(pattern=r"^\d+(\.\d{1,6})?$")] | None
     ) = None
+    # mUSD the escrow may draw for this agent's purchases without a new approval: an
+    # approve tops the allowance up to this (or the price, if higher), so most
+    # purchases send no approve transaction. TaskEscrow draws only in `open`, from its
+    # caller, a job's amount; "0" approves each job's exact amount.
+    escrow_allowance: Annotated[
+        str, BeforeValidator(_price_text), Field(pattern=r"^\d+(\.\d{1,6})?$")
+    ] = "10"
     review_window_s: Annotated[int, Field(ge=1, le=30 * 24 * 3600)] = 120
     deadline_s: Annotated[int, Field(ge=10, le=7 * 24 * 3600)] = 300
     proposal_window_s: Annotated[float, Field(gt=0)] = 20.0  # wait for proposals

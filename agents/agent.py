@@ -260,7 +260,11 @@ class Agent:
         self.address = self.wallet.address
         self.token = TokenClient(self.wallet, self.chain.token_address)
         self.token_address = self.token.address
-        self.escrow = EscrowClient(self.wallet, self.chain.deployment.address("TaskEscrow"))
+        self.escrow = EscrowClient(
+            self.wallet,
+            self.chain.deployment.address("TaskEscrow"),
+            standing_allowance=parse_price(self.settings.escrow_allowance),
+        )
         self.registry = RegistryClient(self.wallet, self.chain.deployment.address("AgentRegistry"))
         self.clock = ChainClock(self.chain.w3)
         self.arbiter = self.chain.deployment.deployer

@@ -21,6 +21,8 @@ import hashlib
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -157,7 +159,57 @@ async def bare_escrow(
     return tasks / (time.perf_counter() - start)
 
 
-async def market(tasks: int, levels: list[int]) -> dict[str, Any]:
+PRICE = "0.01 mUSD"
+PASSWORD = "market bench"
+PROVIDER_FILE = f"""
+from agentmesh import Agent, ServiceContext
+
+agent = Agent("bench-provider")
+
+
+@agent.service("echo", price="{PRICE}")
+async def echo(ctx: ServiceContext, text: str) -> str:
+    return text
+"""
+
+
+def provider_process(home: Path, key: bytes, rpc_url: str) -> subprocess.Popen[bytes]:
+    """The provider as its own process (``agentmesh run``), as it runs in a market."""
+    from agentmesh.wallets.keystore import Keystore
+
+    Keystore(home, scrypt_n=2**14).import_key("bench-provider", key, PASSWORD)
+    (home / "config.toml").write_text(
+        f'[wallet]\nscrypt_n = {2**14}\n[chain]\nrpc_url = "{rpc_url}"\n[agent]\nfaucet = false\n'
+    )
+    (home / "provider.py").write_text(PROVIDER_FILE)
+    ready = home / "provider.ready"
+    command = [sys.executable, "-m", "agentmesh.cli.app", "--home", str(home), "run"]
+    command += [str(home / "provider.py"), "--wallet", "bench-provider"]
+    command += ["--ready-file", str(ready)]
+    log = (home / "provider.log").open("ab")
+    env = {**os.environ, "AGENTMESH_PASSWORD": PASSWORD}
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_process(process)
+            raise RuntimeError(f"provider did not start: {(home / 'provider.log').read_text()}")
+        time.sleep(0.1)
+    return process
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+async def market(tasks: int, levels: list[int], *, split: bool = False) -> dict[str, Any]:
+    """Tasks/s per concurrency level; ``split``: the provider runs as its own process
+    (else both agents share this process's event loop and CPU)."""
     figures: dict[str, Any] = {"levels": {}}
     timeline = Timeline()
     with tempfile.TemporaryDirectory() as tmp, start_anvil(DevnetConfig()) as anvil:
@@ -178,15 +230,25 @@ async def market(tasks: int, levels: list[int]) -> dict[str, Any]:
         await TokenClient(faucet, chain.token_address).mint(
             Account.from_key(keys["requester"]).address, 10_000 * 10**6
         )
-        provider = Agent("bench-provider", wallet=keys["provider"], home=home, config=config)
-
-        @provider.service("echo", price="0.01 mUSD")
-        async def echo(ctx: ServiceContext, text: str) -> str:
-            return text
-
         requester = Agent("bench-requester", wallet=keys["requester"], home=home, config=config)
-        with timeline.patched():
-            async with provider, requester:
+        provider: Agent | None = None
+        process: subprocess.Popen[bytes] | None = None
+        if split:
+            process = provider_process(home, keys["provider"], anvil.rpc_url)
+        else:
+            provider = Agent("bench-provider", wallet=keys["provider"], home=home, config=config)
+
+            @provider.service("echo", price=PRICE)
+            async def echo(ctx: ServiceContext, text: str) -> str:
+                return text
+
+        with timeline.patched(), contextlib.ExitStack() as cleanup:
+            if process is not None:
+                cleanup.callback(stop_process, process)
+            async with contextlib.AsyncExitStack() as agents:
+                if provider is not None:
+                    await agents.enter_async_context(provider)
+                await agents.enter_async_context(requester)
                 await requester.wait_for_providers("echo", timeout=30)
                 await requester.buy("echo", text="warm-up", budget="1")  # connections, caches
                 for level in levels:
@@ -219,7 +281,7 @@ async def market(tasks: int, levels: list[int]) -> dict[str, Any]:
                         "tps": tasks / wall,
                         "s_per_task": statistics.median(durations),
                     }
-                    if level == 1:
+                    if level == 1 and not split:
                         chain_spans = union(timeline.spans["chain"])
                         graph_spans = union(timeline.spans["provider"])
                         mesh_only = minus(
@@ -231,6 +293,7 @@ async def market(tasks: int, levels: list[int]) -> dict[str, Any]:
                             mesh_s / wall,
                             1 - (chain_s + mesh_s) / wall,
                         )
+                    if level == 1:
                         gases = []
                         for outcome in outcomes:
                             gas, _ = await task_gas(chain, outcome.job_id, outcome.txs)
@@ -254,30 +317,46 @@ def main() -> None:
     if args.tasks < 1 or min(args.concurrency) < 1:
         raise SystemExit("error: --tasks and --concurrency must be at least 1")
     levels = sorted(set(args.concurrency) | {1})
-    f = asyncio.run(market(args.tasks, levels))
+    runs = {
+        "one process": asyncio.run(market(args.tasks, levels)),
+        "own process": asyncio.run(market(args.tasks, levels, split=True)),
+    }
     table = Table(title=f"{args.tasks} settled tasks per level, trivial service, anvil (automine)")
-    for column in ("concurrent", "agents tasks/s", "s per task", "bare escrow tasks/s", "ratio"):
+    columns = ("provider", "concurrent", "agents tasks/s", "s per task", "bare escrow tasks/s")
+    for column in (*columns, "ratio"):
         table.add_column(column, justify="right")
-    for level in levels:
-        row, bare = f["levels"][level], f["bare"][level]
-        table.add_row(
-            str(level),
-            f"{row['tps']:.2f}",
-            f"{row['s_per_task']:.3f}",
-            f"{bare:.2f}",
-            f"{row['tps'] / bare:.2f}",
-        )
+    for mode, f in runs.items():
+        for level in levels:
+            row, bare = f["levels"][level], f["bare"][level]
+            table.add_row(
+                mode if level == levels[0] else "",
+                str(level),
+                f"{row['tps']:.2f}",
+                f"{row['s_per_task']:.3f}",
+                f"{bare:.2f}",
+                f"{row['tps'] / bare:.2f}",
+            )
     console.print(table)
+    console.print(
+        "provider: 'one process' = both agents on one event loop (one core between them); "
+        "'own process' = the provider as `agentmesh run`, as in a market; bare escrow "
+        "measured in the same run each time"
+    )
+    f = runs["one process"]
     chain_share, mesh_share, logic_share = f["levels"][1]["shares"]
     console.print(
-        f"gas per settled task (approve, open, accept, submit, release, feedback): {f['gas']:,}"
+        f"gas per settled task (open, accept, submit, release, feedback; approve only when "
+        f"the standing allowance runs short): {f['gas']:,}"
     )
     console.print(
         f"one task at a time, share of wall time: chain calls {chain_share:.0%}, "
         f"mesh transport {mesh_share:.0%}, agent logic {logic_share:.0%}"
     )
     console.print(
-        json.dumps({"levels": f["levels"], "bare": f["bare"], "gas": f["gas"]}, default=str)
+        json.dumps(
+            {mode: {k: f[k] for k in ("levels", "bare", "gas")} for mode, f in runs.items()},
+            default=str,
+        )
     )
 
 

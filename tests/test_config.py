@@ -281,13 +281,19 @@ def test_env_path_that_is_a_file_is_refused(
 @pytest.mark.parametrize(
     ("written", "kept"), [("1.0", "1.0"), ("2", "2"), ('"0.25"', "0.25"), ("0.000001", "0.000001")]
 )
-def test_a_price_in_config_may_be_a_number(tmp_path: Path, written: str, kept: str) -> None:
-    (tmp_path / "config.toml").write_text(f"[agent]\napproval_threshold = {written}\n")
-    assert load_config(tmp_path).agent.approval_threshold == kept
+@pytest.mark.parametrize("field", ["approval_threshold", "escrow_allowance"])
+def test_a_price_in_config_may_be_a_number(
+    tmp_path: Path, written: str, kept: str, field: str
+) -> None:
+    (tmp_path / "config.toml").write_text(f"[agent]\n{field} = {written}\n")
+    assert getattr(load_config(tmp_path).agent, field) == kept
 
 
+@pytest.mark.parametrize("field", ["approval_threshold", "escrow_allowance"])
 @pytest.mark.parametrize("written", ["true", "-1", '"lots"', "0.0000001"])
-def test_a_price_in_config_that_is_not_one_is_refused(tmp_path: Path, written: str) -> None:
-    (tmp_path / "config.toml").write_text(f"[agent]\napproval_threshold = {written}\n")
-    with pytest.raises(ConfigError, match="approval_threshold"):
+def test_a_price_in_config_that_is_not_one_is_refused(
+    tmp_path: Path, written: str, field: str
+) -> None:
+    (tmp_path / "config.toml").write_text(f"[agent]\n{field} = {written}\n")
+    with pytest.raises(ConfigError, match=field):
         load_config(tmp_path)

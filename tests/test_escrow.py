@@ -291,6 +291,32 @@ async def test_open_skips_approve_when_allowance_suffices(chain: Chain, p: Parti
     assert await token.allowance(p.client.address, escrow.address) == 2 * AMOUNT
 
 
+async def test_a_standing_allowance_spares_later_opens_their_approve(
+    chain: Chain, p: Parties
+) -> None:
+    escrow = EscrowClient(
+        p.client, escrow_for(chain, p.client).address, standing_allowance=AMOUNT * 5 // 2
+    )
+    token = token_for(chain, p.client)
+    counts = []
+    for n in range(4):
+        _, receipts = await escrow.open(
+            provider=p.provider.address,
+            token=token,
+            amount=AMOUNT,
+            deadline=await chain_now(chain) + DEADLINE_S,
+            review_window=REVIEW_S,
+            arbiter=p.arbiter.address,
+            terms_hash=h32(f"terms {n}"),
+        )
+        counts.append(len(receipts))
+        # Only ever what the jobs opened so far leave of the standing allowance.
+        left = await token.allowance(p.client.address, escrow.address)
+        assert left == {0: AMOUNT * 3 // 2, 1: AMOUNT // 2, 2: AMOUNT * 3 // 2, 3: AMOUNT // 2}[n]
+    assert counts == [2, 1, 2, 1]  # approve+open, then open alone, until it runs short
+    assert await token.balance_of(escrow.address) == 4 * AMOUNT
+
+
 async def test_open_with_an_allowance_of_exactly_the_amount_sends_no_approve(
     chain: Chain, p: Parties
 ) -> None:

@@ -225,8 +225,13 @@ class EscrowClient(_Client):
 
     contract_name = "TaskEscrow"
 
-    def __init__(self, wallet: Wallet, address: str) -> None:
+    def __init__(self, wallet: Wallet, address: str, *, standing_allowance: int = 0) -> None:
+        """``standing_allowance``: when ``open`` must approve, it approves this much (or
+        the job's amount if more), so later opens need no approve transaction. Safe to
+        leave standing: ``TaskEscrow`` draws only in ``open``, from its caller, the
+        amount of the job that caller opens."""
         super().__init__(wallet, address)
+        self.standing_allowance = standing_allowance
         self._tokens: dict[str, TokenClient] = {}
 
     async def open(
@@ -253,7 +258,8 @@ class EscrowClient(_Client):
             await token.require_balance(amount)
             receipts = []
             if await token.allowance(self.wallet.address, self.address) < amount:
-                receipts.append(await token.approve(self.address, amount))
+                allowance = max(amount, self.standing_allowance)
+                receipts.append(await token.approve(self.address, allowance))
             receipt = await self.wallet.transact(
                 self.contract.functions.open(
                     checksum(provider),
