@@ -371,6 +371,19 @@ class InMemoryEscrow:
         job.status, job.disputed_at = 7, self.ledger.clock.time
         return self.ledger._receipt(self.caller, "dispute", job_id)
 
+    async def expire_dispute(self, job_id: int) -> Any:
+        from agentmesh.wallets.clients import DISPUTE_TIMEOUT_S
+
+        job = self.ledger.job(job_id)
+        if job.status != 7:
+            raise _revert("WrongStatus", job_id, job.status)
+        ends = job.disputed_at + DISPUTE_TIMEOUT_S
+        if self.ledger.clock.time <= ends:
+            raise _revert("DisputePending", job_id, ends)
+        job.status = 6
+        self.ledger._move(self.address, job.client, job.amount)
+        return self.ledger._receipt(self.caller, "expire_dispute", job_id)
+
 
 class InMemoryRegistry:
     """The reputation side of ``AgentRegistry`` for the agent at ``caller``."""

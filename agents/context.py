@@ -116,6 +116,8 @@ class Escrow(Protocol):
 
     async def dispute(self, job_id: int, reason_hash: bytes) -> Any: ...
 
+    async def expire_dispute(self, job_id: int) -> Any: ...
+
 
 class Registry(Protocol):
     """The ``AgentRegistry`` reputation a trade reads and writes."""

@@ -4,8 +4,9 @@ Each task is a LangGraph thread (``p:<conversation>`` for a sale, ``r:<conversat
 for a purchase) whose runs are serialized by a per-task lock. A run goes until the
 graph pauses in an ``interrupt`` (waiting for a message, a timer or a person) or ends;
 where it stands is written to the agent's records. Background loops resume paused
-graphs when their chain-time timer comes due or a person decides an approval, and run
-again tasks an error stopped.
+graphs when their chain-time timer comes due or a person decides an approval, run
+again tasks an error stopped, and end disputed purchases whose jobs were resolved or
+whose arbiter let the dispute time out (``DisputeWatch``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from agentmesh.agents.context import TaskContext
+from agentmesh.agents.dispute_watch import DISPUTE_CHECK_S, DisputeWatch
 from agentmesh.agents.records import ApprovalStatus
 from agentmesh.canonical import canonical_json
 from agentmesh.protocols.negotiation import (
@@ -57,6 +59,8 @@ class TaskRunner:
         self.timers: dict[str, int] = {}  # task -> chain time its waiting node times out
         self._stalled_retries: Counter[str] = Counter()
         self._stalled_next: dict[str, float] = {}  # task -> loop time of its next retry
+        self.disputes = DisputeWatch(ctx)
+        self._disputes_next = 0.0  # loop time of the next look at disputed purchases
 
     def config(self, tid: str) -> dict[str, Any]:
         return {"configurable": {"thread_id": tid}}
@@ -213,6 +217,10 @@ class TaskRunner:
                         log.info("task %s timed out in %s", tid, snapshot.values.get("phase"))
                         self.run_locked(tid, lock, graph, Command(resume=Timeout()))
                 await self._retry_stalled()
+                loop_now = asyncio.get_running_loop().time()
+                if loop_now >= self._disputes_next:
+                    self._disputes_next = loop_now + DISPUTE_CHECK_S
+                    await self.disputes.tick()
             except Exception:
                 log.exception("timer loop error (continuing)")
 

@@ -21,8 +21,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from web3.types import TxReceipt
-
 from agentmesh.agents.agent import Agent
 from agentmesh.agents.control import (
     MAX_LINE,
@@ -286,27 +284,31 @@ class WalletAgentServer:
         lock = await agent.runner.begin(tid)
         try:
             job = await agent.escrow.get_job(row.job_id)
-            done = json.loads(agent.records.task(tid).txs or "{}").get("refund")  # type: ignore[union-attr]
+            txs = json.loads(agent.records.task(tid).txs or "{}")  # type: ignore[union-attr]
+            done = txs.get("refund") or txs.get("expire_dispute")
             if job.status == JobStatus.REFUNDED and done:
-                # This agent's own deadline check got there first: the money is back.
+                # This agent's own deadline or dispute watch got there first: the money
+                # is back.
                 lock.release()
                 return self._refunded(conversation, job.job_id, job.amount, done, already=True)
             ends = job.dispute_ends_at()
             if ends is not None:
-                receipt = await self._expire_dispute(job, ends, conversation)
-            elif job.status not in (JobStatus.OPEN, JobStatus.ACCEPTED):
+                tx = await self._expire_dispute(row, job, ends)
+                lock.release()  # the task ended with its dispute: nothing to wake
+                return self._refunded(conversation, job.job_id, job.amount, tx, already=False)
+            if job.status not in (JobStatus.OPEN, JobStatus.ACCEPTED):
                 raise AgentMeshValueError(
                     f"job {job.job_id} of task {conversation[:12]} is "
                     f"{job.status.name.lower()}: nothing to refund"
                 )
-            elif (now := await agent.clock.now()) <= job.deadline:
+            now = await agent.clock.now()
+            if now <= job.deadline:
                 raise AgentMeshValueError(
                     f"job {job.job_id} is within its deadline ({local_time(job.deadline)}, in "
                     f"{job.deadline - now} s): the provider may still deliver. After the "
                     "deadline the wallet's agent refunds it by itself"
                 )
-            else:
-                receipt = await agent.escrow.refund(job.job_id)
+            receipt = await agent.escrow.refund(job.job_id)
         except BaseException:
             lock.release()
             raise
@@ -324,17 +326,17 @@ class WalletAgentServer:
         tx = "0x" + bytes(receipt["transactionHash"]).hex()
         return self._refunded(conversation, job.job_id, job.amount, tx, already=False)
 
-    async def _expire_dispute(self, job: EscrowJob, ends: int, conversation: str) -> TxReceipt:
+    async def _expire_dispute(self, row: Any, job: EscrowJob, ends: int) -> str:
         """The deposit of a disputed job back to the buyer once the arbiter's time is
-        over; a clear refusal before."""
+        over (recorded as the agent's own watch does); a clear refusal before."""
         now = await self.agent.clock.now()
         if now <= ends:
             raise AgentMeshValueError(
-                f"job {job.job_id} of task {conversation[:12]} is disputed: its arbiter "
-                f"{job.arbiter} may split it until {local_time(ends)} (in {ends - now} s); "
-                "after that `task refund` returns the deposit to the buyer"
+                f"job {job.job_id} of task {row.conversation[2:14]} is disputed: its "
+                f"arbiter {job.arbiter} may split it until {local_time(ends)} (in "
+                f"{ends - now} s); after that `task refund` returns the deposit to the buyer"
             )
-        return await self.agent.escrow.expire_dispute(job.job_id)
+        return await self.agent.runner.disputes.expire(row, job)
 
     @staticmethod
     def _refunded(

@@ -320,13 +320,14 @@ async def test_a_dispute_is_split_by_its_arbiter_or_returns_to_the_buyer_after_i
     async with seller, Agent(BUYER, wallet="requester", home=home, config=config) as agent:
         ledger = await Ledger(token, escrow.address, buyer, seller.address).open()
         disputed = []
-        for n in range(2):
+        for n in range(3):
             with pytest.raises(TaskFailed, match="result failed the buyer's check") as failed:
                 await agent.buy("shout", text=f"d{n}", budget="0.1", check=lambda _: False)
             disputed.append(failed.value.outcome)
-    assert [o.phase for o in disputed] == ["disputed", "disputed"]
-    split, lapsed = disputed
-    assert split.job_id is not None and lapsed.job_id is not None
+    assert [o.phase for o in disputed] == ["disputed"] * 3
+    split, lapsed, unattended = disputed
+    assert None not in (split.job_id, lapsed.job_id, unattended.job_id)
+    assert lapsed.job_id is not None and unattended.job_id is not None
     job = await escrow.get_job(lapsed.job_id)
     ends = job.dispute_ends_at()
     assert ends is not None
@@ -359,7 +360,7 @@ async def test_a_dispute_is_split_by_its_arbiter_or_returns_to_the_buyer_after_i
     again = await cli_process_async(home, *resolve, "--wallet", "arbiter")
     assert f"job {split.job_id} is resolved, not disputed: nothing to resolve" in again.stderr
 
-    # Nobody resolves the second: after the timeout it is the buyer's again.
+    # Nobody resolves the other two: after the timeout they are the buyer's again.
     await advance_time(chain, ends - await chain_now(chain) + 1)
     late = await cli_process_async(
         home, "task", "resolve", str(lapsed.job_id), "--to-provider", "0", "--wallet", "arbiter"
@@ -368,6 +369,22 @@ async def test_a_dispute_is_split_by_its_arbiter_or_returns_to_the_buyer_after_i
     assert f"the dispute of job {lapsed.job_id} timed out at" in late.stderr
     back = await cli_process_async(home, "task", "refund", lapsed.conversation[:10], "--json")
     assert back.returncode == 0, back.stderr
+    assert json.loads(back.stdout)["job_id"] == lapsed.job_id
     assert (await escrow.get_job(lapsed.job_id)).status == JobStatus.REFUNDED
-    # Conserved: the buyer paid 0.01 of two deposits, the seller got it.
+    # The third nobody asks for: the wallet's agent (running since that command) sees
+    # its arbiter's time is over and takes the deposit back by itself.
+    unattended_job = await eventually(
+        lambda: escrow.get_job(unattended.job_id),
+        lambda j: j.status == JobStatus.REFUNDED,
+        timeout=30,
+    )
+    assert unattended_job.status == JobStatus.REFUNDED
+    records = await eventually(
+        lambda: buyer_task(home, unattended.conversation), lambda t: t[1] == "refunded"
+    )
+    assert records[:2] == ("refunded", "refunded")
+    assert (
+        await eventually(lambda: buyer_task(home, split.conversation), lambda t: t[1] == "done")
+    )[:2] == ("disputed", "done")  # resolved by its arbiter
+    # Conserved: the buyer paid 0.01 of three deposits, the seller got it.
     assert await ledger.conserved() == [-10_000, 10_000, 0]
