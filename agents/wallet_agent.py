@@ -12,12 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,25 +42,6 @@ FOLLOW_POLL_S = 0.05  # how often a follower looks at its task's record
 IDLE_POLL_S = 0.5
 DISCOVERY_WAIT_S = 15.0  # at most, for discovery to try every address it knows
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-@contextlib.contextmanager
-def single_instance(lock_path: Path) -> Iterator[bool]:
-    """Hold an exclusive lock on ``lock_path`` while inside; yields False (and holds
-    nothing) when another process has it: that one is the wallet's agent."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        yield True
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def local_time(epoch_s: int) -> str:

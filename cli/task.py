@@ -265,9 +265,12 @@ def wallet_agent(
 async def _serve_wallet(app_state: AppState, wallet: str) -> None:
     import signal
 
-    from agentmesh.agents.agent import Agent
-    from agentmesh.agents.control import lock_path, socket_path, wallet_agent_name
-    from agentmesh.agents.wallet_agent import WalletAgentServer, single_instance
+    from agentmesh.agents.control import (
+        lock_path,
+        single_instance,
+        socket_path,
+        wallet_agent_name,
+    )
     from agentmesh.wallets.keystore import Keystore
 
     home, config = app_state.home, app_state.config
@@ -277,12 +280,18 @@ async def _serve_wallet(app_state: AppState, wallet: str) -> None:
         if not mine:
             console.print(f"the agent of wallet {wallet!r} is already running")
             return
-        account = Keystore(home, scrypt_n=config.wallet.scrypt_n).load(
-            wallet, password(f"Password for {wallet}")
-        )
+        secret = password(f"Password for {wallet}")
+        keystore = Keystore(home, scrypt_n=config.wallet.scrypt_n)
+        # Decrypting (scrypt, ~0.6 s) runs in a thread while the agent's modules import
+        # (~1.1 s): a cold `task request` waits for the longer of the two, not both.
+        loop = asyncio.get_running_loop()
+        decrypting = loop.run_in_executor(None, keystore.load, wallet, secret)
+        from agentmesh.agents.agent import Agent
+        from agentmesh.agents.wallet_agent import WalletAgentServer
+
+        account = await decrypting
         agent = Agent(name, wallet=account, home=home, config=config, throwaway_devnet=False)
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await agent.start()
