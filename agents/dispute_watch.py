@@ -10,8 +10,11 @@ the same code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 from agentmesh.agents.context import TaskContext, tx_hex
 from agentmesh.agents.records import TaskRow
@@ -27,8 +30,15 @@ RESOLUTION_CHECK_S = 600  # chain seconds between reads of a job still disputed
 class DisputeWatch:
     """Ends the disputed purchases of one agent when their jobs settle or time out."""
 
-    def __init__(self, ctx: TaskContext) -> None:
+    def __init__(
+        self,
+        ctx: TaskContext,
+        hold: Callable[[str], AbstractAsyncContextManager[None]] | None = None,
+    ) -> None:
+        """``hold(task)``: the task's lock, held while it is acted on (the runner's), so
+        `task refund` and this watch never both expire one dispute."""
         self.ctx = ctx
+        self._hold = hold or (lambda _tid: contextlib.nullcontext())
         # task -> chain time of its next read: the end of its arbiter's window, or sooner
         # to notice a resolution.
         self._next: dict[str, int] = {}
@@ -47,17 +57,24 @@ class DisputeWatch:
             due = self._next.get(row.conversation)
             if due is not None and now < due:
                 continue
-            assert row.job_id is not None
-            job = await self.ctx.escrow.get_job(row.job_id)
-            ends = job.dispute_ends_at()
-            if ends is not None and now <= ends:
-                self._next[row.conversation] = min(ends + 1, now + RESOLUTION_CHECK_S)
-                continue
-            self._next.pop(row.conversation, None)
-            if ends is not None:
-                await self.expire(row, job)
-            else:
-                self.settled(row, job)
+            async with self._hold(row.conversation):
+                await self._look(row.conversation, now)
+
+    async def _look(self, tid: str, now: int) -> None:
+        row = self.ctx.records.task(tid)  # again: it may have ended meanwhile
+        if row is None or row.status != TaskStatus.DISPUTED or row.job_id is None:
+            self._next.pop(tid, None)
+            return
+        job = await self.ctx.escrow.get_job(row.job_id)
+        ends = job.dispute_ends_at()
+        if ends is not None and now <= ends:
+            self._next[tid] = min(ends + 1, now + RESOLUTION_CHECK_S)
+            return
+        self._next.pop(tid, None)
+        if ends is not None:
+            await self.expire(row, job)
+        else:
+            self.settled(row, job)
 
     async def expire(self, row: TaskRow, job: EscrowJob) -> str:
         """Return the deposit of ``job`` (disputed past its timeout) to this agent and

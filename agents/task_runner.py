@@ -12,9 +12,10 @@ whose arbiter let the dispute time out (``DisputeWatch``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from agentmesh.agents.context import TaskContext
@@ -59,7 +60,7 @@ class TaskRunner:
         self.timers: dict[str, int] = {}  # task -> chain time its waiting node times out
         self._stalled_retries: Counter[str] = Counter()
         self._stalled_next: dict[str, float] = {}  # task -> loop time of its next retry
-        self.disputes = DisputeWatch(ctx)
+        self.disputes = DisputeWatch(ctx, self.holding)
         self._disputes_next = 0.0  # loop time of the next look at disputed purchases
 
     def config(self, tid: str) -> dict[str, Any]:
@@ -72,6 +73,15 @@ class TaskRunner:
         lock = self.locks.setdefault(tid, asyncio.Lock())
         await lock.acquire()
         return lock
+
+    @contextlib.asynccontextmanager
+    async def holding(self, tid: str) -> AsyncIterator[None]:
+        """Hold the lock of ``tid``, an ended task acted on outside its graph."""
+        lock = await self.begin(tid)
+        try:
+            yield
+        finally:
+            self.release(tid, lock, ended=True)
 
     def release(self, tid: str, lock: asyncio.Lock, *, ended: bool = False) -> None:
         """Release a task's ``lock``; forget it if the task has ended (``ended``, or its

@@ -4,7 +4,9 @@ records)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from agentmesh.agents.context import TaskContext
@@ -103,3 +105,24 @@ async def test_a_resolved_dispute_is_recorded_as_done(tmp_path: Path) -> None:
     assert (row.state, row.status) == (Phase.DISPUTED, TaskStatus.DONE)
     assert row.detail == f"resolved by the arbiter {ARBITER}"
     assert ctx.counters["disputes_expired"] == 0
+
+
+async def test_a_purchase_ended_meanwhile_is_left_alone(tmp_path: Path) -> None:
+    ledger = InMemoryLedger()
+    ledger.mint(BUYER, FUNDS)
+    ctx = unit_context(tmp_path / "buyer.db", ledger=ledger, address=BUYER)
+    job_id = await disputed_purchase(ctx, ledger, "r:cc")
+    held: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def hold(tid: str) -> AsyncIterator[None]:
+        held.append(tid)
+        # `task refund` got there first, under the same lock: the record says so.
+        ctx.records.update_task(tid, state=Phase.REFUNDED, status=TaskStatus.REFUNDED)
+        yield
+
+    reads = counting_reads(ctx)
+    await DisputeWatch(ctx, hold).tick()
+    assert held == ["r:cc"]
+    assert reads == []  # re-read under the lock: nothing left to do
+    assert ledger.jobs[job_id].status == JobStatus.DISPUTED
