@@ -32,6 +32,11 @@ async def open_checkpoints(path: Path) -> AsyncIterator[AsyncSqliteSaver]:
     import aiosqlite
 
     async with aiosqlite.connect(str(path)) as conn:
+        # WAL (the saver sets it) with NORMAL sync, like the agent's other databases: a
+        # killed process loses no committed step; only an OS crash can lose the last
+        # ones, which every step is written to survive (its effects are looked up on
+        # chain when it runs again). FULL would fsync every graph step.
+        await conn.execute("PRAGMA synchronous=NORMAL")
         yield AsyncSqliteSaver(conn, serde=checkpoint_serde())
 
 

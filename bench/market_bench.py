@@ -1,13 +1,14 @@
 """Market benchmark: settled tasks through two agents, vs the bare escrow path.
 
-    .venv/bin/python bench/market_bench.py [--tasks 16] [--concurrency 1 4 16]
+    .venv/bin/python bench/market_bench.py [--tasks 64] [--concurrency 1 4 16]
 
 The service is trivial and deterministic and the provider prices by rules alone (no
 model), so this measures the market: discovery is done before timing; each task is
 call for proposals -> proposal -> award -> escrow open (+approve) -> accept -> work ->
 submit -> delivery -> check -> release -> feedback -> settled notice, on a throw-away
-anvil. Baseline, same run: the same escrow transactions sent directly from two
-wallets with no agents and no mesh. Also: gas per settled task, and for one task at a
+anvil. Baseline, same run: the same transactions (open with the agents' standing
+allowance, accept, submit, release, feedback) sent directly from two wallets with no
+agents and no mesh. Also: gas per settled task, and for one task at a
 time the share of wall time spent in chain calls, in mesh transport and in agent logic
 (graphs, checkpoints, records).
 """
@@ -35,6 +36,7 @@ from rich.table import Table
 
 from agentmesh import Agent, ServiceContext
 from agentmesh.agents.accounting import task_gas
+from agentmesh.agents.service import parse_price
 from agentmesh.agents.task_runner import TaskRunner
 from agentmesh.chain.devnet import start_anvil
 from agentmesh.config import AgentConfig, ChainConfig, Config, DevnetConfig, WalletConfig
@@ -42,7 +44,7 @@ from agentmesh.mesh.node import MeshNode
 from agentmesh.wallets import clients
 from agentmesh.wallets.chain import Chain, _deploy_fresh, connect
 from agentmesh.wallets.chain_clock import ChainClock
-from agentmesh.wallets.clients import EscrowClient, TokenClient
+from agentmesh.wallets.clients import EscrowClient, RegistryClient, TokenClient
 from agentmesh.wallets.deployer import dev_deployer
 from agentmesh.wallets.wallet import Wallet
 
@@ -130,10 +132,14 @@ def minus(spans: list[Interval], cut: list[Interval]) -> list[Interval]:
 async def bare_escrow(
     chain: Chain, client: Wallet, provider: Wallet, tasks: int, concurrency: int
 ) -> float:
-    """Tasks/s of open -> accept -> submit -> release sent directly (the baseline)."""
+    """Tasks/s of the purchase's own transactions sent directly (the baseline): open
+    (approving as the agents do, with the default standing allowance), accept, submit,
+    release, feedback."""
     escrow_address = chain.deployment.address("TaskEscrow")
-    by_client = EscrowClient(client, escrow_address)
+    allowance = parse_price(AgentConfig().escrow_allowance)
+    by_client = EscrowClient(client, escrow_address, standing_allowance=allowance)
     by_provider = EscrowClient(provider, escrow_address)
+    registry = RegistryClient(client, chain.deployment.address("AgentRegistry"))
     token = TokenClient(client, chain.token_address)
     slots = asyncio.Semaphore(concurrency)
     now = int((await chain.w3.eth.get_block("latest"))["timestamp"])
@@ -153,6 +159,7 @@ async def bare_escrow(
             await by_provider.accept(job_id)
             await by_provider.submit(job_id, hashlib.sha256(terms).digest())
             await by_client.release(job_id)
+            await registry.give_feedback(job_id, 100, bytes(32))
 
     start = time.perf_counter()
     await asyncio.gather(*(one(n) for n in range(tasks)))
@@ -163,6 +170,7 @@ PRICE = "0.01 mUSD"
 PASSWORD = "market bench"
 PROVIDER_FILE = f"""
 from agentmesh import Agent, ServiceContext
+from agentmesh.agents.service import parse_price
 
 agent = Agent("bench-provider")
 
@@ -311,7 +319,7 @@ async def market(tasks: int, levels: list[int], *, split: bool = False) -> dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=16)
+    parser.add_argument("--tasks", type=int, default=64, help="tasks per level (steady state)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     args = parser.parse_args()
     if args.tasks < 1 or min(args.concurrency) < 1:

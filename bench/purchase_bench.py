@@ -13,9 +13,9 @@ proposals with the real default model. Measured, each over ``--runs`` purchases:
 - 8 concurrent ``agentmesh task request`` processes paying from one wallet.
 
 Floor, measured in the same run: the purchase's own transactions sent bare from two
-wallets (open with its approve, accept, submit, release, feedback), plus the mesh round
-trips of a purchase (call for proposals, award, funded, delivery, settled) between two
-bare nodes, plus one pricing call of the default model. A CLI process cannot go below
+wallets (open, approving as the agents do, accept, submit, release, feedback), plus the
+mesh round trips of a purchase (call for proposals, award, funded, delivery, settled)
+between two bare nodes, plus one pricing call of the default model. A CLI process cannot go below
 a bare Python process that imports what a buyer needs and unlocks its keystore: that is
 added to the floor of the cold CLI.
 """
@@ -112,7 +112,8 @@ async def bare_transactions(home: Path, runs: int) -> list[float]:
     """Seconds per purchase for its transactions alone, sent directly from two wallets."""
     from eth_account import Account
 
-    from agentmesh.config import load_config
+    from agentmesh.agents.service import parse_price
+    from agentmesh.config import AgentConfig, load_config
     from agentmesh.wallets.chain import open_chain
     from agentmesh.wallets.clients import EscrowClient, RegistryClient, TokenClient
     from agentmesh.wallets.faucet import top_up
@@ -125,7 +126,8 @@ async def bare_transactions(home: Path, runs: int) -> list[float]:
         for wallet in (client, provider):
             await top_up(chain, wallet)
         escrow_address = chain.deployment.address("TaskEscrow")
-        by_client = EscrowClient(client, escrow_address)
+        allowance = parse_price(AgentConfig().escrow_allowance)  # as the agents approve
+        by_client = EscrowClient(client, escrow_address, standing_allowance=allowance)
         by_provider = EscrowClient(provider, escrow_address)
         registry = RegistryClient(client, chain.deployment.address("AgentRegistry"))
         token = TokenClient(client, chain.token_address)
