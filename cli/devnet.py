@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from agentmesh.chain.deployment import Deployment
+from agentmesh.chain.deployment import Deployment, Exchange
 from agentmesh.chain.devnet import start_anvil
 from agentmesh.chain.home import DevnetPaths, DevnetRecord, running_devnet, stop_devnet
 from agentmesh.chain.rpc import rpc_call
@@ -73,7 +73,27 @@ def _describe(home: Path, record: DevnetRecord | None) -> dict[str, Any]:
     if paths.deployment.exists():
         deployment = Deployment.load(paths.deployment)
         info["contracts"] = {name: c.address for name, c in deployment.contracts.items()}
+        exchange = deployment.exchange
+        if exchange is not None:
+            info["exchange"] = {
+                "router": exchange.router,
+                "factory": exchange.factory,
+                "tokens": exchange.tokens,
+            }
+            if record is not None:
+                info["exchange"]["pools"] = run(_pools(record.rpc_url, exchange))
     return info
+
+
+async def _pools(rpc_url: str, exchange: Exchange) -> dict[str, dict[str, Any]]:
+    from agentmesh.wallets.chain import connect
+    from agentmesh.wallets.exchange import pool_prices
+
+    w3 = connect(rpc_url)
+    try:
+        return await pool_prices(w3, exchange)
+    finally:
+        await w3.provider.disconnect()
 
 
 def _show(info: dict[str, Any]) -> None:
@@ -84,7 +104,24 @@ def _show(info: dict[str, Any]) -> None:
             table.add_row(key, str(info[key]))
     for name, address in info.get("contracts", {}).items():
         table.add_row(name, address)
+    exchange = info.get("exchange")
+    if exchange is not None:
+        table.add_row("UniswapV2Router02", exchange["router"])
+        table.add_row("UniswapV2Factory", exchange["factory"])
+        for symbol, address in exchange["tokens"].items():
+            table.add_row(f"token {symbol}", address)
     console.print(table)
+    if exchange is not None and "pools" in exchange:
+        pools = Table(title="Uniswap V2 pools (spot)")
+        for column in ("pool", "price", "reserves", "pair"):
+            pools.add_column(column)
+        for name, pool in exchange["pools"].items():
+            base, quote = name.split("/")
+            reserves = ", ".join(
+                f"{amount} {symbol}" for symbol, amount in pool["reserves"].items()
+            )
+            pools.add_row(name, f"1 {base} = {pool['price']} {quote}", reserves, pool["pair"])
+        console.print(pools)
 
 
 @app.command()

@@ -13,7 +13,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-CONTRACT_NAMES = ("MeshUSD", "TaskEscrow", "AgentRegistry", "AgentWallet")
+CONTRACT_NAMES = ("MeshUSD", "TaskEscrow", "AgentRegistry", "AgentWallet", "DevToken")
 
 
 @dataclass(frozen=True, slots=True)

@@ -225,6 +225,15 @@ def test_acceptance_send_and_state_survives_down_up(cli: Cli) -> None:
     status = cli.json("devnet", "status")
     assert status["running"] is True and status["pid"] == first["pid"]
     block_before = status["block"]
+    # Uniswap V2 is deployed next to the suite, with its seeded pools' prices.
+    pools = status["exchange"]["pools"]
+    assert {name: pool["price"] for name, pool in pools.items()} == {
+        "WETH/mUSD": "2000",
+        "MGLD/WETH": "0.01",
+    }
+    assert pools["WETH/mUSD"]["reserves"] == {"WETH": "100", "mUSD": "200000"}
+    assert set(status["exchange"]["tokens"]) == {"mUSD", "WETH", "MGLD"}
+    assert "1 WETH = 2000 mUSD" in cli.ok("devnet", "status")
 
     down = cli.ok("devnet", "down")
     assert "stopped devnet" in down
@@ -238,6 +247,7 @@ def test_acceptance_send_and_state_survives_down_up(cli: Cli) -> None:
     assert second["running"] is True
     assert second["pid"] != first["pid"]
     assert second["contracts"] == first["contracts"]
+    assert second["exchange"]["router"] == status["exchange"]["router"]  # not redeployed
     # A fresh chain would be back at the deployment's first blocks.
     assert second["block"] >= block_before
     assert cli.json("wallet", "balance", "bob")["musd"] == "12.5"
@@ -746,12 +756,14 @@ def test_demo_settles_every_task_and_conserves_funds(tmp_path: Path) -> None:
         assert all(tx.startswith("0x") for tx in task["transactions"].values())
         assert task["gas"] > 300_000
     check = report["conservation"]
-    ten_musd = 10 * 10**6
+    ten_musd, pooled = 10 * 10**6, 200_000 * 10**6  # the buyer's, the exchange's seed
+    assert report["pools"] == {"WETH/mUSD": pooled}  # untouched by the market
     assert check == {
         "agents": ten_musd,
         "escrow": 0,
-        "total": ten_musd,
-        "minted": ten_musd,
+        "pools": pooled,
+        "total": ten_musd + pooled,
+        "minted": ten_musd + pooled,
         "ok": True,
     }
     assert report["escrow"]["balance"] == 0

@@ -152,16 +152,22 @@ def test_demo_prints_the_report_it_would_give_as_json(capsys: pytest.CaptureFixt
             | {"change": 50_000},
         ],
         "escrow": {"address": "0xE", "balance": 0},
+        "pools": {"WETH/mUSD": 2 * 10**11},
         "conservation": {
             "agents": 10**7,
             "escrow": 0,
-            "total": 10**7,
-            "minted": 10**7,
+            "pools": 2 * 10**11,
+            "total": 10**7 + 2 * 10**11,
+            "minted": 10**7 + 2 * 10**11,
             "ok": True,
         },
     }
     _print_report(report)
     out = capsys.readouterr().out
-    assert "conservation: agents 10 mUSD + escrow 0 mUSD = 10 mUSD; minted 10 mUSD" in out
+    assert (
+        "conservation: agents 10 mUSD + escrow 0 mUSD + pools 200000 mUSD = 200010 mUSD; "
+        "minted 200010 mUSD" in out
+    )
+    assert "pool WETH/mUSD" in out
     assert "summarizer-a" in out and "400,000" in out and "open 0x11111111…" in out
     assert "-0.05 mUSD" in out and "+0.05 mUSD" in out

@@ -1188,7 +1188,7 @@ def test_two_served_agents_find_each_other_and_the_cli_sees_both(
 ) -> None:
     home: Path = serve.home  # type: ignore[attr-defined]
     alpha = serve("alpha")
-    beta = serve("beta", "--bootstrap", alpha.info["bootstrap"])
+    beta = serve("beta", f"--bootstrap={alpha.info['bootstrap']}")  # may start with "-"
     a, b = alpha.info["address"], beta.info["address"]
     assert a != b
 

@@ -203,7 +203,7 @@ class Mesh:
             "--heartbeat", str(HEARTBEAT_S),
         ]  # fmt: skip
         if bootstrap:
-            cmd += ["--bootstrap", bootstrap]
+            cmd.append(f"--bootstrap={bootstrap}")  # a value may start with "-"
         with log_file.open("wb") as log:
             process = subprocess.Popen(
                 cmd,

@@ -360,7 +360,10 @@ async def test_a_dispute_is_split_by_its_arbiter_or_returns_to_the_buyer_after_i
     again = await cli_process_async(home, *resolve, "--wallet", "arbiter")
     assert f"job {split.job_id} is resolved, not disputed: nothing to resolve" in again.stderr
 
-    # Nobody resolves the other two: after the timeout they are the buyer's again.
+    # Nobody resolves the other two: after the timeout they are the buyer's again. (The
+    # wallet's agent, up since the first refund, would take them back by itself at its
+    # next look: stopped here, so the arbiter's late attempt is what is tested first.)
+    stop_wallet_agents(home)
     await advance_time(chain, ends - await chain_now(chain) + 1)
     late = await cli_process_async(
         home, "task", "resolve", str(lapsed.job_id), "--to-provider", "0", "--wallet", "arbiter"

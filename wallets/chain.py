@@ -35,7 +35,8 @@ from agentmesh.wallets.deployer import (
     fund_dev_accounts,
     suite_is_deployed,
 )
-from agentmesh.wallets.wallet import guard_rpc
+from agentmesh.wallets.exchange import deploy_exchange
+from agentmesh.wallets.wallet import Wallet, guard_rpc
 
 KEEPALIVE_S = 15.0  # idle pooled connections close after this
 
@@ -110,7 +111,15 @@ async def _deploy_fresh(w3: AsyncWeb3[Any], rpc_url: str, musd: int) -> Deployme
     deployer = dev_deployer(w3)
     deployment = await deploy_suite(w3, rpc_url, deployer)
     await fund_dev_accounts(w3, deployment, deployer, musd)
-    return deployment
+    return await _with_exchange(w3, deployment, deployer)
+
+
+async def _with_exchange(
+    w3: AsyncWeb3[Any], deployment: Deployment, deployer: Wallet
+) -> Deployment:
+    """``deployment`` with Uniswap V2 deployed and seeded next to it."""
+    exchange = await deploy_exchange(w3, deployer, deployment.address("MeshUSD"))
+    return deployment.model_copy(update={"exchange": exchange})
 
 
 async def ensure_deployment(w3: AsyncWeb3[Any], rpc_url: str, path: Path, musd: int) -> Deployment:
@@ -118,6 +127,15 @@ async def ensure_deployment(w3: AsyncWeb3[Any], rpc_url: str, path: Path, musd: 
     if path.exists():
         recorded = Deployment.load(path)
         if await guard_rpc(suite_is_deployed(w3, recorded), rpc_url):
+            deployer = dev_deployer(w3)
+            if (
+                recorded.exchange is None
+                and recorded.deployer == deployer.address
+                and "anvil" in str(await guard_rpc(w3.client_version, rpc_url)).lower()
+            ):
+                # A devnet deployed before the exchange existed: add it.
+                recorded = await guard_rpc(_with_exchange(w3, recorded, deployer), rpc_url)
+                recorded.save(path)
             if recorded.rpc_url != rpc_url:
                 recorded = recorded.model_copy(update={"rpc_url": rpc_url})
                 recorded.save(path)

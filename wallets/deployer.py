@@ -58,8 +58,12 @@ async def suite_is_deployed(w3: AsyncWeb3[Any], deployment: Deployment) -> bool:
     """True when every contract of ``deployment`` has code on the chain ``w3`` talks to."""
     if int(await w3.eth.chain_id) != deployment.chain_id:
         return False
-    for contract in deployment.contracts.values():
-        code = await w3.eth.get_code(AsyncWeb3.to_checksum_address(contract.address))
+    addresses = [contract.address for contract in deployment.contracts.values()]
+    if deployment.exchange is not None:
+        exchange = deployment.exchange
+        addresses += [exchange.router, exchange.factory, *exchange.pairs.values()]
+    for address in addresses:
+        code = await w3.eth.get_code(AsyncWeb3.to_checksum_address(address))
         if len(code) == 0:
             return False
     return True

@@ -20,6 +20,19 @@ class DeployedContract(BaseModel):
     artifact_sha256: str
 
 
+class Exchange(BaseModel):
+    """Where the devnet's Uniswap V2 lives (see ``agentmesh.wallets.exchange``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    weth: str
+    factory: str
+    router: str
+    tokens: dict[str, str]  # symbol -> address (mUSD, WETH, MGLD)
+    decimals: dict[str, int]  # symbol -> decimals
+    pairs: dict[str, str]  # "BASE/QUOTE" -> pair address
+
+
 class Deployment(BaseModel):
     """Chain id, RPC URL, deployer and the address of every contract in the suite."""
 
@@ -30,6 +43,9 @@ class Deployment(BaseModel):
     deployer: str
     block_number: int
     contracts: dict[str, DeployedContract]
+    # Uniswap V2 on a devnet agentmesh deployed (None on a chain without one, and in
+    # deployment files written before it existed).
+    exchange: Exchange | None = None
 
     def address(self, name: str) -> str:
         """Address of contract ``name``; a clear error if it is not in this deployment."""
