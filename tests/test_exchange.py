@@ -15,7 +15,7 @@ from agentmesh.chain.devnet import start_anvil
 from agentmesh.config import DevnetConfig
 from agentmesh.errors import ToolMissingError
 from agentmesh.wallets import exchange as ex
-from agentmesh.wallets.chain import Chain, connect, ensure_deployment
+from agentmesh.wallets.chain import Chain, _deploy_fresh, connect, ensure_deployment
 from agentmesh.wallets.deployer import deploy_suite, dev_deployer
 from agentmesh.wallets.wallet import Wallet
 from tests.helpers import WalletFactory, chain_now
@@ -156,6 +156,26 @@ async def test_a_devnet_deployed_before_the_exchange_gets_one(tmp_path: Any) -> 
             assert again.exchange == upgraded.exchange  # recorded: not deployed twice
         finally:
             await w3.provider.disconnect()
+
+
+async def test_without_the_packages_a_devnet_still_serves_the_market(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "node_modules").mkdir()  # a tools folder without the Uniswap packages
+    ex.npm_artifact.cache_clear()
+    try:
+        with start_anvil(DevnetConfig()) as anvil:  # the real tools' anvil
+            monkeypatch.setenv("AGENTMESH_TOOLS", str(tmp_path))
+            w3 = connect(anvil.rpc_url)
+            try:
+                deployment = await _deploy_fresh(w3, anvil.rpc_url, 0)
+            finally:
+                await w3.provider.disconnect()
+    finally:
+        ex.npm_artifact.cache_clear()
+    assert deployment.exchange is None
+    assert set(deployment.contracts) == {"MeshUSD", "TaskEscrow", "AgentRegistry"}
+    assert "no Uniswap V2 on this devnet" in caplog.text and "make setup" in caplog.text
 
 
 def test_missing_packages_are_named_with_the_fix(

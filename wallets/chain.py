@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from agentmesh.chain.devnet import AnvilProcess, start_anvil
 from agentmesh.chain.home import DevnetPaths, running_devnet
 from agentmesh.config import Config
 from agentmesh.contracts import load_artifact
-from agentmesh.errors import DevnetError
+from agentmesh.errors import DevnetError, ToolMissingError
 from agentmesh.wallets.deployer import (
     deploy_suite,
     dev_deployer,
@@ -37,6 +38,8 @@ from agentmesh.wallets.deployer import (
 )
 from agentmesh.wallets.exchange import deploy_exchange
 from agentmesh.wallets.wallet import Wallet, guard_rpc
+
+log = logging.getLogger("agentmesh.chain")
 
 KEEPALIVE_S = 15.0  # idle pooled connections close after this
 
@@ -117,8 +120,13 @@ async def _deploy_fresh(w3: AsyncWeb3[Any], rpc_url: str, musd: int) -> Deployme
 async def _with_exchange(
     w3: AsyncWeb3[Any], deployment: Deployment, deployer: Wallet
 ) -> Deployment:
-    """``deployment`` with Uniswap V2 deployed and seeded next to it."""
-    exchange = await deploy_exchange(w3, deployer, deployment.address("MeshUSD"))
+    """``deployment`` with Uniswap V2 deployed and seeded next to it; unchanged (with a
+    warning) where the npm packages are not installed: the market does not need it."""
+    try:
+        exchange = await deploy_exchange(w3, deployer, deployment.address("MeshUSD"))
+    except ToolMissingError as exc:
+        log.warning("no Uniswap V2 on this devnet: %s", exc.user_message)
+        return deployment
     return deployment.model_copy(update={"exchange": exchange})
 
 
