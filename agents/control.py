@@ -134,8 +134,6 @@ def lock_path(home: Path, agent_name: str) -> Path:
 def running_pid(home: Path, agent_name: str) -> int | None:
     """The pid of the running wallet agent ``agent_name``, or None if none runs (its
     lock is free)."""
-    import fcntl
-
     path = lock_path(home, agent_name)
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agentmesh.agents.agent import Agent
+from agentmesh.agents.context import tx_hex
 from agentmesh.agents.control import (
     MAX_LINE,
     Buy,
@@ -34,6 +35,7 @@ from agentmesh.agents.outcome import TaskOutcome
 from agentmesh.errors import AgentMeshError, AgentMeshValueError
 from agentmesh.protocols.negotiation import Role, TaskStatus, Timeout
 from agentmesh.wallets.clients import EscrowJob, JobStatus
+from agentmesh.wallets.units import local_time
 
 log = logging.getLogger("agentmesh.wallet_agent")
 
@@ -42,11 +44,6 @@ FOLLOW_POLL_S = 0.05  # how often a follower looks at its task's record
 IDLE_POLL_S = 0.5
 DISCOVERY_WAIT_S = 15.0  # at most, for discovery to try every address it knows
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-def local_time(epoch_s: int) -> str:
-    """A chain timestamp as local wall-clock time (what a person reads in a table)."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch_s))
 
 
 class WalletAgentServer:
@@ -269,12 +266,13 @@ class WalletAgentServer:
             if job.status == JobStatus.REFUNDED and done:
                 # This agent's own deadline or dispute watch got there first: the money
                 # is back.
-                lock.release()
+                agent.runner.release(tid, lock)
                 return self._refunded(conversation, job.job_id, job.amount, done, already=True)
             ends = job.dispute_ends_at()
             if ends is not None:
                 tx = await self._expire_dispute(row, job, ends)
-                lock.release()  # the task ended with its dispute: nothing to wake
+                # The task ended with its dispute: nothing to wake.
+                agent.runner.release(tid, lock, ended=True)
                 return self._refunded(conversation, job.job_id, job.amount, tx, already=False)
             if job.status not in (JobStatus.OPEN, JobStatus.ACCEPTED):
                 raise AgentMeshValueError(
@@ -290,7 +288,7 @@ class WalletAgentServer:
                 )
             receipt = await agent.escrow.refund(job.job_id)
         except BaseException:
-            lock.release()
+            agent.runner.release(tid, lock)
             raise
         # Wake the task (the lock passes to the run): it finds the job refunded and ends.
         graph = agent.runner.graph(tid)
@@ -302,9 +300,8 @@ class WalletAgentServer:
         elif snapshot.next:
             agent.runner.run_locked(tid, lock, graph, None)
         else:
-            lock.release()
-        tx = "0x" + bytes(receipt["transactionHash"]).hex()
-        return self._refunded(conversation, job.job_id, job.amount, tx, already=False)
+            agent.runner.release(tid, lock, ended=True)
+        return self._refunded(conversation, job.job_id, job.amount, tx_hex(receipt), already=False)
 
     async def _expire_dispute(self, row: Any, job: EscrowJob, ends: int) -> str:
         """The deposit of a disputed job back to the buyer once the arbiter's time is

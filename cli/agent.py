@@ -7,7 +7,6 @@ import importlib.util
 import os
 import re
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -23,6 +22,7 @@ from agentmesh.cli.context import (
     write_ready_file,
 )
 from agentmesh.errors import AgentMeshValueError
+from agentmesh.wallets.units import local_time
 
 if TYPE_CHECKING:
     from agentmesh.agents.agent import Agent
@@ -195,6 +195,6 @@ def approvals(ctx: typer.Context, json_out: JsonOption = False) -> None:
         if not entry["applied"] and shown != ApprovalStatus.PENDING:
             shown += " *"
         amount = format_amount(entry["amount"], MUSD_DECIMALS, "mUSD")
-        asked = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["created_ms"] / 1000))
+        asked = local_time(entry["created_ms"] / 1000)
         table.add_row(entry["id"], entry["agent"], shown, amount, entry["description"], asked)
     console.print(table)

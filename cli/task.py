@@ -31,6 +31,7 @@ from agentmesh.cli.context import (
     state,
 )
 from agentmesh.errors import AgentMeshError, AgentMeshValueError, DevnetError
+from agentmesh.wallets.units import local_time
 
 if TYPE_CHECKING:
     from agentmesh.agents.records import TaskRow
@@ -116,7 +117,9 @@ def request(
 
 
 def _address(value: str) -> str:
-    if not re.fullmatch(r"0x[0-9a-fA-F]{40}", value):
+    from agentmesh.agents.control import ADDRESS
+
+    if not re.fullmatch(ADDRESS, value):
         raise AgentMeshValueError(f"--provider {value!r} is not an address (0x and 40 hex digits)")
     return value
 
@@ -200,6 +203,7 @@ def resolve(
 async def _resolve(
     app_state: AppState, job_id: int, share: int, account: Any | None
 ) -> dict[str, Any]:
+    from agentmesh.agents.context import tx_hex
     from agentmesh.chain.home import running_devnet
     from agentmesh.wallets.chain import open_chain
     from agentmesh.wallets.chain_clock import ChainClock
@@ -249,7 +253,7 @@ async def _resolve(
         "client": job.client,
         "provider_amount": share,
         "client_amount": job.amount - share,
-        "tx": "0x" + bytes(receipt["transactionHash"]).hex(),
+        "tx": tx_hex(receipt),
     }
 
 
@@ -517,11 +521,6 @@ def musd(amount: int) -> str:
     from agentmesh.wallets.units import MUSD_DECIMALS, format_amount
 
     return format_amount(amount, MUSD_DECIMALS, "mUSD")
-
-
-def local_time(epoch_s: float) -> str:
-    """An epoch time (chain or wall clock) as local time for a person."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch_s))
 
 
 def locked_money(job: Any) -> dict[str, Any] | None:

@@ -1,7 +1,9 @@
-"""Amounts as people write them ("1.5") <-> integer base units, without float error."""
+"""Amounts as people write them ("1.5") <-> integer base units, without float error;
+times as people read them."""
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal, InvalidOperation
 
 from agentmesh.errors import AgentMeshValueError
@@ -38,3 +40,8 @@ def format_amount(units: int, decimals: int, symbol: str = "") -> str:
     if fraction:
         text += "." + str(fraction).rjust(decimals, "0").rstrip("0")
     return f"{text} {symbol}".strip()
+
+
+def local_time(epoch_s: float) -> str:
+    """An epoch time (chain or wall clock, seconds) as local time for a person."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch_s))
