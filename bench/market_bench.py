@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import statistics
@@ -30,13 +29,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bare_purchase import BarePurchase
 from eth_account import Account
 from rich.console import Console
 from rich.table import Table
 
 from agentmesh import Agent, ServiceContext
 from agentmesh.agents.accounting import task_gas
-from agentmesh.agents.service import parse_price
 from agentmesh.agents.task_runner import TaskRunner
 from agentmesh.chain.devnet import start_anvil
 from agentmesh.config import AgentConfig, ChainConfig, Config, DevnetConfig, WalletConfig
@@ -44,7 +43,7 @@ from agentmesh.mesh.node import MeshNode
 from agentmesh.wallets import clients
 from agentmesh.wallets.chain import Chain, _deploy_fresh, connect
 from agentmesh.wallets.chain_clock import ChainClock
-from agentmesh.wallets.clients import EscrowClient, RegistryClient, TokenClient
+from agentmesh.wallets.clients import TokenClient
 from agentmesh.wallets.deployer import dev_deployer
 from agentmesh.wallets.wallet import Wallet
 
@@ -135,31 +134,15 @@ async def bare_escrow(
     """Tasks/s of the purchase's own transactions sent directly (the baseline): open
     (approving as the agents do, with the default standing allowance), accept, submit,
     release, feedback."""
-    escrow_address = chain.deployment.address("TaskEscrow")
-    allowance = parse_price(AgentConfig().escrow_allowance)
-    by_client = EscrowClient(client, escrow_address, standing_allowance=allowance)
-    by_provider = EscrowClient(provider, escrow_address)
-    registry = RegistryClient(client, chain.deployment.address("AgentRegistry"))
-    token = TokenClient(client, chain.token_address)
+    bare = BarePurchase(chain, client, provider)
     slots = asyncio.Semaphore(concurrency)
     now = int((await chain.w3.eth.get_block("latest"))["timestamp"])
 
     async def one(n: int) -> None:
         async with slots:
-            terms = hashlib.sha256(f"bare {concurrency} {n} {time.time()}".encode()).digest()
-            job_id, _ = await by_client.open(
-                provider=provider.address,
-                token=token,
-                amount=10_000,
-                deadline=now + 3600,
-                review_window=60,
-                arbiter=chain.deployment.deployer,
-                terms_hash=terms,
+            await bare.run(
+                f"{concurrency} {n}", amount=10_000, deadline=now + 3600, review_window=60
             )
-            await by_provider.accept(job_id)
-            await by_provider.submit(job_id, hashlib.sha256(terms).digest())
-            await by_client.release(job_id)
-            await registry.give_feedback(job_id, 100, bytes(32))
 
     start = time.perf_counter()
     await asyncio.gather(*(one(n) for n in range(tasks)))
@@ -170,7 +153,6 @@ PRICE = "0.01 mUSD"
 PASSWORD = "market bench"
 PROVIDER_FILE = f"""
 from agentmesh import Agent, ServiceContext
-from agentmesh.agents.service import parse_price
 
 agent = Agent("bench-provider")
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import os
 import statistics
@@ -110,12 +109,11 @@ def p50_p90(values: list[float]) -> tuple[float, float]:
 
 async def bare_transactions(home: Path, runs: int) -> list[float]:
     """Seconds per purchase for its transactions alone, sent directly from two wallets."""
+    from bare_purchase import BarePurchase
     from eth_account import Account
 
-    from agentmesh.agents.service import parse_price
-    from agentmesh.config import AgentConfig, load_config
+    from agentmesh.config import load_config
     from agentmesh.wallets.chain import open_chain
-    from agentmesh.wallets.clients import EscrowClient, RegistryClient, TokenClient
     from agentmesh.wallets.faucet import top_up
     from agentmesh.wallets.wallet import Wallet
 
@@ -125,29 +123,11 @@ async def bare_transactions(home: Path, runs: int) -> list[float]:
         provider = Wallet(Account.create(), chain.w3)
         for wallet in (client, provider):
             await top_up(chain, wallet)
-        escrow_address = chain.deployment.address("TaskEscrow")
-        allowance = parse_price(AgentConfig().escrow_allowance)  # as the agents approve
-        by_client = EscrowClient(client, escrow_address, standing_allowance=allowance)
-        by_provider = EscrowClient(provider, escrow_address)
-        registry = RegistryClient(client, chain.deployment.address("AgentRegistry"))
-        token = TokenClient(client, chain.token_address)
+        bare = BarePurchase(chain, client, provider)
         for n in range(runs):
             now = int((await chain.w3.eth.get_block("latest"))["timestamp"])
-            terms = hashlib.sha256(f"bare {n} {time.time()}".encode()).digest()
             start = time.perf_counter()
-            job_id, _ = await by_client.open(
-                provider=provider.address,
-                token=token,
-                amount=50_000,
-                deadline=now + 300,
-                review_window=120,
-                arbiter=chain.deployment.deployer,
-                terms_hash=terms,
-            )
-            await by_provider.accept(job_id)
-            await by_provider.submit(job_id, hashlib.sha256(terms).digest())
-            await by_client.release(job_id)
-            await registry.give_feedback(job_id, 100, bytes(32))
+            await bare.run(str(n), amount=50_000, deadline=now + 300, review_window=120)
             durations.append(time.perf_counter() - start)
     return durations
 
