@@ -68,8 +68,8 @@ if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
     from agentmesh.mesh.routes import ErrorReply as ErrorReply
     from agentmesh.mesh.routes import HandlerContext as HandlerContext
     from agentmesh.message import Message as Message
-    from agentmesh.wallets.clients import AgentWalletClient as AgentWalletClient
-    from agentmesh.wallets.clients import CapMode as CapMode
+    from agentmesh.wallets.agent_wallet import AgentWalletClient as AgentWalletClient
+    from agentmesh.wallets.agent_wallet import CapMode as CapMode
     from agentmesh.wallets.wallet import Wallet as Wallet
 
     __version__: str
@@ -98,8 +98,8 @@ _EXPORTS: dict[str, str] = {
     "RemoteError": "agentmesh.mesh.node",
     # wallets: an agent's own, and the policy-bound AgentWallet a user delegates through
     "Wallet": "agentmesh.wallets.wallet",
-    "AgentWalletClient": "agentmesh.wallets.clients",
-    "CapMode": "agentmesh.wallets.clients",
+    "AgentWalletClient": "agentmesh.wallets.agent_wallet",
+    "CapMode": "agentmesh.wallets.agent_wallet",
     # configuration
     "Config": "agentmesh.config",
     "load_config": "agentmesh.config",

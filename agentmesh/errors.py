@@ -107,12 +107,28 @@ class ContractRevertError(TransactionError):
 
 
 class PolicyViolation(ContractRevertError):
-    """An AgentWallet refused the agent's call: it is outside the owner's spending policy.
+    """An AgentWallet refused the agent's call: it is outside the owner's policy.
 
-    The wallet's policy errors (``CapExceeded``, ``TargetNotAllowed``, ``NotAgent``,
-    ``MalformedCalldata``, ``SelfCallForbidden``, ``EnforcedPause``): a revert like any
-    other, so ``error_name`` and ``error_args`` name the rule that was hit.
+    A revert like any other, so ``error_name`` and ``error_args`` name the custom error;
+    ``rule`` says the rule it enforces in words (``agentmesh.wallets.clients.POLICY_RULES``
+    holds them), and the message leads with it.
     """
+
+    def __init__(
+        self,
+        error_name: str | None,
+        args: Sequence[Any] = (),
+        *,
+        rule: str = "",
+        contract: str | None = None,
+        raw: bytes = b"",
+    ) -> None:
+        super().__init__(error_name, args, contract=contract, raw=raw)
+        self.rule = rule
+        if rule:
+            call = self.user_message.removeprefix("transaction reverted: ")
+            self.user_message = f"refused by the wallet's policy: {rule} ({call})"
+            self.args = (self.user_message,)
 
 
 def _render_arg(value: Any) -> str:

@@ -30,12 +30,9 @@ from rich.table import Table
 
 from agentmesh import Config
 from agentmesh.contracts import load_artifact
+from agentmesh.wallets.agent_wallet import NATIVE, NO_CALLDATA, AgentWalletClient, CapMode
 from agentmesh.wallets.chain import Chain, open_chain
 from agentmesh.wallets.clients import (
-    NATIVE,
-    NO_CALLDATA,
-    AgentWalletClient,
-    CapMode,
     EscrowClient,
     RegistryCard,
     RegistryClient,

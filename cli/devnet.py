@@ -78,6 +78,7 @@ def _describe(home: Path, record: DevnetRecord | None) -> dict[str, Any]:
             info["exchange"] = {
                 "router": exchange.router,
                 "factory": exchange.factory,
+                "oracle": exchange.oracle,
                 "tokens": exchange.tokens,
             }
             if record is not None:
@@ -108,6 +109,8 @@ def _show(info: dict[str, Any]) -> None:
     if exchange is not None:
         table.add_row("UniswapV2Router02", exchange["router"])
         table.add_row("UniswapV2Factory", exchange["factory"])
+        if exchange["oracle"] is not None:
+            table.add_row("TwapOracle", exchange["oracle"])
         for symbol, address in exchange["tokens"].items():
             table.add_row(f"token {symbol}", address)
     console.print(table)

@@ -13,7 +13,14 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-CONTRACT_NAMES = ("MeshUSD", "TaskEscrow", "AgentRegistry", "AgentWallet", "DevToken")
+CONTRACT_NAMES = (
+    "MeshUSD",
+    "TaskEscrow",
+    "AgentRegistry",
+    "AgentWallet",
+    "DevToken",
+    "TwapOracle",
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,14 +20,9 @@ from web3.types import TxReceipt
 
 from agentmesh.contracts import load_artifact
 from agentmesh.errors import ContractRevertError, PolicyViolation
+from agentmesh.wallets.agent_wallet import NATIVE, NO_CALLDATA, AgentWalletClient, CapMode
 from agentmesh.wallets.chain import Chain
-from agentmesh.wallets.clients import (
-    NATIVE,
-    NO_CALLDATA,
-    AgentWalletClient,
-    CapMode,
-    TokenClient,
-)
+from agentmesh.wallets.clients import TokenClient
 from agentmesh.wallets.wallet import Wallet
 from tests.helpers import (
     ONE_MUSD,

@@ -36,7 +36,7 @@ from agentmesh.wallets.deployer import (
     fund_dev_accounts,
     suite_is_deployed,
 )
-from agentmesh.wallets.exchange import deploy_exchange
+from agentmesh.wallets.exchange import deploy_exchange, deploy_oracle
 from agentmesh.wallets.wallet import Wallet, guard_rpc
 
 log = logging.getLogger("agentmesh.chain")
@@ -130,6 +130,15 @@ async def _with_exchange(
     return deployment.model_copy(update={"exchange": exchange})
 
 
+async def _upgrade_exchange(
+    w3: AsyncWeb3[Any], deployment: Deployment, deployer: Wallet
+) -> Deployment:
+    if deployment.exchange is None:
+        return await _with_exchange(w3, deployment, deployer)
+    exchange = await deploy_oracle(w3, deployer, deployment.exchange)
+    return deployment.model_copy(update={"exchange": exchange})
+
+
 async def ensure_deployment(w3: AsyncWeb3[Any], rpc_url: str, path: Path, musd: int) -> Deployment:
     """The deployment recorded at ``path`` if it is live on ``w3``, else a fresh one."""
     if path.exists():
@@ -137,12 +146,12 @@ async def ensure_deployment(w3: AsyncWeb3[Any], rpc_url: str, path: Path, musd: 
         if await guard_rpc(suite_is_deployed(w3, recorded), rpc_url):
             deployer = dev_deployer(w3)
             if (
-                recorded.exchange is None
+                (recorded.exchange is None or recorded.exchange.oracle is None)
                 and recorded.deployer == deployer.address
                 and "anvil" in str(await guard_rpc(w3.client_version, rpc_url)).lower()
             ):
-                # A devnet deployed before the exchange existed: add it.
-                recorded = await guard_rpc(_with_exchange(w3, recorded, deployer), rpc_url)
+                # A devnet deployed before the exchange (or its oracle) existed: add it.
+                recorded = await guard_rpc(_upgrade_exchange(w3, recorded, deployer), rpc_url)
                 recorded.save(path)
             if recorded.rpc_url != rpc_url:
                 recorded = recorded.model_copy(update={"rpc_url": rpc_url})

@@ -62,6 +62,8 @@ async def suite_is_deployed(w3: AsyncWeb3[Any], deployment: Deployment) -> bool:
     if deployment.exchange is not None:
         exchange = deployment.exchange
         addresses += [exchange.router, exchange.factory, *exchange.pairs.values()]
+        if exchange.oracle is not None:
+            addresses.append(exchange.oracle)
     for address in addresses:
         code = await w3.eth.get_code(AsyncWeb3.to_checksum_address(address))
         if len(code) == 0:

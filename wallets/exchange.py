@@ -8,6 +8,11 @@ at known prices, so that a two-hop path mUSD -> WETH -> MGLD exists:
 
 - WETH/mUSD: 100 WETH and 200,000 mUSD (1 WETH = 2,000 mUSD);
 - MGLD/WETH: 5,000 MGLD and 50 WETH (1 MGLD = 0.01 WETH = 20 mUSD).
+
+Next to them, agentmesh's own ``TwapOracle`` for the factory's pairs (observations every
+``ORACLE_PERIOD`` seconds, windows up to ``ORACLE_GRANULARITY - 2`` periods): the price
+an ``AgentWallet`` checks its swaps against. The deployer records each pool's first
+observation; after that whoever trades keeps it fresh (``update`` is open to anyone).
 """
 
 from __future__ import annotations
@@ -20,17 +25,22 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from eth_utils.crypto import keccak
 from web3 import AsyncWeb3
 
 from agentmesh.chain.deployment import Exchange
 from agentmesh.contracts import Artifact, load_artifact
 from agentmesh.errors import ToolMissingError
 from agentmesh.tools import SETUP_HINT, find_tools_dir
+from agentmesh.wallets.oracle import UPDATE_GAS
 from agentmesh.wallets.units import MUSD_DECIMALS
 from agentmesh.wallets.wallet import Wallet
 
 WETH_DECIMALS = GOLD_DECIMALS = 18
 GOLD_NAME, GOLD_SYMBOL = "Mesh Gold", "MGLD"
+# Five-minute observations kept for a little over four hours: windows of 10 min to 4 h.
+ORACLE_PERIOD = 300
+ORACLE_GRANULARITY = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +84,12 @@ def npm_artifact(name: str) -> Artifact:
         deployed_bytecode=deployed,
         sha256=_sha256(path),
     )
+
+
+def pair_init_code_hash() -> bytes:
+    """keccak256 of the npm core pair's creation code: what the factory's CREATE2 uses
+    (and Router02 hard-codes) to place each pair."""
+    return keccak(hexstr=npm_artifact("UniswapV2Pair").bytecode)
 
 
 def _sha256(path: Path) -> str:
@@ -126,9 +142,27 @@ async def deploy_exchange(w3: AsyncWeb3[Any], deployer: Wallet, musd: str) -> Ex
             )
         )
         pairs[f"{seed.a}/{seed.b}"] = str(await factory_c.functions.getPair(a, b).call())
-    return Exchange(
+    exchange = Exchange(
         weth=weth, factory=factory, router=router, tokens=tokens, decimals=decimals, pairs=pairs
     )
+    return await deploy_oracle(w3, deployer, exchange)
+
+
+async def deploy_oracle(w3: AsyncWeb3[Any], deployer: Wallet, exchange: Exchange) -> Exchange:
+    """Deploy the ``TwapOracle`` of ``exchange``'s factory and record each pool's first
+    observation; returns ``exchange`` with the oracle's address."""
+    oracle, _ = await deployer.deploy(
+        load_artifact("TwapOracle"),
+        exchange.factory,
+        pair_init_code_hash(),
+        ORACLE_PERIOD,
+        ORACLE_GRANULARITY,
+    )
+    oracle_c = w3.eth.contract(address=oracle, abi=load_artifact("TwapOracle").abi)
+    for name in exchange.pairs:
+        a, b = (exchange.tokens[symbol] for symbol in name.split("/"))
+        await deployer.transact(oracle_c.functions.update(a, b), gas=UPDATE_GAS)
+    return exchange.model_copy(update={"oracle": oracle})
 
 
 def _erc20(w3: AsyncWeb3[Any], address: str, abi: list[dict[str, Any]]) -> Any:

@@ -31,6 +31,8 @@ class Exchange(BaseModel):
     tokens: dict[str, str]  # symbol -> address (mUSD, WETH, MGLD)
     decimals: dict[str, int]  # symbol -> decimals
     pairs: dict[str, str]  # "BASE/QUOTE" -> pair address
+    # agentmesh's TwapOracle of the factory's pairs (None in records written before it).
+    oracle: str | None = None
 
 
 class Deployment(BaseModel):

@@ -339,6 +339,103 @@ MUTANTS: tuple[SolMutant, ...] = (
         "_allowed[target][selector] = allowed;",
         "self_call",
     ),
+    SolMutant(
+        "W13",
+        "AgentWallet",
+        "a swap may pay anyone (recipient rule removed)",
+        "if (to != address(this)) revert SwapRecipientNotWallet(to);",
+        "",
+        "recipient or exact_out or simulated",
+    ),
+    SolMutant(
+        "W14",
+        "AgentWallet",
+        "the token list is not checked",
+        "if (!_swapTokens[path[i]]) revert TokenNotAllowed(path[i]);",
+        "",
+        "token_off_the_list",
+    ),
+    SolMutant(
+        "W15",
+        "AgentWallet",
+        "a path one token longer than allowed passes (> becomes > 1 +)",
+        "if (n < 2 || n > policy.maxPathLength)",
+        "if (n < 2 || n > policy.maxPathLength + 1)",
+        "path_longer",
+    ),
+    SolMutant(
+        "W16",
+        "AgentWallet",
+        "the deadline is not bounded",
+        "if (deadline > latest) revert DeadlineTooFar(deadline, latest);",
+        "",
+        "deadline",
+    ),
+    SolMutant(
+        "W17",
+        "AgentWallet",
+        "the realized price is not checked against the TWAP",
+        "if (amountOut < minimumOut) revert PriceBelowTwap(amountOut, minimumOut);",
+        "",
+        "manipulated",
+    ),
+    SolMutant(
+        "W18",
+        "AgentWallet",
+        "the price check trusts the spent amount of zero (measured amountIn dropped)",
+        "policy.oracle.consultPath(swap.path, amountIn, policy.twapWindow)",
+        "policy.oracle.consultPath(swap.path, 0, policy.twapWindow)",
+        "manipulated or reports_the_twap",
+    ),
+    SolMutant(
+        "W19",
+        "AgentWallet",
+        "the delegation never expires",
+        "if (block.timestamp > validUntil) revert DelegationExpired(validUntil);",
+        "",
+        "expired",
+    ),
+    SolMutant(
+        "W20",
+        "AgentWallet",
+        "a swap selector to an unregistered target passes unchecked",
+        "if (isSwap) revert RouterNotRegistered(target);",
+        "",
+        "registered_routers",
+    ),
+    SolMutant(
+        "W21",
+        "AgentWallet",
+        "a router with another factory may be registered",
+        "revert RouterFactoryMismatch(router, routerFactory);",
+        "",
+        "oracles_factory",
+    ),
+    # ------------------------------------------------------------------ TwapOracle
+    SolMutant(
+        "O01",
+        "TwapOracle",
+        "consult takes any observation in the slot (its period is not checked)",
+        "if (first.timestamp == 0 || first.timestamp / period != startPeriod)",
+        "if (first.timestamp == 0)",
+        "without_observations or averages",
+    ),
+    SolMutant(
+        "O02",
+        "TwapOracle",
+        "no counterfactual accumulation since the pair's last update",
+        "if (since > 0) {",
+        "if (since > type(uint32).max) {",
+        "averages or manipulated",
+    ),
+    SolMutant(
+        "O03",
+        "TwapOracle",
+        "update overwrites the period's observation",
+        "            return false;\n",
+        "",
+        "cannot_answer",
+    ),
 )
 
 
@@ -388,6 +485,9 @@ def run_mutant(
     try:
         source.write_text(mutated)
         with tempfile.TemporaryDirectory() as tmp:
+            # The other sources come along for the contract's relative imports.
+            for sibling in source.parent.glob("*.sol"):
+                (Path(tmp) / sibling.name).write_text(sibling.read_text())
             (Path(tmp) / source.name).write_text(mutated)
             try:
                 built = compiler.compile_sources(Path(tmp))
