@@ -65,6 +65,7 @@ log = logging.getLogger("agentmesh.agent")
 AGENT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 PASSWORD_ENV = "AGENTMESH_PASSWORD"
 M = TypeVar("M", bound=Message)
+StartHook = Callable[["Agent", contextlib.AsyncExitStack], Awaitable[None]]
 
 
 class Agent:
@@ -111,6 +112,7 @@ class Agent:
         self._raw_handlers: list[
             tuple[type[Message], str, str, tuple[type[Message], ...], Any]
         ] = []
+        self._start_hooks: list[StartHook] = []
         self.counters: Counter[str] = Counter()
         self._checks: dict[str, tuple[CheckFn | None, Any]] = {}  # task -> (check, type)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -174,6 +176,13 @@ class Agent:
             return fn
 
         return register
+
+    def on_start(self, fn: StartHook) -> StartHook:
+        """Run ``fn(agent, stack)`` at the end of ``start`` (chain joined, node up, tasks
+        resumed): where a capability opens what it needs, pushing its cleanup on
+        ``stack``, and spawns its loops. A hook that raises fails the start."""
+        self._start_hooks.append(fn)
+        return fn
 
     def main(self, fn: Callable[[Agent], Awaitable[Any]]) -> Callable[[Agent], Awaitable[Any]]:
         """Run ``fn(agent)`` once the agent is up; when it returns, the agent stops.
@@ -377,6 +386,8 @@ class Agent:
             await self.runner.resume_unfinished()
             self.spawn(self.runner.approval_loop())
             self.spawn(self.runner.timer_loop())
+            for hook in self._start_hooks:
+                await hook(self, stack)
         except BaseException:
             await stack.aclose()
             raise

@@ -282,6 +282,8 @@ class TaskRunner:
             try:
                 for row in self.ctx.records.decided_unapplied():
                     tid = row.conversation
+                    if not tid.startswith(tuple(role.prefix for role in self.graphs)):
+                        continue  # another runner's (a DeFi intent's step)
                     lock = await self.begin(tid)
                     graph = self.graph(tid)
                     snapshot = await graph.aget_state(self.config(tid))

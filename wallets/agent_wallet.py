@@ -281,3 +281,34 @@ class AgentWalletClient(_Client):
 
     async def agent(self) -> ChecksumAddress:
         return AsyncWeb3.to_checksum_address(await self._call(self.contract.functions.agent()))
+
+    async def owner(self) -> ChecksumAddress:
+        return AsyncWeb3.to_checksum_address(await self._call(self.contract.functions.owner()))
+
+    async def paused(self) -> bool:
+        return bool(await self._call(self.contract.functions.paused()))
+
+    async def cap_of(self, token: str) -> tuple[int, CapMode]:
+        """(limit per window, mode) of ``token``'s cap; mode NONE: uncapped."""
+        limit, mode = await self._call(self.contract.functions.capOf(checksum(token)))
+        return int(limit), CapMode(int(mode))
+
+    async def find_swap(
+        self, from_block: int, token_in: str, amount_in: int
+    ) -> tuple[str, SwapFill, int] | None:
+        """The wallet's first swap since ``from_block`` that sold exactly ``amount_in`` of
+        ``token_in``: (tx hash, fill, gas used), or None. How an agent that was stopped
+        between sending a swap and recording it finds out whether the swap happened."""
+        logs = await self.contract.events.Swapped().get_logs(
+            from_block=from_block, argument_filters={"tokenIn": checksum(token_in)}
+        )
+        for log in logs:
+            if int(log["args"]["amountIn"]) != amount_in:
+                continue
+            receipt = await self.wallet.w3.eth.get_transaction_receipt(log["transactionHash"])
+            return (
+                "0x" + bytes(log["transactionHash"]).hex(),
+                self.swapped(receipt),
+                int(receipt["gasUsed"]),
+            )
+        return None
