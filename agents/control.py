@@ -96,7 +96,19 @@ class Status(_Request):
     op: Literal["status"] = "status"
 
 
-Request = Annotated[Buy | Watch | Resume | Refund | Status, Field(discriminator="op")]
+class Defi(_Request):
+    """Give a DeFi agent an intent (signed here, by the wallet's key), cancel one, or
+    ask where one stands (``agentmesh defi``)."""
+
+    op: Literal["defi"] = "defi"
+    action: Literal["submit", "cancel", "query"]
+    agent: Annotated[str, Field(pattern=ADDRESS)]
+    intent: dict[str, Any] | None = None  # submit, cancel: the intent (its JSON object)
+    intent_id: Annotated[str, Field(pattern=r"^0x[0-9a-f]{64}$")] | None = None  # query
+
+
+AnyRequest = Buy | Watch | Resume | Refund | Status | Defi
+Request = Annotated[AnyRequest, Field(discriminator="op")]
 
 
 class Envelope(BaseModel):
@@ -104,7 +116,7 @@ class Envelope(BaseModel):
     request: Request
 
 
-def parse_request(line: bytes) -> Buy | Watch | Resume | Refund | Status:
+def parse_request(line: bytes) -> AnyRequest:
     """A request line; ``AgentMeshValueError`` naming the problem if it is not one."""
     try:
         data = json.loads(line)

@@ -24,11 +24,12 @@ from agentmesh.agents.agent import Agent
 from agentmesh.agents.context import tx_hex
 from agentmesh.agents.control import (
     MAX_LINE,
+    AnyRequest,
     Buy,
+    Defi,
     Refund,
     Resume,
     Status,
-    Watch,
     parse_request,
 )
 from agentmesh.agents.outcome import TaskOutcome
@@ -123,8 +124,11 @@ class WalletAgentServer:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    async def _handle(self, request: Buy | Watch | Resume | Refund | Status, send: Send) -> None:
+    async def _handle(self, request: AnyRequest, send: Send) -> None:
         agent = self.agent
+        if isinstance(request, Defi):
+            await send(await self.defi(request))
+            return
         if isinstance(request, Status):
             await send(
                 {
@@ -164,6 +168,57 @@ class WalletAgentServer:
             if not request.wait:
                 return
         await self.follow(request.task, send)
+
+    async def defi(self, request: Defi) -> dict[str, Any]:
+        """Sign and send an intent (or its cancellation, or a query) to a DeFi agent."""
+        from agentmesh.agents.defi_client import DefiClient, sign_cancel, sign_intent
+        from agentmesh.protocols.defi import INTENT
+
+        peer = await self.await_peer(request.agent)
+        client = DefiClient(self.agent.node)
+        if request.action == "query":
+            if request.intent_id is None:
+                raise AgentMeshValueError("bad request: a query names its intent_id")
+            state = await client.query(peer, request.intent_id)
+        else:
+            if request.intent is None:
+                raise AgentMeshValueError(f"bad request: {request.action} needs the intent")
+            try:
+                intent = INTENT.validate_json(json.dumps(request.intent))
+            except ValueError as exc:
+                raise AgentMeshValueError(f"bad intent: {exc}") from None
+            wallet = self.agent.wallet
+            signed = (
+                await sign_intent(wallet, intent)
+                if request.action == "submit"
+                else await sign_cancel(wallet, intent)
+            )
+            state = await (
+                client.submit(peer, signed)  # type: ignore[arg-type]
+                if request.action == "submit"
+                else client.cancel(peer, signed)  # type: ignore[arg-type]
+            )
+        return {"event": "intent", "state": state.model_dump(mode="json")}
+
+    async def await_peer(self, address: str) -> Any:
+        """The card of the agent at ``address``: known to this node, else joined through
+        its registry entry; a clear error when it is not on the mesh."""
+        from agentmesh.wallets.clients import checksum
+
+        address = checksum(address)
+        record = self.agent.node.peers.get(address)
+        if record is not None:
+            return record.card
+        try:
+            entry = await self.agent.registry.get_agent(address)
+        except AgentMeshError:
+            raise AgentMeshValueError(
+                f"agent {address} is not registered on this chain: is it running?"
+            ) from None
+        card = await self.agent.discovery.join(entry.endpoint, source="registry")
+        if card is None or card.address != address:
+            raise AgentMeshValueError(f"agent {address} does not answer on the mesh")
+        return card
 
     async def await_providers(self, request: Buy) -> None:
         """Wait until a provider of the service is known, or say plainly why none is:

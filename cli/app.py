@@ -10,6 +10,8 @@ import typer
 from rich.markup import escape
 
 from agentmesh.cli import agent as agent_cmd
+from agentmesh.cli import defi as defi_cmd
+from agentmesh.cli import delegate as delegate_cmd
 from agentmesh.cli import demo as demo_cmd
 from agentmesh.cli import devnet as devnet_cmd
 from agentmesh.cli import doctor as doctor_cmd
@@ -33,6 +35,8 @@ app.add_typer(wallet_cmd.app, name="wallet")
 app.add_typer(mesh_cmd.app, name="mesh")
 app.add_typer(model_cmd.app, name="model")
 app.add_typer(task_cmd.app, name="task")
+app.add_typer(delegate_cmd.app, name="delegate")
+app.add_typer(defi_cmd.app, name="defi")
 app.command("new")(new_cmd.new)
 app.command("doctor")(doctor_cmd.doctor)
 app.command("demo")(demo_cmd.demo)
