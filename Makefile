@@ -44,6 +44,7 @@ $(STAMP_TOOLS):
 
 demo: setup
 	$(VENV)/bin/agentmesh demo
+	$(VENV)/bin/agentmesh demo defi
 
 test: setup
 	$(PY) -m pytest

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from functools import cache
 from typing import Any, Literal
 
@@ -224,11 +224,11 @@ def ground(
 
 
 def reading_fields(
-    reading: dict[str, Any], held: Decimal, quote: str = "mUSD"
+    reading: dict[str, Any], held: Decimal, quote: str = "mUSD", decimals: int = 18
 ) -> tuple[str, dict[str, Any]]:
     """(kind, fields for ``build_intent``) from a (grounded) reading; ``held``: the
-    wallet's balance of the token sold (whole units), for a share. Refuses readings that
-    cannot be an intent, naming what is missing."""
+    wallet's balance of the token sold (whole units, ``decimals`` places), for a share.
+    Refuses readings that cannot be an intent, naming what is missing."""
     sell, buy, kind = reading["sell_token"], reading["buy_token"], reading["kind"]
     if sell == buy:
         raise AgentMeshValueError(
@@ -236,7 +236,8 @@ def reading_fields(
         )
     amount = Decimal(str(reading["amount"]))
     if amount == 0 and reading["share_percent"]:
-        amount = (held * reading["share_percent"] / 100).normalize()
+        share = held * reading["share_percent"] / 100
+        amount = share.quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_DOWN)
     if amount <= 0:
         raise AgentMeshValueError("the reading has no amount: say how much to trade")
     amount_text = f"{amount.normalize():f}"

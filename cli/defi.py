@@ -420,7 +420,7 @@ def ask(
             grounded, notes = ground(reading, sentence, list(market.exchange.tokens))
             sold = market.address(grounded["sell_token"])
             held = market.whole(sold, await market.balance(sold, record.wallet))
-            kind, fields = reading_fields(grounded, held)
+            kind, fields = reading_fields(grounded, held, decimals=market.decimals(sold))
             return kind, fields, {"model": reading.model_dump(), "notes": notes}
 
     kind, fields, reading = run(read())

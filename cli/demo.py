@@ -356,6 +356,14 @@ def _check(report: dict[str, Any], tasks: int, buyer: AgentProcess) -> None:
         raise AgentMeshError("conservation check failed: mUSD was lost or created")
 
 
+app = typer.Typer(
+    help="End-to-end demos on a throw-away devnet.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+
+
+@app.callback()
 def demo(
     ctx: typer.Context,
     tasks: Annotated[int, typer.Option(help="summaries to buy", min=1, max=50)] = 5,
@@ -363,8 +371,29 @@ def demo(
     json_out: JsonOption = False,
 ) -> None:
     """Three agents trade summaries on a throw-away devnet; prints tasks and balances.
+    (`agentmesh demo defi`: a person delegates a wallet to a DeFi agent.)
 
     With --json, stdout is one JSON object (tasks, balances, conservation check; amounts
     in mUSD base units) and the progress display goes to stderr."""
     state(ctx)
+    if ctx.invoked_subcommand is not None:
+        return
     run(_demo(tasks, timeout, json_out))
+
+
+@app.command("defi")
+def defi(
+    ctx: typer.Context,
+    timeout: Annotated[float, typer.Option(help="give up after this many seconds", min=10)] = 600,
+    json_out: JsonOption = False,
+) -> None:
+    """A person delegates 100 mUSD to a DeFi agent, asks in words for a DCA and a stop;
+    the agent trades on Uniswap V2 within the wallet contract's rules.
+
+    With --json, stdout is one JSON object: fills, refused (each with its rule), policy,
+    gas and conservation (per token, with ok); exit 1 if a fill that should have happened
+    did not or the check fails."""
+    from .demo_defi import run_demo
+
+    state(ctx)
+    run_demo(timeout, json_out)

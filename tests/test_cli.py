@@ -787,3 +787,39 @@ def test_demo_rejects_a_bad_task_count() -> None:
     )
     assert result.returncode == 2
     assert "--tasks" in result.stderr
+
+
+def test_demo_defi_fills_the_dca_and_the_stop_names_refusals_and_conserves(
+    tmp_path: Path,
+) -> None:
+    # `make demo` runs it too; checked here with --json (the tables show the same data).
+    env = {**os.environ, "AGENTMESH_HOME": str(tmp_path / "home")}
+    result = subprocess.run(
+        [sys.executable, "-m", "agentmesh.cli.app", "demo", "defi", "--json"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert "delegated 100 mUSD" in result.stderr and "the trader sells" in result.stderr
+    filled = [f for f in report["fills"] if f["status"] == "filled"]
+    assert [f["kind"] for f in filled].count("dca") == 3
+    assert [f["kind"] for f in filled].count("stop") == 1
+    for fill in filled:
+        assert fill["tx"].startswith("0x") and fill["gas"] > 100_000
+        # Each fill within 1% of what the TWAP said (the delegation's slippage).
+        price, twap = (float(fill[k].replace(",", "")) for k in ("price", "twap_price"))
+        worse = price > twap if fill["kind"] == "dca" else price < twap
+        assert not worse or abs(price - twap) / twap <= 0.01, fill
+    rules = {row["error"]: row["rule"] for row in report["refused"]}
+    assert rules["SwapRecipientNotWallet"] == "the swap's recipient must be the wallet itself"
+    assert "TokenNotAllowed" in rules and "DeadlineTooFar" in rules
+    assert report["policy"]["spent"] == str(60 * 10**6)  # three DCA periods of 20 mUSD
+    assert report["conservation"]["ok"] is True
+    assert set(report["conservation"]["tokens"]) == {"mUSD", "WETH", "MGLD"}
+    for sums in report["conservation"]["tokens"].values():
+        assert sums["before"] == sums["after"] > 0
