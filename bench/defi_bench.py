@@ -1,6 +1,6 @@
 """DeFi benchmark: a swap through a policy-bound AgentWallet against the bare router swap.
 
-    .venv/bin/python bench/defi_bench.py [--swaps 5]
+    .venv/bin/python bench/defi_bench.py [--swaps 5] [--intents 5]
 
 Starts a throw-away anvil (automine) with the devnet's Uniswap V2 (``open_chain``) and
 makes the same swaps two ways, alternating, in the same run:
@@ -12,9 +12,17 @@ makes the same swaps two ways, alternating, in the same run:
   pool's TWAP, and an expiry (``executeWithApproval``: a one-call allowance granted
   and reset inside the swap's transaction).
 
-Printed: gas per swap (one hop mUSD -> WETH, two hops mUSD -> WETH -> MGLD; first swap
-of a day, when the cap's day record is written, and the next), the ratio, and seconds
+Printed: gas per swap (one hop mUSD -> WETH, two hops mUSD -> WETH -> MGLD; the first
+swap, when storage is written for the first time, and the next), the ratio, and seconds
 per swap from sending to the receipt, p50 over ``--swaps``.
+
+Then intent to fill, on the demo's stage (``agentmesh demo defi``: a devnet, a
+delegation, a DeFi agent process): seconds from the person's command starting to the
+fill mined (read from the agent's store), p50 over ``--intents``, for the structured
+command (``agentmesh defi swap 5 mUSD WETH``) and the plain-language one (``agentmesh
+defi ask "swap 5 mUSD for WETH" --yes``: loads the local model each time), against a
+bare router swap sent and mined in the same run. The first command also starts the
+owner's wallet agent: it is reported apart (cold).
 """
 
 from __future__ import annotations
@@ -173,11 +181,55 @@ async def run(swaps: int) -> None:
             )
 
 
+async def intent_to_fill(runs: int) -> None:
+    from agentmesh.cli.demo_defi import _cli, _store_rows, stage
+
+    async with stage(console, fund=1_000, cap=1_000) as st:
+        direct = Direct(st.chain, st.trader)
+        await direct.approve()
+
+        async def fill_seconds(*command: str) -> float:
+            started = time.perf_counter()
+            answer = await asyncio.to_thread(_cli, st.home, st.env, *command)
+            intent_id = answer["state"]["intent_id"]
+            while True:
+                _, fills = _store_rows(st.store_path)
+                if any(f.status == "filled" for f in fills.get(intent_id, [])):
+                    return time.perf_counter() - started
+                if time.perf_counter() - started > 120:
+                    raise SystemExit(f"intent {intent_id} did not fill within 120 s")
+                await asyncio.sleep(0.02)
+
+        structured_cmd = ("defi", "swap", "5", "mUSD", "WETH")
+        cold = await fill_seconds(*structured_cmd)
+        times: dict[str, list[float]] = {"structured": [], "plain language": [], "bare": []}
+        for _ in range(runs):
+            times["structured"].append(await fill_seconds(*structured_cmd))
+            ask = ("defi", "ask", "swap 5 mUSD for WETH", "--yes")
+            times["plain language"].append(await fill_seconds(*ask))
+            started = time.perf_counter()
+            await direct.swap(["mUSD", "WETH"])
+            times["bare"].append(time.perf_counter() - started)
+        bare = statistics.median(times["bare"])
+        table = Table(title=f"Intent submitted to fill mined, p50 of {runs} (seconds)")
+        for column in ("path", "p50", "vs a bare router swap"):
+            table.add_column(column, justify="left" if column == "path" else "right")
+        table.add_row("bare router swap (baseline)", f"{bare:.3f}", "1.00x")
+        for path in ("structured", "plain language"):
+            p50 = statistics.median(times[path])
+            table.add_row(f"agentmesh defi, {path}", f"{p50:.3f}", f"{p50 / bare:.0f}x")
+        table.add_row("agentmesh defi, structured, cold wallet agent", f"{cold:.3f}", "")
+        console.print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--swaps", type=int, default=5, help="swaps per path and way")
+    parser.add_argument("--intents", type=int, default=5, help="intents per path (0: none)")
     args = parser.parse_args()
     asyncio.run(run(args.swaps))
+    if args.intents:
+        asyncio.run(intent_to_fill(args.intents))
 
 
 if __name__ == "__main__":
