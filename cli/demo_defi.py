@@ -164,12 +164,6 @@ async def stage(out: Any, *, fund: int = 100, cap: int = 100) -> AsyncIterator[S
                 **{f"pool {n}": a for n, a in exchange.pairs.items()},
             }
             agent_process = _spawn(home, AGENT, "agentmesh.agents.defi_agent", env)
-
-            def stop_all() -> None:
-                stop_wallet_agents(home)
-                _stop(agent_process)
-
-            stack.callback(stop_all)
             the_stage = Stage(
                 home=home,
                 env=env,
@@ -185,6 +179,12 @@ async def stage(out: Any, *, fund: int = 100, cap: int = 100) -> AsyncIterator[S
                 agent_process=agent_process,
                 holders=holders,
             )
+
+            def stop_all() -> None:
+                stop_wallet_agents(home)
+                _stop(the_stage.agent_process)  # the one running now (a test may restart it)
+
+            stack.callback(stop_all)
             with out.status("the pools trade for a while (the TWAP window fills)..."):
                 for _ in range(3):
                     await the_stage.tick(STEP_S)
