@@ -110,6 +110,10 @@ async def observe(state: DefiState, runtime: Runtime[DefiContext]) -> dict[str, 
     ctx = runtime.context
     intent_id = state["intent_id"]
     intent, phase, step = _intent(ctx, intent_id)
+    if await _reconcile(ctx, ctx.wallets(intent.wallet), intent_id, step):
+        # Its swap went through before a crash: the step is done, go on to the next.
+        ctx.store.update_intent(intent_id, step=step + 1)
+        return {"outcome": "skip", "phase": IntentPhase.ACTIVE, "step": step + 1}
     now = await ctx.clock.now()
     verdict = _ended(ctx, intent_id, intent, phase, step, now)
     if verdict is None:
@@ -280,14 +284,16 @@ async def execute(state: DefiState, runtime: Runtime[DefiContext]) -> dict[str, 
     row = ctx.store.fill(intent_id, step)
     if row is not None and row.status == "filled":
         return {"outcome": "filled"}
-    if row is not None and row.status == "pending":
-        # Sent before a crash or an RPC failure? The chain knows.
-        found = await wallet.find_swap(row.from_block, path[0], amount)
-        if found is not None and found[1].token_out.lower() == path[-1].lower():
-            tx, fill, gas = found
-            _record_fill(ctx, intent_id, step, tx, fill, gas, await ctx.clock.now())
-            return {"outcome": "filled", "phase": IntentPhase.ACTIVE}
-    ctx.store.begin_step(intent_id, step, from_block=await ctx.clock.block_number())
+    if await _reconcile(ctx, wallet, intent_id, step):
+        return {"outcome": "filled", "phase": IntentPhase.ACTIVE}
+    ctx.store.begin_step(
+        intent_id,
+        step,
+        from_block=await ctx.clock.block_number(),
+        token_in=path[0],
+        token_out=path[-1],
+        amount_in=amount,
+    )
     try:
         receipt = await wallet.swap(_call(plan_))
     except ContractRevertError as exc:
@@ -296,6 +302,24 @@ async def execute(state: DefiState, runtime: Runtime[DefiContext]) -> dict[str, 
     tx = "0x" + bytes(receipt["transactionHash"]).hex()
     _record_fill(ctx, intent_id, step, tx, fill, int(receipt["gasUsed"]), await ctx.clock.now())
     return {"outcome": "filled", "phase": IntentPhase.ACTIVE}
+
+
+async def _reconcile(
+    ctx: DefiContext, wallet: AgentWalletClient, intent_id: str, step: int
+) -> bool:
+    """A step left pending (the agent died, or lost the receipt, after sending): if its
+    swap is on chain, record it as filled and return True. The chain decides, never a
+    second send."""
+    row = ctx.store.fill(intent_id, step)
+    if row is None or row.status != "pending" or not row.token_in:
+        return False
+    found = await wallet.find_swap(row.from_block, row.token_in, int(row.amount_in))
+    if found is None or found[1].token_out.lower() != row.token_out.lower():
+        return False
+    tx, fill, gas = found
+    _record_fill(ctx, intent_id, step, tx, fill, gas, await ctx.clock.now())
+    log.info("intent %s step %s: swap %s found on chain (reconciled)", intent_id, step, tx)
+    return True
 
 
 async def advance(state: DefiState, runtime: Runtime[DefiContext]) -> dict[str, Any]:

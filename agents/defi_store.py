@@ -54,6 +54,8 @@ class FillRow(SQLModel, table=True):
     step: int = Field(primary_key=True)
     status: str = "pending"  # pending | filled | refused | skipped
     from_block: int = 0  # where a reconcile searches the wallet's Swapped events
+    token_in: str = ""  # what the step sells and buys (set when it is sent)
+    token_out: str = ""
     tx: str = ""
     amount_in: str = "0"
     amount_out: str = "0"
@@ -129,14 +131,26 @@ class DefiStore:
             query = select(FillRow).where(FillRow.intent_id == intent_id).order_by(FillRow.step)  # type: ignore[arg-type]
             return list(session.exec(query))
 
-    def begin_step(self, intent_id: str, step: int, from_block: int) -> FillRow:
-        """The step's row: a new pending one, or the one already there (a restart)."""
+    def begin_step(
+        self,
+        intent_id: str,
+        step: int,
+        *,
+        from_block: int,
+        token_in: str,
+        token_out: str,
+        amount_in: int,
+    ) -> FillRow:
+        """Mark the step pending with the swap about to be sent, before it is sent (a
+        row already pending keeps its ``from_block``: the earliest a swap could be)."""
         with self._session() as session:
             row = session.get(FillRow, (intent_id, step))
             if row is None:
                 row = FillRow(intent_id=intent_id, step=step, from_block=from_block)
-                session.add(row)
-                session.commit()
+            row.status = "pending"
+            row.token_in, row.token_out, row.amount_in = token_in, token_out, str(amount_in)
+            session.add(row)
+            session.commit()
             return row
 
     def finish_step(self, intent_id: str, step: int, status: str, **fields: Any) -> FillRow:

@@ -21,6 +21,7 @@ from web3 import AsyncWeb3
 from agentmesh.agents.agent import Agent
 from agentmesh.agents.defi_client import DefiClient, sign_cancel, sign_intent
 from agentmesh.agents.defi_desk import DefiDesk, IntentRefused
+from agentmesh.agents.defi_store import DefiStore
 from agentmesh.agents.records import ApprovalStatus
 from agentmesh.config import Config
 from agentmesh.mesh.node import RemoteError
@@ -32,7 +33,7 @@ from agentmesh.protocols.defi import (
     TriggerIntent,
 )
 from agentmesh.wallets import exchange as ex
-from agentmesh.wallets.agent_wallet import AgentWalletClient, CapMode, SwapPolicy
+from agentmesh.wallets.agent_wallet import AgentWalletClient, CapMode, SwapCall, SwapPolicy
 from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import TokenClient
 from agentmesh.wallets.delegation import Cap, DelegationTerms, create_delegation
@@ -454,3 +455,63 @@ async def test_the_owner_sends_and_cancels_intents_over_the_mesh(d: Desk) -> Non
         with pytest.raises(RemoteError) as exc:
             await client.query(card, "0x" + "ab" * 32)
         assert exc.value.code == "unknown_intent"
+
+
+async def test_a_swap_sent_just_before_a_crash_is_found_on_chain_not_skipped(d: Desk) -> None:
+    """The agent wrote the step's pending row and sent its swap, then died before
+    recording it; by the time it is back the period is over. The step is recorded as
+    filled from the chain (the Swapped event), not as missed, and not sent again."""
+    intent = DcaIntent(
+        wallet=d.wallet.address,
+        nonce=10,
+        valid_until=FAR,
+        max_slippage_bps=100,
+        token_in=d.tokens["mUSD"],
+        token_out=d.tokens["WETH"],
+        amount_per_period=str(10 * MUSD),
+        period_s=PERIOD,
+        periods=2,
+        start_at=await chain_now(d.chain) + 1,
+    )
+    intent_id = await submit(d, intent)
+    await eventually(lambda: d.intent_state(intent_id), lambda s: len(s.fills) == 1)
+    await d.agent.stop()
+    # What the dead agent did for period 2: the row, then the swap, then nothing.
+    await advance_time(d.chain, PERIOD)
+    await observe(d.chain, d.oracle, d.tokens, 0)
+    store = DefiStore(d.home / "agents" / "defi" / "defi.db")
+    store.begin_step(
+        intent_id,
+        1,
+        from_block=int(await d.chain.w3.eth.block_number),
+        token_in=d.tokens["mUSD"],
+        token_out=d.tokens["WETH"],
+        amount_in=10 * MUSD,
+    )
+    store.close()
+    as_agent = AgentWalletClient(Wallet(Account.from_key(d.key), d.chain.w3), d.wallet.address)
+    receipt = await as_agent.swap(
+        SwapCall(
+            router=d.router.address,
+            path=(d.tokens["mUSD"], d.tokens["WETH"]),
+            amount_in=10 * MUSD,
+            min_out=0,
+            recipient=d.wallet.address,
+            deadline=await chain_now(d.chain) + 60,
+        )
+    )
+    await advance_time(d.chain, PERIOD)  # period 2 is over by the time the agent is back
+    again = Agent("defi", wallet=d.key, home=d.home, config=d.config)
+    desk = DefiDesk(again, retry_s=PERIOD)
+    async with again:
+        assert desk.store is not None
+        state = await eventually(
+            lambda: desk.store.state(intent_id),  # type: ignore[union-attr]
+            lambda s: s is not None and s.phase == IntentPhase.DONE,
+            timeout=30,
+        )
+    assert state is not None
+    assert [(f.step, f.status) for f in state.fills] == [(0, "filled"), (1, "filled")]
+    assert state.fills[1].tx == "0x" + bytes(receipt["transactionHash"]).hex()
+    spent = 500 * MUSD - await TokenClient(d.owner, d.tokens["mUSD"]).balance_of(d.wallet.address)
+    assert spent == 20 * MUSD  # two periods, two swaps: nothing sent twice

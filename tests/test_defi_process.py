@@ -23,6 +23,12 @@ from agentmesh.wallets.agent_wallet import AgentWalletClient
 from tests.helpers import eventually
 
 PERIOD = 3600
+STEP = 300  # the oracle's period: observations every step keep the TWAP window covered
+
+
+async def advance(st: Any, seconds: int) -> None:
+    for _ in range(seconds // STEP):
+        await st.tick(STEP)
 
 
 def fills(path: Any, intent_id: str) -> list[Any]:
@@ -43,13 +49,12 @@ async def test_a_dca_survives_kill_9_without_running_a_period_twice() -> None:
             timeout=60,
         )
         # Period 2 comes due; the agent is killed outright while it may be working on it.
-        await st.tick(PERIOD)
+        await advance(st, PERIOD)
         await asyncio.sleep(0.3)
         os.kill(st.agent_process.process.pid, signal.SIGKILL)
         st.agent_process.process.wait(10)
         # Period 3 passes entirely while the agent is down; period 4 comes due.
-        for _ in range(2):
-            await st.tick(PERIOD)
+        await advance(st, 2 * PERIOD + STEP)
         st.agent_process = _spawn(st.home, AGENT, "agentmesh.agents.defi_agent", st.env)
         await _wait_ready(st.agent_process)
         rows = await eventually(
