@@ -26,6 +26,9 @@ if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
     from typing import Any
 
     from agentmesh.agents.agent import Agent as Agent
+    from agentmesh.agents.defi_client import DefiClient as DefiClient
+    from agentmesh.agents.defi_client import sign_intent as sign_intent
+    from agentmesh.agents.defi_desk import DefiDesk as DefiDesk
     from agentmesh.agents.outcome import TaskFailed as TaskFailed
     from agentmesh.agents.outcome import TaskOutcome as TaskOutcome
     from agentmesh.agents.project import Project as Project
@@ -68,8 +71,15 @@ if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
     from agentmesh.mesh.routes import ErrorReply as ErrorReply
     from agentmesh.mesh.routes import HandlerContext as HandlerContext
     from agentmesh.message import Message as Message
+    from agentmesh.protocols.defi import DcaIntent as DcaIntent
+    from agentmesh.protocols.defi import RebalanceIntent as RebalanceIntent
+    from agentmesh.protocols.defi import SwapIntent as SwapIntent
+    from agentmesh.protocols.defi import TriggerIntent as TriggerIntent
     from agentmesh.wallets.agent_wallet import AgentWalletClient as AgentWalletClient
     from agentmesh.wallets.agent_wallet import CapMode as CapMode
+    from agentmesh.wallets.agent_wallet import SwapPolicy as SwapPolicy
+    from agentmesh.wallets.delegation import DelegationTerms as DelegationTerms
+    from agentmesh.wallets.delegation import create_delegation as create_delegation
     from agentmesh.wallets.wallet import Wallet as Wallet
 
     __version__: str
@@ -100,6 +110,17 @@ _EXPORTS: dict[str, str] = {
     "Wallet": "agentmesh.wallets.wallet",
     "AgentWalletClient": "agentmesh.wallets.agent_wallet",
     "CapMode": "agentmesh.wallets.agent_wallet",
+    # delegated DeFi: the owner's terms and intents, the agent's desk
+    "DefiDesk": "agentmesh.agents.defi_desk",
+    "DefiClient": "agentmesh.agents.defi_client",
+    "sign_intent": "agentmesh.agents.defi_client",
+    "SwapIntent": "agentmesh.protocols.defi",
+    "DcaIntent": "agentmesh.protocols.defi",
+    "TriggerIntent": "agentmesh.protocols.defi",
+    "RebalanceIntent": "agentmesh.protocols.defi",
+    "SwapPolicy": "agentmesh.wallets.agent_wallet",
+    "DelegationTerms": "agentmesh.wallets.delegation",
+    "create_delegation": "agentmesh.wallets.delegation",
     # configuration
     "Config": "agentmesh.config",
     "load_config": "agentmesh.config",
@@ -137,6 +158,16 @@ __all__ = [
     "AgentMeshValueError",
     "AgentWalletClient",
     "CapMode",
+    "DefiDesk",
+    "DefiClient",
+    "sign_intent",
+    "SwapIntent",
+    "DcaIntent",
+    "TriggerIntent",
+    "RebalanceIntent",
+    "SwapPolicy",
+    "DelegationTerms",
+    "create_delegation",
     "ChainUnavailableError",
     "ChatMessage",
     "ChatModel",
