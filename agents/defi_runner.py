@@ -161,6 +161,9 @@ class DefiRunner:
         if snapshot.interrupts:
             value = snapshot.interrupts[0].value
             if isinstance(value, dict) and int(value.get("until", 0)) <= now:
+                if value.get("kind") == "approval":
+                    # Nobody decided in time: a later decision is refused, not applied.
+                    self.ctx.records.expire_approvals(thread_id(intent_id))
                 self.kick(intent_id, Command(resume=Timeout()))
             return
         if snapshot.next:  # stopped between nodes: run on after the backoff

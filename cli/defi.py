@@ -377,7 +377,7 @@ def rebalance(
     every: Annotated[str, typer.Option(help="how often to check")] = "1h",
     wallet: WalletOption = None,
     slippage: SlippageOption = None,
-    expires: ExpiresOption = "30d",
+    expires: ExpiresOption = "7d",
     json_out: JsonOption = False,
 ) -> None:
     """Keep the wallet at WEIGHTS of its value at TWAP, trading back beyond the band."""

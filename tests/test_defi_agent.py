@@ -24,6 +24,7 @@ from agentmesh.agents.defi_desk import DefiDesk, IntentRefused
 from agentmesh.agents.defi_store import DefiStore
 from agentmesh.agents.records import ApprovalStatus
 from agentmesh.config import Config
+from agentmesh.errors import AgentMeshValueError
 from agentmesh.mesh.node import RemoteError
 from agentmesh.protocols.defi import (
     AnyIntent,
@@ -515,3 +516,18 @@ async def test_a_swap_sent_just_before_a_crash_is_found_on_chain_not_skipped(d: 
     assert state.fills[1].tx == "0x" + bytes(receipt["transactionHash"]).hex()
     spent = 500 * MUSD - await TokenClient(d.owner, d.tokens["mUSD"]).balance_of(d.wallet.address)
     assert spent == 20 * MUSD  # two periods, two swaps: nothing sent twice
+
+
+async def test_an_approval_nobody_gives_in_time_expires_and_nothing_trades(d: Desk) -> None:
+    until = await chain_now(d.chain) + 2 * PERIOD
+    intent = swap_intent(d, 50 * MUSD, approval_above=str(10 * MUSD), valid_until=until)
+    intent_id = await submit(d, intent)
+    await d.settle(intent_id, IntentPhase.AWAITING_APPROVAL)
+    (approval,) = d.agent.records.approvals(status=ApprovalStatus.PENDING)
+    for _ in range(3):
+        await d.tick(PERIOD)
+    state = await d.settle(intent_id, IntentPhase.FAILED)
+    assert state.fills[0].status == "refused" and state.fills[0].reason == "no decision"
+    with pytest.raises(AgentMeshValueError, match="already expired"):
+        d.agent.records.decide(approval.id, True)
+    assert await TokenClient(d.owner, d.tokens["mUSD"]).balance_of(d.wallet.address) == 500 * MUSD

@@ -154,6 +154,18 @@ async def test_a_devnet_deployed_before_the_exchange_gets_one(tmp_path: Any) -> 
             assert set(upgraded.exchange.pairs) == {"WETH/mUSD", "MGLD/WETH"}
             again = await ensure_deployment(w3, anvil.rpc_url, path, 0)
             assert again.exchange == upgraded.exchange  # recorded: not deployed twice
+            assert upgraded.exchange.oracle is not None
+            # A devnet whose exchange predates the oracle gets only the oracle.
+            without = upgraded.model_copy(
+                update={"exchange": upgraded.exchange.model_copy(update={"oracle": None})}
+            )
+            without.save(path)
+            oracled = await ensure_deployment(w3, anvil.rpc_url, path, 0)
+            assert oracled.exchange is not None and oracled.exchange.oracle is not None
+            assert oracled.exchange.oracle != upgraded.exchange.oracle
+            assert oracled.exchange.model_copy(update={"oracle": None}) == without.exchange
+            code = await w3.eth.get_code(AsyncWeb3.to_checksum_address(oracled.exchange.oracle))
+            assert len(code) > 0
         finally:
             await w3.provider.disconnect()
 
