@@ -109,17 +109,22 @@ async def observe(d: Delegated, periods: int) -> None:
         await d.oracle.update(d.tokens[a], d.tokens[b])
 
 
-async def trade(d: Delegated, symbols: tuple[str, ...], amount: int) -> None:
-    """The trader swaps straight through the router (moves the pool's spot price)."""
+async def trade(
+    d: Delegated, symbols: tuple[str, ...], amount: int, swap_at: int | None = None
+) -> None:
+    """The trader swaps straight through the router (moves the pool's spot price); with
+    ``swap_at``, the swap's block gets that timestamp (the approve goes before it)."""
     path = d.path(*symbols)
     await d.trader.transact(erc20(d.chain, path[0]).functions.approve(d.router, amount))
+    if swap_at is not None:
+        await at(d, swap_at)
     router = d.chain.w3.eth.contract(
         address=AsyncWeb3.to_checksum_address(d.router),
         abi=ex.npm_artifact("UniswapV2Router02").abi,
     )
     await d.trader.transact(
         router.functions.swapExactTokensForTokens(
-            amount, 0, list(path), d.trader.address, await chain_now(d.chain) + 60
+            amount, 0, list(path), d.trader.address, (swap_at or await chain_now(d.chain)) + 60
         )
     )
 
@@ -452,8 +457,7 @@ async def test_the_oracle_averages_the_price_over_time(d: Delegated) -> None:
     await at(d, base + 1)
     await d.oracle.update(weth, musd)
     assert await d.oracle.observed_at(weth, musd, base) == base + 1
-    await at(d, base + PERIOD + 1)
-    await trade(d, ("mUSD", "WETH"), 50_000 * MUSD)
+    await trade(d, ("mUSD", "WETH"), 50_000 * MUSD, swap_at=base + PERIOD + 1)
     after = await weth_price()
     assert after > before
     await at(d, base + 2 * PERIOD + 1)

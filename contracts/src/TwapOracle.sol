@@ -100,18 +100,19 @@ contract TwapOracle {
         }
         address pair = pairFor(tokenIn, tokenOut);
         uint256 startPeriod = (block.timestamp - window) / period;
-        Observation memory first = _observations[pair][startPeriod % granularity];
-        if (first.timestamp == 0 || first.timestamp / period != startPeriod) {
+        // Read field by field: a swap needs one direction's cumulative, not both.
+        Observation storage first = _observations[pair][startPeriod % granularity];
+        uint256 observedAt = first.timestamp;
+        if (observedAt == 0 || observedAt / period != startPeriod) {
             revert TwapUnavailable(pair, window);
         }
-        (uint256 c0, uint256 c1) = currentCumulativePrices(pair);
-        uint256 elapsed = block.timestamp - first.timestamp;
+        bool zeroForOne = tokenIn < tokenOut; // token0 is the lower address
+        uint256 startCumulative = zeroForOne ? first.price0Cumulative : first.price1Cumulative;
+        uint256 elapsed = block.timestamp - observedAt;
         uint256 average;
         // Cumulative prices are meant to overflow; their differences are exact mod 2**256.
         unchecked {
-            average = tokenIn < tokenOut // token0 is the lower address
-                ? (c0 - first.price0Cumulative) / elapsed
-                : (c1 - first.price1Cumulative) / elapsed;
+            average = (_currentCumulative(pair, zeroForOne) - startCumulative) / elapsed;
         }
         // `average` is a UQ112x112 price of tokenIn in tokenOut.
         return Math.mulDiv(average, amountIn, 1 << 112);
@@ -150,6 +151,28 @@ contract TwapOracle {
 
     /// @notice The pair's cumulative prices as of this second: what the pair would store
     /// if it were updated now (Uniswap V2's oracle library does the same).
+    /// @dev One direction of ``currentCumulativePrices`` (price of token0 in token1 when
+    /// ``zeroForOne``).
+    function _currentCumulative(address pair, bool zeroForOne)
+        private
+        view
+        returns (uint256 cumulative)
+    {
+        cumulative = zeroForOne
+            ? IUniswapV2Pair(pair).price0CumulativeLast()
+            : IUniswapV2Pair(pair).price1CumulativeLast();
+        (uint112 r0, uint112 r1, uint32 last) = IUniswapV2Pair(pair).getReserves();
+        if (r0 == 0 || r1 == 0) revert EmptyPool(pair);
+        unchecked {
+            uint32 since = uint32(block.timestamp) - last; // wraps like the pair's clock
+            if (since > 0) {
+                cumulative += zeroForOne
+                    ? ((uint256(r1) << 112) / r0) * since
+                    : ((uint256(r0) << 112) / r1) * since;
+            }
+        }
+    }
+
     function currentCumulativePrices(address pair) public view returns (uint256 c0, uint256 c1) {
         c0 = IUniswapV2Pair(pair).price0CumulativeLast();
         c1 = IUniswapV2Pair(pair).price1CumulativeLast();
