@@ -197,7 +197,7 @@ class DefiDesk:
     ) -> None:
         try:
             owner, operator = await wallet.owner(), await wallet.agent()
-        except AgentMeshError:
+        except Exception:  # a revert, or no code there at all (web3 cannot decode it)
             raise IntentRefused(
                 "not_my_wallet", f"{intent.wallet} is not an AgentWallet on this chain"
             ) from None

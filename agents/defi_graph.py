@@ -40,6 +40,7 @@ from langgraph.types import interrupt
 
 from agentmesh.errors import AgentMeshError, ContractRevertError, PolicyViolation
 from agentmesh.protocols.defi import (
+    FINAL_PHASES,
     INTENT,
     AnyIntent,
     DcaIntent,
@@ -49,7 +50,7 @@ from agentmesh.protocols.defi import (
     TriggerIntent,
 )
 from agentmesh.protocols.negotiation import ApprovalDecision
-from agentmesh.wallets.agent_wallet import AgentWalletClient, SwapCall, SwapPolicy
+from agentmesh.wallets.agent_wallet import AgentWalletClient, CapMode, SwapCall, SwapPolicy
 from agentmesh.wallets.uniswap import UniswapMarket
 
 from .context import Clock
@@ -110,11 +111,14 @@ async def observe(state: DefiState, runtime: Runtime[DefiContext]) -> dict[str, 
     ctx = runtime.context
     intent_id = state["intent_id"]
     intent, phase, step = _intent(ctx, intent_id)
-    if await _reconcile(ctx, ctx.wallets(intent.wallet), intent_id, step):
+    reconciled = await reconcile_step(ctx, ctx.wallets(intent.wallet), intent_id, step)
+    if reconciled == "filled":
         # Its swap went through before a crash: the step is done, go on to the next.
         ctx.store.update_intent(intent_id, step=step + 1)
         return {"outcome": "skip", "phase": IntentPhase.ACTIVE, "step": step + 1}
     now = await ctx.clock.now()
+    if reconciled == "in_flight":
+        return _wait(ctx, intent_id, now + ctx.retry_s, "a swap sent is not mined yet")
     verdict = _ended(ctx, intent_id, intent, phase, step, now)
     if verdict is None:
         verdict = await _not_due(ctx, intent_id, intent, step, now)
@@ -125,8 +129,8 @@ def _ended(
     ctx: DefiContext, intent_id: str, intent: AnyIntent, phase: str, step: int, now: int
 ) -> dict[str, Any] | None:
     """The verdict when the intent is over (or its current step is), else None."""
-    if phase == IntentPhase.CANCELLED:
-        return {"outcome": "end", "phase": IntentPhase.CANCELLED}
+    if phase in FINAL_PHASES:  # cancelled (or ended by another node) meanwhile
+        return {"outcome": "end", "phase": phase}
     if isinstance(intent, DcaIntent):
         return _dca_ended(ctx, intent_id, intent, step, now)
     if step >= 1 and not isinstance(intent, RebalanceIntent):
@@ -192,12 +196,23 @@ async def plan(state: DefiState, runtime: Runtime[DefiContext]) -> dict[str, Any
     intent_id, step = state["intent_id"], state["step"]
     intent, _, _ = _intent(ctx, intent_id)
     wallet = ctx.wallets(intent.wallet)
+    row = ctx.store.intent(intent_id)
+    owner = await wallet.owner()
+    if row is not None and owner.lower() != row.owner.lower():
+        # The person who signed no longer owns the wallet: their orders end here.
+        return _finish(ctx, intent_id, IntentPhase.FAILED, f"the wallet's owner is now {owner}")
     policy = await wallet.swap_policy()
     if isinstance(intent, RebalanceIntent):
         trade = await _rebalance_trade(ctx, intent, policy)
         if trade is None:
             return _wait(ctx, intent_id, await ctx.clock.now() + ctx.retry_s, "within the band")
         token_in, token_out, amount = trade
+        # A rebalance sizes its own trade: never past what the cap has left today.
+        _, mode = await wallet.cap_of(token_in)
+        if mode != CapMode.NONE:
+            amount = min(amount, (await wallet.spendable(token_in))[1])
+        if amount == 0:
+            return await _defer_or_skip(ctx, intent, intent_id, step, "the cap is spent")
     else:
         token_in, token_out, amount = _trade_of(intent)
     path = ctx.market.route(token_in, token_out)
@@ -284,18 +299,40 @@ async def execute(state: DefiState, runtime: Runtime[DefiContext]) -> dict[str, 
     row = ctx.store.fill(intent_id, step)
     if row is not None and row.status == "filled":
         return {"outcome": "filled"}
-    if await _reconcile(ctx, wallet, intent_id, step):
+    reconciled = await reconcile_step(ctx, wallet, intent_id, step)
+    if reconciled == "filled":
         return {"outcome": "filled", "phase": IntentPhase.ACTIVE}
+    now = await ctx.clock.now()
+    if reconciled == "in_flight":
+        return _wait(ctx, intent_id, now + ctx.retry_s, "a swap sent is not mined yet")
+    _, phase, _ = _intent(ctx, intent_id)
+    if phase in FINAL_PHASES:  # cancelled while the step was being planned or approved
+        return {"outcome": "end", "phase": phase}
+    # The plan may be old (an approval can take hours): a fresh deadline, and the
+    # minimum out from the TWAP of now.
+    policy = await wallet.swap_policy()
+    intent, _, _ = _intent(ctx, intent_id)
+    twap_out = await ctx.market.twap_out(path, amount, policy.twap_window)
+    slippage = min(intent.max_slippage_bps, policy.max_slippage_bps)
+    plan_ = {
+        **plan_,
+        "min_out": str(twap_out * (BPS - slippage) // BPS),
+        "deadline": now + min(SWAP_DEADLINE_S, policy.max_deadline_delay),
+    }
     ctx.store.begin_step(
         intent_id,
         step,
-        from_block=await ctx.clock.block_number(),
+        # The swap lands in a later block: a swap of an earlier step is never taken for it.
+        from_block=await ctx.clock.block_number() + 1,
         token_in=path[0],
         token_out=path[-1],
         amount_in=amount,
     )
     try:
-        receipt = await wallet.swap(_call(plan_))
+        receipt = await wallet.swap(
+            _call(plan_),
+            sent=lambda tx_hash: ctx.store.note_sent(intent_id, step, "0x" + tx_hash.hex()),
+        )
     except ContractRevertError as exc:
         return await _refused(ctx, state, exc)
     fill = wallet.swapped(receipt)
@@ -304,22 +341,33 @@ async def execute(state: DefiState, runtime: Runtime[DefiContext]) -> dict[str, 
     return {"outcome": "filled", "phase": IntentPhase.ACTIVE}
 
 
-async def _reconcile(
+async def reconcile_step(
     ctx: DefiContext, wallet: AgentWalletClient, intent_id: str, step: int
-) -> bool:
-    """A step left pending (the agent died, or lost the receipt, after sending): if its
-    swap is on chain, record it as filled and return True. The chain decides, never a
-    second send."""
+) -> str:
+    """A step left pending (the agent died, or lost the receipt, after sending): the
+    chain decides, never a second send. Returns "filled" (recorded from the chain),
+    "in_flight" (its transaction is not mined yet: wait for it), or "none" (nothing of
+    it on chain: the step may be sent)."""
     row = ctx.store.fill(intent_id, step)
     if row is None or row.status != "pending" or not row.token_in:
-        return False
+        return "none"
+    if row.tx:
+        outcome, fill, gas = await wallet.swap_outcome(row.tx)
+        if outcome == "pending":
+            return "in_flight"
+        if outcome == "reverted" or fill is None:
+            return "none"
+        _record_fill(ctx, intent_id, step, row.tx, fill, gas, await ctx.clock.now())
+        log.info("intent %s step %s: swap %s mined (reconciled)", intent_id, step, row.tx)
+        return "filled"
+    # Killed between writing the row and the node taking the transaction: search.
     found = await wallet.find_swap(row.from_block, row.token_in, int(row.amount_in))
     if found is None or found[1].token_out.lower() != row.token_out.lower():
-        return False
+        return "none"
     tx, fill, gas = found
     _record_fill(ctx, intent_id, step, tx, fill, gas, await ctx.clock.now())
     log.info("intent %s step %s: swap %s found on chain (reconciled)", intent_id, step, tx)
-    return True
+    return "filled"
 
 
 async def advance(state: DefiState, runtime: Runtime[DefiContext]) -> dict[str, Any]:
@@ -473,10 +521,12 @@ def build_defi_graph(checkpointer: Any) -> Any:
     graph.add_conditional_edges(
         "observe", on({"due": "plan", "wait": "wait", "skip": "observe"}, END)
     )
-    graph.add_conditional_edges("plan", on({"ready": "simulate", "wait": "wait"}, "advance"))
+    graph.add_conditional_edges(
+        "plan", on({"ready": "simulate", "wait": "wait", "end": END}, "advance")
+    )
     graph.add_conditional_edges("simulate", on({"ok": "approve", "wait": "wait"}, "advance"))
     graph.add_conditional_edges("approve", on({"approved": "execute"}, "advance"))
-    graph.add_conditional_edges("execute", on({"wait": "wait"}, "advance"))
+    graph.add_conditional_edges("execute", on({"wait": "wait", "end": END}, "advance"))
     graph.add_edge("advance", "observe")
     graph.add_edge("wait", "observe")
     return graph.compile(checkpointer=checkpointer)

@@ -109,10 +109,14 @@ class DefiStore:
         return rows
 
     def update_intent(self, intent_id: str, **fields: Any) -> IntentRow:
+        """Change an intent's row. A final phase sticks: a run that read the intent before
+        it was cancelled cannot bring it back to life by writing its own phase."""
         with self._session() as session:
             row = session.get(IntentRow, intent_id)
             if row is None:
                 raise KeyError(intent_id)
+            if row.phase in FINAL_PHASES:
+                fields = {k: v for k, v in fields.items() if k not in ("phase", "next_due")}
             for key, value in fields.items():
                 setattr(row, key, value)
             row.updated_ms = _now_ms()
@@ -147,11 +151,21 @@ class DefiStore:
             row = session.get(FillRow, (intent_id, step))
             if row is None:
                 row = FillRow(intent_id=intent_id, step=step, from_block=from_block)
-            row.status = "pending"
+            row.status, row.tx = "pending", ""
             row.token_in, row.token_out, row.amount_in = token_in, token_out, str(amount_in)
             session.add(row)
             session.commit()
             return row
+
+    def note_sent(self, intent_id: str, step: int, tx: str) -> None:
+        """The step's transaction is with the node: from now on only the chain says
+        whether the step happened (it is never sent again while this hash is pending)."""
+        with self._session() as session:
+            row = session.get(FillRow, (intent_id, step))
+            if row is not None and row.status == "pending":
+                row.tx = tx
+                session.add(row)
+                session.commit()
 
     def finish_step(self, intent_id: str, step: int, status: str, **fields: Any) -> FillRow:
         """Record the step's outcome (filled, refused or skipped), once."""

@@ -14,7 +14,7 @@ from rich.table import Table
 from agentmesh.errors import AgentMeshValueError
 
 from .context import AppState, console
-from .delegate import DelegationRecord
+from .delegate import DelegationRecord, require_wallet
 
 if TYPE_CHECKING:
     from agentmesh.wallets.uniswap import UniswapMarket
@@ -138,6 +138,7 @@ async def intents_report(app_state: AppState, record: DelegationRecord) -> dict[
         exchange = chain.deployment.exchange
         if exchange is None:
             raise AgentMeshValueError("this chain has no Uniswap V2")
+        await require_wallet(chain, record)
         reader = Wallet(Account.create(), chain.w3)
         market = UniswapMarket(reader, exchange)
         window = (await AgentWalletClient(reader, record.wallet).swap_policy()).twap_window

@@ -113,6 +113,18 @@ def find_record(home: Path, wallet: str | None) -> DelegationRecord:
     return matches[0]
 
 
+async def require_wallet(chain: Chain, record: DelegationRecord) -> None:
+    """A clear error when the recorded AgentWallet is not on this chain (a reset devnet)."""
+    from web3 import AsyncWeb3
+
+    code = await chain.w3.eth.get_code(AsyncWeb3.to_checksum_address(record.wallet))
+    if len(code) == 0:
+        raise AgentMeshValueError(
+            f"no AgentWallet at {record.wallet} on this chain (was the devnet reset?): "
+            "run `agentmesh delegate create` again"
+        )
+
+
 def _market(chain: Chain, reader: Any) -> UniswapMarket:
     from agentmesh.wallets.uniswap import UniswapMarket
 
@@ -134,6 +146,8 @@ def _cap_options(caps: list[str], market: UniswapMarket) -> dict[str, int]:
 
         token = market.address(symbol)
         parsed[token] = parse_amount(amount, market.decimals(token), symbol=symbol)
+        if parsed[token] >= 2**128:
+            raise AgentMeshValueError(f"invalid --cap {item!r}: too large")
     return parsed
 
 
@@ -144,9 +158,10 @@ def create(
     agent: Annotated[str, typer.Option(help="the agent's address (or wallet name)")],
     fund: Annotated[str, typer.Option(help="mUSD to put in the wallet")] = "0",
     cap: Annotated[
-        list[str] | None, typer.Option(help="daily cap TOKEN=AMOUNT (repeat); default mUSD=100")
+        list[str] | None,
+        typer.Option(help="daily cap TOKEN=AMOUNT, one per listed token (mUSD=100 WETH=0.05)"),
     ] = None,
-    tokens: Annotated[str, typer.Option(help="tokens a swap may touch")] = "mUSD,WETH,MGLD",
+    tokens: Annotated[str, typer.Option(help="tokens a swap may touch")] = "mUSD,WETH",
     slippage: Annotated[str, typer.Option(help="worst price vs the TWAP")] = "1%",
     window: Annotated[str, typer.Option(help="TWAP window")] = "30m",
     max_delay: Annotated[str, typer.Option(help="furthest swap deadline")] = "10m",
@@ -169,6 +184,11 @@ def create(
     window_s = parse_duration(window, "--window")
     delay_s = parse_duration(max_delay, "--max-delay")
     expires_s = parse_duration(expires, "--expires")
+    for value, what in ((window_s, "--window"), (delay_s, "--max-delay")):
+        if value >= 2**32:
+            raise AgentMeshValueError(f"invalid {what}: at most {2**32 - 1} seconds")
+    if expires_s > 100 * 365 * 86400:
+        raise AgentMeshValueError("invalid --expires: at most 100 years")
     fund_units = parse_amount(fund, MUSD_DECIMALS, symbol="mUSD")
     threshold = parse_amount(approve_above, MUSD_DECIMALS, symbol="mUSD")
     agent_address = _resolve_address(app_state, agent)
@@ -183,8 +203,15 @@ def create(
             market = _market(chain, person)
             exchange = chain.deployment.exchange
             assert exchange is not None and exchange.oracle is not None
-            allowed = tuple(market.address(t) for t in tokens.split(",") if t.strip())
-            caps = _cap_options(cap or ["mUSD=100"], market)
+            allowed = tuple(market.address(t.strip()) for t in tokens.split(",") if t.strip())
+            caps = _cap_options(cap or ["mUSD=100", "WETH=0.05"], market)
+            uncapped = [market.symbol(t) for t in allowed if t not in caps]
+            if uncapped:
+                # An uncapped token could be traded away all day, a slippage at a time.
+                raise AgentMeshValueError(
+                    f"every token the agent may trade needs a daily cap: add --cap "
+                    f"{uncapped[0]}=AMOUNT"
+                )
             if (
                 fund_units
                 and await TokenClient(person, chain.token_address).balance_of(person.address)
@@ -354,6 +381,7 @@ def show(
         from agentmesh.wallets.wallet import Wallet
 
         async with open_chain(app_state.home, app_state.config, allow_embedded=False) as chain:
+            await require_wallet(chain, record)
             reader = Wallet(Account.create(), chain.w3)  # reads only: no key is unlocked
             client = AgentWalletClient(reader, record.wallet)
             return await _describe(chain, client, _market(chain, reader), record)

@@ -153,8 +153,8 @@ async def stage(out: Any, *, fund: int = 100, cap: int = 100) -> AsyncIterator[S
             env = {"AGENTMESH_PASSWORD": password}
             created = await asyncio.to_thread(
                 _cli, home, env, "delegate", "create", "--owner", PERSON, "--agent",
-                agent_address, "--fund", str(fund), "--cap", f"mUSD={cap}", "--tokens",
-                "mUSD,WETH", "--window", "10m",
+                agent_address, "--fund", str(fund), "--cap", f"mUSD={cap}", "--cap", "WETH=1",
+                "--tokens", "mUSD,WETH", "--window", "10m",
             )  # fmt: skip
             holders = {
                 PERSON: person,

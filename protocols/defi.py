@@ -65,6 +65,12 @@ def _uint256(text: str) -> str:
     return text
 
 
+def _uint256_or_zero(text: str) -> str:
+    if int(text) > UINT256_MAX:
+        raise ValueError("amount is larger than uint256")
+    return text
+
+
 def _price(text: str) -> str:
     try:
         value = Decimal(text)
@@ -100,7 +106,9 @@ class _Intent(Message):
     max_slippage_bps: Bps
     # A trade worth more than this (the wallet's valuation token, mUSD base units, at
     # TWAP) waits for the owner's `agentmesh approve`; "0": none waits.
-    approval_above: Annotated[str, Field(pattern=r"^[0-9]{1,78}$")] = "0"
+    approval_above: Annotated[
+        str, Field(pattern=r"^[0-9]{1,78}$"), AfterValidator(_uint256_or_zero)
+    ] = "0"
 
     # (EIP-712 field name, type, attribute): the struct signed for this kind.
     eip712_name: ClassVar[str]

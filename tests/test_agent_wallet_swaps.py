@@ -141,9 +141,7 @@ async def d(chain: Chain, make_wallet: WalletFactory) -> Delegated:
     await owner.transact(
         erc20(chain, tokens["mUSD"]).functions.transfer(wallet.address, WALLET_MUSD * MUSD)
     )
-    for symbol in ("mUSD", "WETH", "MGLD"):
-        await wallet.set_allowed(tokens[symbol], APPROVE, True)
-    await wallet.set_allowed(exchange.router, SWAP_IN, True)
+    await wallet.set_allowed(exchange.router, SWAP_IN, True)  # no approve entries needed
     await wallet.set_cap(tokens["mUSD"], 500 * MUSD, CapMode.DAILY)
     await wallet.set_swap_policy(SwapPolicy(oracle=exchange.oracle, max_path_length=3, **POLICY))
     await wallet.set_router(exchange.router)
@@ -364,6 +362,26 @@ async def test_swaps_only_through_registered_routers_and_only_swaps(d: Delegated
     with pytest.raises(PolicyViolation) as exc:
         await d.as_agent.swap(call)
     assert_refused(exc, "RouterNotRegistered", d.router)
+
+
+async def test_the_agent_cannot_approve_anyone_around_the_swap_rules(d: Delegated) -> None:
+    """A one-call allowance goes only to the registered router the call goes to: no
+    allowance to an attacker, whether as a call of its own or as the one-call spender."""
+    thief = Account.create().address
+    weth = erc20(d.chain, d.tokens["WETH"])
+    approve = bytes.fromhex(
+        weth.functions.approve(thief, 2**256 - 1)._encode_transaction_data().removeprefix("0x")
+    )
+    with pytest.raises(PolicyViolation) as exc:
+        await d.as_agent.execute(d.tokens["WETH"], 0, approve)
+    assert_refused(exc, "TargetNotAllowed", d.tokens["WETH"], APPROVE)
+    call = await d.call("mUSD", "WETH", amount=10 * MUSD)
+    with pytest.raises(PolicyViolation) as exc:
+        await d.as_agent.execute_with_approval(
+            d.tokens["mUSD"], thief, 10 * MUSD, d.router, 0, call.calldata()
+        )
+    assert_refused(exc, "TargetNotAllowed", d.tokens["mUSD"], APPROVE)
+    assert await weth.functions.allowance(d.wallet.address, thief).call() == 0
 
 
 async def test_a_simulated_swap_names_the_rule_and_sends_nothing(d: Delegated) -> None:

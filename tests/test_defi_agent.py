@@ -9,6 +9,7 @@ wallet, the owner, the pools and the trader.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,8 @@ from web3 import AsyncWeb3
 from agentmesh.agents.agent import Agent
 from agentmesh.agents.defi_client import DefiClient, sign_cancel, sign_intent
 from agentmesh.agents.defi_desk import DefiDesk, IntentRefused
-from agentmesh.agents.defi_store import DefiStore
+from agentmesh.agents.defi_graph import reconcile_step
+from agentmesh.agents.defi_store import DefiStore, IntentRow
 from agentmesh.agents.records import ApprovalStatus
 from agentmesh.config import Config
 from agentmesh.errors import AgentMeshValueError
@@ -370,10 +372,10 @@ async def test_a_swap_whose_receipt_was_lost_is_reconciled_not_sent_twice(d: Des
     real_swap = wallet.swap
     calls = 0
 
-    async def flaky_swap(call: Any) -> Any:
+    async def flaky_swap(call: Any, **kwargs: Any) -> Any:
         nonlocal calls
         calls += 1
-        await real_swap(call)
+        await real_swap(call, **kwargs)
         if calls == 1:
             raise ConnectionError("connection reset while waiting for the receipt")
         raise AssertionError("the agent sent the swap a second time")
@@ -531,3 +533,66 @@ async def test_an_approval_nobody_gives_in_time_expires_and_nothing_trades(d: De
     with pytest.raises(AgentMeshValueError, match="already expired"):
         d.agent.records.decide(approval.id, True)
     assert await TokenClient(d.owner, d.tokens["mUSD"]).balance_of(d.wallet.address) == 500 * MUSD
+
+
+async def test_a_swap_still_in_flight_is_waited_for_never_sent_again(d: Desk) -> None:
+    """The step's swap is with the node but not mined (the agent lost it while waiting):
+    the chain is asked about that transaction, which says "in flight" (wait, send
+    nothing), then, once mined, gives the fill."""
+    assert d.desk.store is not None and d.desk.runner is not None
+    store, ctx = d.desk.store, d.desk.runner.ctx
+    intent_id = await submit(d, swap_intent(d, 10 * MUSD, valid_until=FAR - 1))
+    await d.settle(intent_id, IntentPhase.DONE)
+    await d.agent.stop()  # nothing else sends while the chain stops mining
+    provider: Any = d.chain.w3.provider
+    store.begin_step(
+        intent_id,
+        7,
+        from_block=int(await d.chain.w3.eth.block_number) + 1,
+        token_in=d.tokens["mUSD"],
+        token_out=d.tokens["WETH"],
+        amount_in=10 * MUSD,
+    )
+    await provider.make_request("evm_setAutomine", [False])
+    as_agent = AgentWalletClient(Wallet(Account.from_key(d.key), d.chain.w3), d.wallet.address)
+    call = SwapCall(
+        router=d.router.address,
+        path=(d.tokens["mUSD"], d.tokens["WETH"]),
+        amount_in=10 * MUSD,
+        min_out=0,
+        recipient=d.wallet.address,
+        deadline=await chain_now(d.chain) + 600,
+    )
+    hashes: list[str] = []
+    in_flight = asyncio.create_task(
+        as_agent.swap(call, sent=lambda h: hashes.append("0x" + h.hex()))
+    )
+    try:
+        await eventually(lambda: hashes or in_flight.done())
+        if in_flight.done():
+            in_flight.result()  # raises what went wrong
+        store.note_sent(intent_id, 7, hashes[0])
+        assert await reconcile_step(ctx, as_agent, intent_id, 7) == "in_flight"
+        assert store.fill(intent_id, 7).status == "pending"  # type: ignore[union-attr]
+        await provider.make_request("evm_setAutomine", [True])
+        await provider.make_request("evm_mine", [])
+        await in_flight
+    finally:
+        await provider.make_request("evm_setAutomine", [True])
+        if not in_flight.done():
+            in_flight.cancel()
+    assert await reconcile_step(ctx, as_agent, intent_id, 7) == "filled"
+    row = store.fill(intent_id, 7)
+    assert row is not None and (row.status, row.tx) == ("filled", hashes[0])
+    assert int(row.amount_in) == 10 * MUSD and int(row.amount_out) > 0
+
+
+def test_a_final_phase_sticks(tmp_path: Path) -> None:
+    store = DefiStore(tmp_path / "defi.db")
+    store.add_intent(
+        IntentRow(id="0x" + "ab" * 32, kind="swap", body="{}", signature="", owner="", wallet="")
+    )
+    store.update_intent("0x" + "ab" * 32, phase=IntentPhase.CANCELLED)
+    row = store.update_intent("0x" + "ab" * 32, phase=IntentPhase.ACTIVE, next_due=5, reason="x")
+    assert (row.phase, row.next_due, row.reason) == (IntentPhase.CANCELLED, 0, "x")
+    store.close()

@@ -102,6 +102,8 @@ async def person(
         "300",
         "--cap",
         "mUSD=200",
+        "--cap",
+        "WETH=1",
         "--window",
         "10m",
         "--json",
@@ -124,7 +126,8 @@ async def test_delegate_create_sets_every_rule_and_show_reads_them_back(person: 
     tokens = {row["token"]: row for row in shown["tokens"]}
     assert tokens["mUSD"]["balance"] == str(300 * MUSD)
     assert tokens["mUSD"]["cap"] == str(200 * MUSD) and tokens["mUSD"]["spent"] == "0"
-    assert all(row["allowed"] for row in tokens.values())
+    assert tokens["WETH"]["allowed"] and tokens["WETH"]["cap"] == str(10**18)
+    assert not tokens["MGLD"]["allowed"]  # not on the list given
     assert shown["value_musd"] == str(300 * MUSD)
     table = await person.run("delegate", "show")
     assert table.exit_code == 0 and "1%" in table.output and "10-minute TWAP" in table.output
@@ -175,6 +178,14 @@ async def test_bad_input_is_refused_in_one_line_naming_the_problem(person: Perso
     assert "invalid --window" in await person.refused(
         "delegate", "create", "--owner", "alice", "--agent", person.owner, "--window", "1m"
     )
+    assert "needs a daily cap: add --cap MGLD=AMOUNT" in await person.refused(
+        "delegate", "create", "--owner", "alice", "--agent", person.owner,
+        "--tokens", "mUSD,WETH,MGLD",
+    )  # fmt: skip
+    assert "at most" in await person.refused(
+        "delegate", "create", "--owner", "alice", "--agent", person.owner,
+        "--max-delay", "50000d",
+    )  # fmt: skip
     assert person.intents() == []
 
 

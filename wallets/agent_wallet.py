@@ -11,14 +11,15 @@ words (``POLICY_RULES``).
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from eth_abi.abi import encode as abi_encode
-from eth_typing import ChecksumAddress
+from eth_typing import ChecksumAddress, HexStr
 from eth_utils.abi import function_signature_to_4byte_selector
 from web3 import AsyncWeb3
-from web3.exceptions import ContractLogicError
+from web3.exceptions import ContractLogicError, TransactionNotFound
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
@@ -163,10 +164,13 @@ class AgentWalletClient(_Client):
             )
         )
 
-    async def swap(self, call: SwapCall) -> TxReceipt:
+    async def swap(
+        self, call: SwapCall, *, sent: Callable[[bytes], None] | None = None
+    ) -> TxReceipt:
         """Make ``call`` as the agent, with a one-call allowance of ``call.amount_in`` to
-        the router; a policy refusal raises ``PolicyViolation``."""
-        return await self._agent_call(self._swap_fn(call))
+        the router; a policy refusal raises ``PolicyViolation``. ``sent(tx hash)`` runs
+        as soon as the node has the transaction (see ``Wallet.send``)."""
+        return await self._agent_call(self._swap_fn(call), sent=sent)
 
     async def simulate_swap(self, call: SwapCall) -> None:
         """``swap`` as an ``eth_call`` from the agent's address: nothing is sent; a
@@ -202,9 +206,11 @@ class AgentWalletClient(_Client):
             twap_out=int(args["twapOut"]),
         )
 
-    async def _agent_call(self, fn: Any) -> TxReceipt:
+    async def _agent_call(
+        self, fn: Any, *, sent: Callable[[bytes], None] | None = None
+    ) -> TxReceipt:
         try:
-            return await self.wallet.transact(fn)
+            return await self.wallet.transact(fn, sent=sent)
         except ContractRevertError as exc:
             raise policy_error(exc) from None
 
@@ -292,6 +298,17 @@ class AgentWalletClient(_Client):
         """(limit per window, mode) of ``token``'s cap; mode NONE: uncapped."""
         limit, mode = await self._call(self.contract.functions.capOf(checksum(token)))
         return int(limit), CapMode(int(mode))
+
+    async def swap_outcome(self, tx_hash: str) -> tuple[str, SwapFill | None, int]:
+        """What became of a swap transaction: ("pending", None, 0) while the chain does
+        not have it mined, ("reverted", None, gas) or ("filled", fill, gas)."""
+        try:
+            receipt = await self.wallet.w3.eth.get_transaction_receipt(HexStr(tx_hash))
+        except TransactionNotFound:
+            return "pending", None, 0
+        if receipt["status"] != 1:
+            return "reverted", None, int(receipt["gasUsed"])
+        return "filled", self.swapped(receipt), int(receipt["gasUsed"])
 
     async def find_swap(
         self, from_block: int, token_in: str, amount_in: int

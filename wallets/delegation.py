@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from eth_utils.abi import function_signature_to_4byte_selector
-
 from agentmesh.wallets.agent_wallet import (
     SWAP_EXACT_IN,
     AgentWalletClient,
@@ -19,8 +17,6 @@ from agentmesh.wallets.agent_wallet import (
     SwapPolicy,
 )
 from agentmesh.wallets.wallet import Wallet
-
-APPROVE = function_signature_to_4byte_selector("approve(address,uint256)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +46,9 @@ async def create_delegation(owner: Wallet, terms: DelegationTerms) -> AgentWalle
     await wallet.set_swap_policy(terms.policy)
     await wallet.set_router(terms.router)
     await wallet.set_allowed(terms.router, SWAP_EXACT_IN, True)
+    # No `(token, approve)` entries: a swap's one-call allowance to the registered
+    # router needs none, and an allowlisted approve would let the agent approve anyone.
     for token in terms.tokens:
-        # The one-call allowance of a swap needs `approve` on the token it sells.
-        await wallet.set_allowed(token, APPROVE, True)
         await wallet.set_swap_token(token)
     for token, cap in terms.caps.items():
         await wallet.set_cap(token, cap.limit, cap.mode)

@@ -186,8 +186,10 @@ class Wallet:
 
     # ------------------------------------------------------------------ sending
 
-    async def send(self, tx: TxParams) -> TxReceipt:
-        """Fill in, sign, submit and wait for ``tx``; raise on revert."""
+    async def send(self, tx: TxParams, *, sent: Callable[[bytes], None] | None = None) -> TxReceipt:
+        """Fill in, sign, submit and wait for ``tx``; raise on revert. ``sent(tx hash)``
+        runs once the node has the transaction, before the wait: a caller that must never
+        send twice records the hash there, and asks the chain about it after a failure."""
         full: dict[str, Any] = dict(tx)
         full.setdefault("from", self.address)
         full.setdefault("value", 0)
@@ -220,6 +222,8 @@ class Wallet:
                 manager.reset()
                 raise
             manager.advance()
+        if sent is not None:
+            sent(bytes(tx_hash))
         return await self.wait(tx_hash, full)
 
     async def wait(self, tx_hash: bytes, tx: dict[str, Any] | None = None) -> TxReceipt:
@@ -240,9 +244,14 @@ class Wallet:
         return receipt
 
     async def transact(
-        self, call: AsyncContractFunction, *, value: int = 0, gas: int | None = None
+        self,
+        call: AsyncContractFunction,
+        *,
+        value: int = 0,
+        gas: int | None = None,
+        sent: Callable[[bytes], None] | None = None,
     ) -> TxReceipt:
-        """Send a contract function call from this wallet."""
+        """Send a contract function call from this wallet (``sent``: see ``send``)."""
         tx: TxParams = {
             "to": call.address,
             "data": call._encode_transaction_data(),
@@ -250,7 +259,7 @@ class Wallet:
         }
         if gas is not None:
             tx["gas"] = gas
-        return await self.send(tx)
+        return await self.send(tx, sent=sent)
 
     async def deploy(self, artifact: Artifact, *args: Any) -> tuple[ChecksumAddress, TxReceipt]:
         """Deploy ``artifact`` with constructor ``args``; returns its address and receipt."""

@@ -200,11 +200,16 @@ contract AgentWallet is Ownable2Step, Pausable, ReentrancyGuardTransient {
         bytes calldata data
     ) external onlyAgent whenNotPaused nonReentrant returns (bytes memory result) {
         bytes4 selector = _checkCall(target, data);
-        if (!_allowed[token][APPROVE]) revert TargetNotAllowed(token, APPROVE);
+        SwapCheck memory swap = _checkSwap(target, selector, data);
+        // A one-call allowance to the registered router being called needs no approve
+        // allowlist entry; an allowlisted `approve` would also let `execute` approve
+        // anyone, outside every swap rule, so delegations for swaps do not grant it.
+        if (!(spender == target && _routers[target]) && !_allowed[token][APPROVE]) {
+            revert TargetNotAllowed(token, APPROVE);
+        }
         // The one-call allowance to `spender` is not charged (what it pulls is), but an
         // approve made by the target call itself outlives this call, so it is.
         uint256 approved = _approvalCharge(target, selector, data);
-        SwapCheck memory swap = _checkSwap(target, selector, data);
         uint256[] memory before = _cappedBalances();
         IERC20(token).forceApprove(spender, amount);
         result = _call(target, value, data);

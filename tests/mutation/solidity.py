@@ -411,6 +411,14 @@ MUTANTS: tuple[SolMutant, ...] = (
         "",
         "oracles_factory",
     ),
+    SolMutant(
+        "W22",
+        "AgentWallet",
+        "the one-call allowance may go to anyone when the target is a registered router",
+        "if (!(spender == target && _routers[target]) && !_allowed[token][APPROVE]) {",
+        "if (!_routers[target] && !_allowed[token][APPROVE]) {",
+        "approve_anyone",
+    ),
     # ------------------------------------------------------------------ TwapOracle
     SolMutant(
         "O01",
