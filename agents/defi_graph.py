@@ -361,7 +361,9 @@ async def reconcile_step(
         log.info("intent %s step %s: swap %s mined (reconciled)", intent_id, step, row.tx)
         return "filled"
     # Killed between writing the row and the node taking the transaction: search.
-    found = await wallet.find_swap(row.from_block, row.token_in, int(row.amount_in))
+    # A swap another step was recorded with is never taken for this one.
+    taken = ctx.store.recorded_txs()
+    found = await wallet.find_swap(row.from_block, row.token_in, int(row.amount_in), taken)
     if found is None or found[1].token_out.lower() != row.token_out.lower():
         return "none"
     tx, fill, gas = found

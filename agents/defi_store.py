@@ -130,6 +130,12 @@ class DefiStore:
         with self._session() as session:
             return session.get(FillRow, (intent_id, step))
 
+    def recorded_txs(self) -> frozenset[str]:
+        """Every transaction a step of any intent was recorded with."""
+        with self._session() as session:
+            rows = session.exec(select(FillRow.tx).where(FillRow.tx != ""))
+            return frozenset(str(tx) for tx in rows)
+
     def fills(self, intent_id: str) -> list[FillRow]:
         with self._session() as session:
             query = select(FillRow).where(FillRow.intent_id == intent_id).order_by(FillRow.step)  # type: ignore[arg-type]

@@ -325,7 +325,10 @@ async def test_only_the_owner_cancels_and_a_cancelled_dca_trades_no_more(
     )
     intent_id = await submit(d, intent)
     await d.settle(intent_id, IntentPhase.ACTIVE)
-    await eventually(lambda: d.intent_state(intent_id), lambda s: len(s.fills) == 1)
+    await eventually(
+        lambda: d.intent_state(intent_id),
+        lambda s: [f.status for f in s.fills] == ["filled"],  # mined and recorded
+    )
     stranger = await make_wallet(eth=1, musd=0)
     with pytest.raises(IntentRefused) as exc:
         await d.desk.cancel(await sign_cancel(stranger, intent))
@@ -407,7 +410,10 @@ async def test_a_dca_survives_a_restart_without_running_a_period_twice(d: Desk) 
         start_at=await chain_now(d.chain) + 1,
     )
     intent_id = await submit(d, intent)
-    await eventually(lambda: d.intent_state(intent_id), lambda s: len(s.fills) == 1)
+    await eventually(
+        lambda: d.intent_state(intent_id),
+        lambda s: [f.status for f in s.fills] == ["filled"],  # mined and recorded
+    )
     await d.agent.stop()
     await advance_time(d.chain, PERIOD)
     await observe(d.chain, d.oracle, d.tokens, 0)
@@ -477,7 +483,10 @@ async def test_a_swap_sent_just_before_a_crash_is_found_on_chain_not_skipped(d: 
         start_at=await chain_now(d.chain) + 1,
     )
     intent_id = await submit(d, intent)
-    await eventually(lambda: d.intent_state(intent_id), lambda s: len(s.fills) == 1)
+    await eventually(
+        lambda: d.intent_state(intent_id),
+        lambda s: [f.status for f in s.fills] == ["filled"],  # mined and recorded
+    )
     await d.agent.stop()
     # What the dead agent did for period 2: the row, then the swap, then nothing.
     await advance_time(d.chain, PERIOD)

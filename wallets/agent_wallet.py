@@ -311,16 +311,18 @@ class AgentWalletClient(_Client):
         return "filled", self.swapped(receipt), int(receipt["gasUsed"])
 
     async def find_swap(
-        self, from_block: int, token_in: str, amount_in: int
+        self, from_block: int, token_in: str, amount_in: int, exclude: frozenset[str] = frozenset()
     ) -> tuple[str, SwapFill, int] | None:
         """The wallet's first swap since ``from_block`` that sold exactly ``amount_in`` of
-        ``token_in``: (tx hash, fill, gas used), or None. How an agent that was stopped
+        ``token_in`` whose hash is not in ``exclude``: (tx hash, fill, gas used), or None.
+        How an agent that was stopped
         between sending a swap and recording it finds out whether the swap happened."""
         logs = await self.contract.events.Swapped().get_logs(
             from_block=from_block, argument_filters={"tokenIn": checksum(token_in)}
         )
         for log in logs:
-            if int(log["args"]["amountIn"]) != amount_in:
+            tx = "0x" + bytes(log["transactionHash"]).hex()
+            if int(log["args"]["amountIn"]) != amount_in or tx in exclude:
                 continue
             receipt = await self.wallet.w3.eth.get_transaction_receipt(log["transactionHash"])
             return (
