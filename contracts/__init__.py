@@ -20,6 +20,7 @@ CONTRACT_NAMES = (
     "AgentWallet",
     "DevToken",
     "TwapOracle",
+    "PaymentChannel",
 )
 
 

@@ -1,4 +1,4 @@
-"""Plant listed Solidity mutants in TaskEscrow / AgentWallet, recompile, run the contract tests.
+"""Plant listed Solidity mutants in the contracts, recompile, run the contract tests.
 
 Runs inside a scratch copy made by ``tests.mutation.run`` (it refuses anywhere else),
 with that copy's own editable install, so ``agentmesh.contracts`` resolves to the
@@ -418,6 +418,47 @@ MUTANTS: tuple[SolMutant, ...] = (
         "if (!(spender == target && _routers[target]) && !_allowed[token][APPROVE]) {",
         "if (!_routers[target] && !_allowed[token][APPROVE]) {",
         "approve_anyone",
+    ),
+    # ------------------------------------------------------------------ PaymentChannel
+    SolMutant(
+        "C01",
+        "PaymentChannel",
+        "a voucher equal to what was claimed passes (<= becomes <)",
+        "if (cumulative <= c.claimed) revert StaleVoucher(cumulative, c.claimed);",
+        "if (cumulative < c.claimed) revert StaleVoucher(cumulative, c.claimed);",
+        "stale",
+    ),
+    SolMutant(
+        "C02",
+        "PaymentChannel",
+        "a voucher over the deposit passes",
+        "if (cumulative > c.deposit) revert OverDeposit(cumulative, c.deposit);",
+        "",
+        "stale",
+    ),
+    SolMutant(
+        "C03",
+        "PaymentChannel",
+        "any signature is accepted",
+        "if (signer != c.payer) revert WrongSigner(signer, c.payer);",
+        "",
+        "another_channel",
+    ),
+    SolMutant(
+        "C04",
+        "PaymentChannel",
+        "the payee may claim after the challenge delay",
+        "if (block.timestamp > until) revert ChallengePeriodOver(until);",
+        "",
+        "way_out",
+    ),
+    SolMutant(
+        "C05",
+        "PaymentChannel",
+        "the payer may withdraw during the challenge delay",
+        "if (block.timestamp <= until) revert ChallengePeriodOpen(until);",
+        "",
+        "way_out",
     ),
     # ------------------------------------------------------------------ TwapOracle
     SolMutant(

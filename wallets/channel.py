@@ -1,0 +1,152 @@
+"""The ``PaymentChannel`` client: open, top up, claim, close, and sign vouchers.
+
+A voucher is the payer's EIP-712 signature over (channel id, cumulative amount) under
+the domain ``{agentmesh.PaymentChannel, 1, chain id, the contract}``; ``sign_voucher``
+makes one with a keystore wallet (the key never leaves it), ``voucher_signer`` tells who
+signed one (what a payee checks before doing any work).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from eth_typing import ChecksumAddress
+from web3.logs import DISCARD
+from web3.types import TxReceipt
+
+from agentmesh.contracts import load_artifact
+from agentmesh.errors import SignatureError
+from agentmesh.wallets.clients import TokenClient, _Client, checksum
+from agentmesh.wallets.wallet import Wallet
+
+DOMAIN_NAME, DOMAIN_VERSION = "agentmesh.PaymentChannel", "1"
+VOUCHER_TYPES = {
+    "Voucher": [
+        {"name": "channelId", "type": "bytes32"},
+        {"name": "cumulative", "type": "uint256"},
+    ]
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelState:
+    """A channel as the contract holds it (base units)."""
+
+    payer: ChecksumAddress
+    payee: ChecksumAddress
+    token: ChecksumAddress
+    deposit: int
+    claimed: int
+    close_requested_at: int  # 0: no close requested
+    closed: bool
+
+    @property
+    def unclaimed_room(self) -> int:
+        """What the payee could still be paid (deposit not yet claimed)."""
+        return self.deposit - self.claimed
+
+
+def voucher_data(contract: str, chain_id: int, channel_id: bytes, cumulative: int) -> Any:
+    return encode_typed_data(
+        domain_data={
+            "name": DOMAIN_NAME,
+            "version": DOMAIN_VERSION,
+            "chainId": chain_id,
+            "verifyingContract": checksum(contract),
+        },
+        message_types=VOUCHER_TYPES,
+        message_data={"channelId": channel_id, "cumulative": cumulative},
+    )
+
+
+async def sign_voucher(payer: Wallet, contract: str, channel_id: bytes, cumulative: int) -> bytes:
+    """The payer's voucher for ``cumulative`` base units on ``channel_id``."""
+    data = voucher_data(contract, await payer.chain_id(), channel_id, cumulative)
+    return bytes(payer.account.sign_message(data).signature)
+
+
+def voucher_signer(
+    contract: str, chain_id: int, channel_id: bytes, cumulative: int, signature: bytes
+) -> ChecksumAddress:
+    """Who signed a voucher; ``SignatureError`` when it does not recover."""
+    try:
+        signer = Account.recover_message(
+            voucher_data(contract, chain_id, channel_id, cumulative), signature=signature
+        )
+    except Exception as exc:  # eth_keys raises several types for a bad signature
+        raise SignatureError(f"voucher signature does not verify: {exc}") from None
+    return checksum(signer)
+
+
+class PaymentChannelClient(_Client):
+    """One PaymentChannel contract, sending as ``wallet`` (payer or payee)."""
+
+    contract_name = "PaymentChannel"
+
+    @classmethod
+    async def deploy(cls, wallet: Wallet, challenge_delay: int) -> PaymentChannelClient:
+        address, _ = await wallet.deploy(load_artifact("PaymentChannel"), challenge_delay)
+        return cls(wallet, address)
+
+    def as_wallet(self, wallet: Wallet) -> PaymentChannelClient:
+        return type(self)(wallet, self.address)
+
+    async def open(
+        self, payee: str, token: str, amount: int, salt: bytes | None = None
+    ) -> tuple[bytes, TxReceipt]:
+        """Approve (if needed) and open a channel; (its id, the open receipt)."""
+        salt = salt if salt is not None else os.urandom(32)
+        erc20 = TokenClient(self.wallet, token)
+        await erc20.require_balance(amount)
+        if await erc20.allowance(self.wallet.address, self.address) < amount:
+            await erc20.approve(self.address, amount)
+        receipt = await self.wallet.transact(
+            self.contract.functions.open(checksum(payee), checksum(token), amount, salt)
+        )
+        (event,) = self.contract.events.Opened().process_receipt(receipt, errors=DISCARD)
+        return bytes(event["args"]["id"]), receipt
+
+    async def top_up(self, channel_id: bytes, amount: int) -> TxReceipt:
+        state = await self.channel(channel_id)
+        erc20 = TokenClient(self.wallet, state.token)
+        await erc20.require_balance(amount)
+        if await erc20.allowance(self.wallet.address, self.address) < amount:
+            await erc20.approve(self.address, amount)
+        return await self.wallet.transact(self.contract.functions.topUp(channel_id, amount))
+
+    async def claim(self, channel_id: bytes, cumulative: int, signature: bytes) -> TxReceipt:
+        return await self.wallet.transact(
+            self.contract.functions.claim(channel_id, cumulative, signature)
+        )
+
+    async def close(self, channel_id: bytes, cumulative: int, signature: bytes) -> TxReceipt:
+        return await self.wallet.transact(
+            self.contract.functions.close(channel_id, cumulative, signature)
+        )
+
+    async def request_close(self, channel_id: bytes) -> TxReceipt:
+        return await self.wallet.transact(self.contract.functions.requestClose(channel_id))
+
+    async def withdraw(self, channel_id: bytes) -> TxReceipt:
+        return await self.wallet.transact(self.contract.functions.withdraw(channel_id))
+
+    async def channel(self, channel_id: bytes) -> ChannelState:
+        (raw,) = await self._read("channel", channel_id)
+        payer, requested, closed, payee, token, deposit, claimed = raw
+        return ChannelState(
+            payer=checksum(payer),
+            payee=checksum(payee),
+            token=checksum(token),
+            deposit=int(deposit),
+            claimed=int(claimed),
+            close_requested_at=int(requested),
+            closed=bool(closed),
+        )
+
+    async def challenge_delay(self) -> int:
+        (delay,) = await self._read("challengeDelay")
+        return int(delay)
