@@ -160,7 +160,20 @@ async def test_a_devnet_deployed_before_the_exchange_gets_one(tmp_path: Any) -> 
                 update={"exchange": upgraded.exchange.model_copy(update={"oracle": None})}
             )
             without.save(path)
+            # And one recorded before payment channels gets the contract alone.
+            without = without.model_copy(
+                update={
+                    "contracts": {
+                        k: v for k, v in without.contracts.items() if k != "PaymentChannel"
+                    }
+                }
+            )
+            without.save(path)
             oracled = await ensure_deployment(w3, anvil.rpc_url, path, 0)
+            channels = oracled.contracts["PaymentChannel"].address
+            assert channels != upgraded.contracts["PaymentChannel"].address
+            code = await w3.eth.get_code(AsyncWeb3.to_checksum_address(channels))
+            assert len(code) > 0
             assert oracled.exchange is not None and oracled.exchange.oracle is not None
             assert oracled.exchange.oracle != upgraded.exchange.oracle
             assert oracled.exchange.model_copy(update={"oracle": None}) == without.exchange
@@ -186,7 +199,12 @@ async def test_without_the_packages_a_devnet_still_serves_the_market(
     finally:
         ex.npm_artifact.cache_clear()
     assert deployment.exchange is None
-    assert set(deployment.contracts) == {"MeshUSD", "TaskEscrow", "AgentRegistry"}
+    assert set(deployment.contracts) == {
+        "MeshUSD",
+        "TaskEscrow",
+        "AgentRegistry",
+        "PaymentChannel",
+    }
     assert "no Uniswap V2 on this devnet" in caplog.text and "make setup" in caplog.text
 
 

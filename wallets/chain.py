@@ -31,6 +31,7 @@ from agentmesh.config import Config
 from agentmesh.contracts import load_artifact
 from agentmesh.errors import DevnetError, ToolMissingError
 from agentmesh.wallets.deployer import (
+    deploy_channels,
     deploy_suite,
     dev_deployer,
     fund_dev_accounts,
@@ -152,6 +153,16 @@ async def ensure_deployment(w3: AsyncWeb3[Any], rpc_url: str, path: Path, musd: 
             ):
                 # A devnet deployed before the exchange (or its oracle) existed: add it.
                 recorded = await guard_rpc(_upgrade_exchange(w3, recorded, deployer), rpc_url)
+                recorded.save(path)
+            if (
+                "PaymentChannel" not in recorded.contracts
+                and recorded.deployer == deployer.address
+                and "anvil" in str(await guard_rpc(w3.client_version, rpc_url)).lower()
+            ):
+                # A devnet deployed before payment channels existed: add the contract.
+                name, channels = await guard_rpc(deploy_channels(deployer), rpc_url)
+                contracts = {**recorded.contracts, name: channels}
+                recorded = recorded.model_copy(update={"contracts": contracts})
                 recorded.save(path)
             if recorded.rpc_url != rpc_url:
                 recorded = recorded.model_copy(update={"rpc_url": rpc_url})

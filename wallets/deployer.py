@@ -19,14 +19,27 @@ def dev_deployer(w3: AsyncWeb3[Any]) -> Wallet:
     return Wallet(Account.from_key(DEV_DEPLOYER_KEY), w3, name="devnet-deployer")
 
 
+# Seconds a payee has to claim after a payer asks to close a channel (devnet suite).
+CHANNEL_CHALLENGE_S = 3600
+
+
+async def deploy_channels(deployer: Wallet) -> tuple[str, DeployedContract]:
+    """Deploy the suite's PaymentChannel; ("PaymentChannel", its record)."""
+    artifact = load_artifact("PaymentChannel")
+    address, _ = await deployer.deploy(artifact, CHANNEL_CHALLENGE_S)
+    return "PaymentChannel", DeployedContract(address=address, artifact_sha256=artifact.sha256)
+
+
 async def deploy_suite(w3: AsyncWeb3[Any], rpc_url: str, deployer: Wallet) -> Deployment:
-    """Deploy MeshUSD, TaskEscrow and AgentRegistry (which trusts that escrow)."""
+    """Deploy MeshUSD, TaskEscrow, AgentRegistry (which trusts that escrow) and
+    PaymentChannel."""
     token_art = load_artifact("MeshUSD")
     escrow_art = load_artifact("TaskEscrow")
     registry_art = load_artifact("AgentRegistry")
     token, _ = await deployer.deploy(token_art, deployer.address)
     escrow, _ = await deployer.deploy(escrow_art)
     registry, receipt = await deployer.deploy(registry_art, escrow)
+    channel_name, channels = await deploy_channels(deployer)
     return Deployment(
         chain_id=await deployer.chain_id(),
         rpc_url=rpc_url,
@@ -38,6 +51,7 @@ async def deploy_suite(w3: AsyncWeb3[Any], rpc_url: str, deployer: Wallet) -> De
             "AgentRegistry": DeployedContract(
                 address=registry, artifact_sha256=registry_art.sha256
             ),
+            channel_name: channels,
         },
     )
 
