@@ -30,16 +30,14 @@ from agentmesh.protocols.defi import (
     VERSION,
     AnyIntent,
     CancelIntent,
-    DcaIntent,
     IntentQuery,
     IntentState,
     RebalanceIntent,
     SubmitIntent,
-    SwapIntent,
-    TriggerIntent,
     intent_id,
     recover_cancel_signer,
     recover_signer,
+    trade_of,
 )
 from agentmesh.wallets.agent_wallet import AgentWalletClient, CapMode
 from agentmesh.wallets.uniswap import UniswapMarket
@@ -258,11 +256,8 @@ class DefiDesk:
     @staticmethod
     def _trades(intent: AnyIntent) -> list[tuple[str, str, int]]:
         """(token in, token out, amount per step; 0: decided later) of each trade."""
-        if isinstance(intent, SwapIntent):
-            return [(intent.token_in, intent.token_out, int(intent.amount_in))]
-        if isinstance(intent, DcaIntent):
-            return [(intent.token_in, intent.token_out, int(intent.amount_per_period))]
-        if isinstance(intent, TriggerIntent):
-            return [(intent.token_in, intent.token_out, int(intent.amount))]
+        trade = trade_of(intent)
+        if trade is not None:
+            return [trade]
         assert isinstance(intent, RebalanceIntent)
         return [(a, b, 0) for a in intent.tokens for b in intent.tokens if a != b]

@@ -30,7 +30,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, TypedDict
 
@@ -46,8 +46,8 @@ from agentmesh.protocols.defi import (
     DcaIntent,
     IntentPhase,
     RebalanceIntent,
-    SwapIntent,
     TriggerIntent,
+    trade_of,
 )
 from agentmesh.protocols.negotiation import ApprovalDecision
 from agentmesh.wallets.agent_wallet import AgentWalletClient, CapMode, SwapCall, SwapPolicy
@@ -226,9 +226,8 @@ async def plan(state: DefiState, runtime: Runtime[DefiContext]) -> dict[str, Any
             f"the wallet holds {ctx.market.whole(path[0], held)} {ctx.market.symbol(path[0])}, "
             f"the step sells {ctx.market.whole(path[0], amount)}",
         )
-    twap_out = await ctx.market.twap_out(path, amount, policy.twap_window)
-    slippage = min(intent.max_slippage_bps, policy.max_slippage_bps)
     now = await ctx.clock.now()
+    twap_out, terms = await _swap_terms(ctx, policy, intent, path, amount, now)
     # What the trade is worth in the valuation token, at TWAP (for the approval rule).
     if path[0].lower() == ctx.value_token.lower():
         value = amount
@@ -245,9 +244,8 @@ async def plan(state: DefiState, runtime: Runtime[DefiContext]) -> dict[str, Any
             "path": list(path),
             "amount_in": str(amount),
             "twap_out": str(twap_out),
-            "min_out": str(twap_out * (BPS - slippage) // BPS),
             "value": value,
-            "deadline": now + min(SWAP_DEADLINE_S, policy.max_deadline_delay),
+            **terms,
         },
     }
 
@@ -310,15 +308,9 @@ async def execute(state: DefiState, runtime: Runtime[DefiContext]) -> dict[str, 
         return {"outcome": "end", "phase": phase}
     # The plan may be old (an approval can take hours): a fresh deadline, and the
     # minimum out from the TWAP of now.
-    policy = await wallet.swap_policy()
     intent, _, _ = _intent(ctx, intent_id)
-    twap_out = await ctx.market.twap_out(path, amount, policy.twap_window)
-    slippage = min(intent.max_slippage_bps, policy.max_slippage_bps)
-    plan_ = {
-        **plan_,
-        "min_out": str(twap_out * (BPS - slippage) // BPS),
-        "deadline": now + min(SWAP_DEADLINE_S, policy.max_deadline_delay),
-    }
+    _, terms = await _swap_terms(ctx, await wallet.swap_policy(), intent, path, amount, now)
+    plan_ = {**plan_, **terms}
     ctx.store.begin_step(
         intent_id,
         step,
@@ -400,13 +392,29 @@ def _finish(ctx: DefiContext, intent_id: str, phase: IntentPhase, reason: str) -
 
 
 def _trade_of(intent: AnyIntent) -> tuple[str, str, int]:
-    if isinstance(intent, SwapIntent):
-        return intent.token_in, intent.token_out, int(intent.amount_in)
-    if isinstance(intent, DcaIntent):
-        return intent.token_in, intent.token_out, int(intent.amount_per_period)
-    if isinstance(intent, TriggerIntent):
-        return intent.token_in, intent.token_out, int(intent.amount)
-    raise AgentMeshError("a rebalance's trade comes from the portfolio")
+    trade = trade_of(intent)
+    if trade is None:
+        raise AgentMeshError("a rebalance's trade comes from the portfolio")
+    return trade
+
+
+async def _swap_terms(
+    ctx: DefiContext,
+    policy: SwapPolicy,
+    intent: AnyIntent,
+    path: Sequence[str],
+    amount: int,
+    now: int,
+) -> tuple[int, dict[str, Any]]:
+    """(TWAP value of ``amount`` along ``path``, the swap's minimum out and deadline):
+    the TWAP less the tighter of the intent's and the wallet's slippage, and a deadline
+    within the wallet's maximum delay."""
+    twap_out = await ctx.market.twap_out(path, amount, policy.twap_window)
+    slippage = min(intent.max_slippage_bps, policy.max_slippage_bps)
+    return twap_out, {
+        "min_out": str(twap_out * (BPS - slippage) // BPS),
+        "deadline": now + min(SWAP_DEADLINE_S, policy.max_deadline_delay),
+    }
 
 
 def _call(plan_: dict[str, Any]) -> SwapCall:

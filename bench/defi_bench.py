@@ -63,9 +63,7 @@ async def keep_oracle_fresh(chain: Chain, oracle: TwapOracleClient, periods: int
     exchange = chain.deployment.exchange
     assert exchange is not None
     for step in range(periods + 1):
-        for name in exchange.pairs:
-            a, b = (exchange.tokens[s] for s in name.split("/"))
-            await oracle.update(a, b)
+        await oracle.update_pools(exchange)
         if step < periods:
             await chain.w3.provider.make_request("evm_increaseTime", [ex.ORACLE_PERIOD])  # type: ignore[arg-type]
             await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ from rich.table import Table
 from agentmesh.errors import AgentMeshError, AgentMeshValueError
 
 from .context import AppState, JsonOption, console, print_json, run, state
-from .delegate import DelegationRecord, find_record, parse_bps, parse_duration
+from .delegate import DelegationRecord, find_record, market_of, parse_bps, parse_duration
 
 if TYPE_CHECKING:
     from agentmesh.protocols.defi import AnyIntent
@@ -48,20 +48,19 @@ async def _market(app_state: AppState) -> tuple[UniswapMarket, int, Any]:
     from eth_account import Account
 
     from agentmesh.wallets.chain import open_chain
-    from agentmesh.wallets.uniswap import UniswapMarket
     from agentmesh.wallets.wallet import Wallet
 
     stack = contextlib.AsyncExitStack()
     chain = await stack.enter_async_context(
         open_chain(app_state.home, app_state.config, allow_embedded=False)
     )
-    exchange = chain.deployment.exchange
-    if exchange is None:
+    try:
+        market = market_of(chain, Wallet(Account.create(), chain.w3))  # reads only
+    except AgentMeshError:
         await stack.aclose()
-        raise AgentMeshValueError("this chain has no Uniswap V2: run `agentmesh devnet up`")
-    reader = Wallet(Account.create(), chain.w3)  # reads only
+        raise
     now = int((await chain.w3.eth.get_block("latest"))["timestamp"])
-    return UniswapMarket(reader, exchange), now, stack
+    return market, now, stack
 
 
 def _amount(market: UniswapMarket, text: str, token: str) -> str:

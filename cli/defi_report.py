@@ -14,7 +14,7 @@ from rich.table import Table
 from agentmesh.errors import AgentMeshValueError
 
 from .context import AppState, console
-from .delegate import DelegationRecord, require_wallet
+from .delegate import DelegationRecord, market_of, require_wallet
 
 if TYPE_CHECKING:
     from agentmesh.wallets.uniswap import UniswapMarket
@@ -80,16 +80,8 @@ async def summarize(intent: dict[str, Any], market: UniswapMarket, window: int) 
     filled = [f for f in intent["fills"] if f["status"] == "filled"]
     per_pair: dict[tuple[str, str], list[int]] = {}
     for fill in filled:
-        body = intent["intent"]
-        token_in = body.get("token_in") or (
-            body["base"] if body.get("side") == "sell" else body.get("quote")
-        )
-        token_out = body.get("token_out") or (
-            body["quote"] if body.get("side") == "sell" else body.get("base")
-        )
-        if token_in is None or token_out is None:  # a rebalance: the fill does not say
-            continue
-        sums = per_pair.setdefault((token_in, token_out), [0, 0])
+        # Each step records what it sold and bought (a rebalance's vary step by step).
+        sums = per_pair.setdefault((fill["token_in"], fill["token_out"]), [0, 0])
         sums[0] += int(fill["amount_in"])
         sums[1] += int(fill["amount_out"])
     average = pnl = None
@@ -130,17 +122,13 @@ async def intents_report(app_state: AppState, record: DelegationRecord) -> dict[
 
     from agentmesh.wallets.agent_wallet import AgentWalletClient
     from agentmesh.wallets.chain import open_chain
-    from agentmesh.wallets.uniswap import UniswapMarket
     from agentmesh.wallets.wallet import Wallet
 
     found = local_intents(app_state.home, record.wallet)
     async with open_chain(app_state.home, app_state.config, allow_embedded=False) as chain:
-        exchange = chain.deployment.exchange
-        if exchange is None:
-            raise AgentMeshValueError("this chain has no Uniswap V2")
         await require_wallet(chain, record)
         reader = Wallet(Account.create(), chain.w3)
-        market = UniswapMarket(reader, exchange)
+        market = market_of(chain, reader)
         window = (await AgentWalletClient(reader, record.wallet).swap_policy()).twap_window
         rows = [await summarize(i, market, window) for i in found]
     return {"wallet": record.wallet, "agent": record.agent, "intents": rows}

@@ -125,7 +125,7 @@ async def require_wallet(chain: Chain, record: DelegationRecord) -> None:
         )
 
 
-def _market(chain: Chain, reader: Any) -> UniswapMarket:
+def market_of(chain: Chain, reader: Any) -> UniswapMarket:
     from agentmesh.wallets.uniswap import UniswapMarket
 
     exchange = chain.deployment.exchange
@@ -200,7 +200,7 @@ def create(
 
         async with open_chain(app_state.home, app_state.config, allow_embedded=False) as chain:
             person = Wallet(account, chain.w3, name=owner)
-            market = _market(chain, person)
+            market = market_of(chain, person)
             exchange = chain.deployment.exchange
             assert exchange is not None and exchange.oracle is not None
             allowed = tuple(market.address(t.strip()) for t in tokens.split(",") if t.strip())
@@ -384,7 +384,7 @@ def show(
             await require_wallet(chain, record)
             reader = Wallet(Account.create(), chain.w3)  # reads only: no key is unlocked
             client = AgentWalletClient(reader, record.wallet)
-            return await _describe(chain, client, _market(chain, reader), record)
+            return await _describe(chain, client, market_of(chain, reader), record)
 
     info = run(body())
     if json_out:
@@ -462,7 +462,7 @@ def withdraw(
 
         async with open_chain(app_state.home, app_state.config, allow_embedded=False) as chain:
             person = Wallet(account, chain.w3, name=record.owner)
-            market = _market(chain, person)
+            market = market_of(chain, person)
             address = market.address(token)
             held = await market.balance(address, record.wallet)
             units = (

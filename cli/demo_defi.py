@@ -91,10 +91,7 @@ class Stage:
         await provider.make_request("evm_increaseTime", [seconds])
         await provider.make_request("evm_mine", [])
         now = int((await self.chain.w3.eth.get_block("latest"))["timestamp"])
-        exchange = self.market.exchange
-        for name in exchange.pairs:
-            a, b = (exchange.tokens[s] for s in name.split("/"))
-            await self.oracle.update(a, b)
+        await self.oracle.update_pools(self.market.exchange)
         return now
 
 
@@ -405,6 +402,7 @@ async def _report(
     refused: list[dict[str, str]],
     ids: tuple[str, str],
 ) -> dict[str, Any]:
+    from agentmesh.protocols.defi import INTENT, trade_of
     from agentmesh.wallets.agent_wallet import AgentWalletClient
 
     market, store_path, wallet, holders = st.market, st.store_path, st.wallet, st.holders
@@ -412,14 +410,12 @@ async def _report(
     kinds = {row.id: row.kind for row in intents}
     fills = []
     for intent_id, rows in fills_by_intent.items():
-        body = json.loads(next(r.body for r in intents if r.id == intent_id))
-        token_in = body.get("token_in") or (
-            body["base"] if body["side"] == "sell" else body["quote"]
-        )
-        token_out = body.get("token_out") or (
-            body["quote"] if body["side"] == "sell" else body["base"]
-        )
+        intent = INTENT.validate_json(next(r.body for r in intents if r.id == intent_id))
+        trade = trade_of(intent)
+        assert trade is not None  # the demo gives a DCA and a stop
         for fill in rows:
+            # A step sent records its tokens; one never sent is the intent's trade.
+            token_in, token_out = fill.token_in or trade[0], fill.token_out or trade[1]
             amount_in, amount_out = int(fill.amount_in), int(fill.amount_out)
             weth_side = token_out if market.symbol(token_out) == "WETH" else token_in
             musd_amount = amount_in if weth_side == token_out else amount_out

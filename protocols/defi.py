@@ -287,6 +287,18 @@ Intent = Annotated[AnyIntent, Field(discriminator="kind")]
 INTENT: TypeAdapter[AnyIntent] = TypeAdapter(Intent)
 
 
+def trade_of(intent: AnyIntent) -> tuple[str, str, int] | None:
+    """(token sold, token bought, base units sold per step) of an intent's trade; None
+    for a rebalance, whose trades are sized from the portfolio at each check."""
+    if isinstance(intent, SwapIntent):
+        return intent.token_in, intent.token_out, int(intent.amount_in)
+    if isinstance(intent, DcaIntent):
+        return intent.token_in, intent.token_out, int(intent.amount_per_period)
+    if isinstance(intent, TriggerIntent):
+        return intent.token_in, intent.token_out, int(intent.amount)
+    return None
+
+
 def _check_distinct(a: str, b: str) -> None:
     if a.lower() == b.lower():
         raise ValueError("the token sold and the token bought are the same")

@@ -32,6 +32,8 @@ from agentmesh.mesh.card import AgentCard
 from agentmesh.message import Message
 from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import EscrowClient, JobStatus, RegistryClient, TokenClient
+from agentmesh.wallets.exchange import ORACLE_PERIOD
+from agentmesh.wallets.oracle import TwapOracleClient
 from agentmesh.wallets.wallet import Wallet
 
 T = TypeVar("T")
@@ -132,6 +134,17 @@ async def advance_time(chain: Chain, seconds: int) -> None:
     """Move the chain clock forward and mine a block at the new time."""
     await rpc(chain, "evm_increaseTime", seconds)
     await rpc(chain, "evm_mine")
+
+
+async def observe_pools(chain: Chain, oracle: TwapOracleClient, periods: int) -> None:
+    """What a keeper does: every pool's observation now, then once per oracle period for
+    ``periods`` more periods (so any TWAP window ending now has its start recorded)."""
+    exchange = chain.deployment.exchange
+    assert exchange is not None
+    for step in range(periods + 1):
+        if step:
+            await advance_time(chain, ORACLE_PERIOD)
+        await oracle.update_pools(exchange)
 
 
 async def wait_for_status(

@@ -29,7 +29,7 @@ from agentmesh.wallets.agent_wallet import (
 from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.oracle import TwapOracleClient
 from agentmesh.wallets.wallet import Wallet
-from tests.helpers import WalletFactory, advance_time, chain_now, rpc
+from tests.helpers import WalletFactory, advance_time, chain_now, observe_pools, rpc
 
 WETH = 10**18
 MUSD = 10**6
@@ -99,16 +99,6 @@ async def balance(chain: Chain, symbol: str, owner: str) -> int:
     return int(await token.functions.balanceOf(AsyncWeb3.to_checksum_address(owner)).call())
 
 
-async def observe(d: Delegated, periods: int) -> None:
-    """Record every pool once per period for ``periods`` periods (the keeper's job)."""
-    for _ in range(periods):
-        for a, b in (("WETH", "mUSD"), ("MGLD", "WETH")):
-            await d.oracle.update(d.tokens[a], d.tokens[b])
-        await advance_time(d.chain, PERIOD)
-    for a, b in (("WETH", "mUSD"), ("MGLD", "WETH")):
-        await d.oracle.update(d.tokens[a], d.tokens[b])
-
-
 async def trade(
     d: Delegated, symbols: tuple[str, ...], amount: int, swap_at: int | None = None
 ) -> None:
@@ -158,7 +148,7 @@ async def d(chain: Chain, make_wallet: WalletFactory) -> Delegated:
         tokens=tokens,
         router=exchange.router,
     )
-    await observe(setup, 3)
+    await observe_pools(setup.chain, setup.oracle, 3)
     return setup
 
 
@@ -296,7 +286,7 @@ async def test_a_manipulated_price_gains_nothing_even_with_no_minimum(d: Delegat
     assert "worse than the pool's TWAP" in str(exc.value)
     assert await d.balances() == before
     # Deferred, not lost: after a window at the new price, it is the fair price.
-    await observe(d, 3)
+    await observe_pools(d.chain, d.oracle, 3)
     await d.as_agent.swap(await d.call("mUSD", "WETH", amount=100 * MUSD))
     assert (await d.balances())["mUSD"] == before["mUSD"] - 100 * MUSD
 

@@ -42,7 +42,15 @@ from agentmesh.wallets.clients import TokenClient
 from agentmesh.wallets.delegation import Cap, DelegationTerms, create_delegation
 from agentmesh.wallets.oracle import TwapOracleClient
 from agentmesh.wallets.wallet import Wallet
-from tests.helpers import WalletFactory, advance_time, bind_home, chain_now, eventually, new_key
+from tests.helpers import (
+    WalletFactory,
+    advance_time,
+    bind_home,
+    chain_now,
+    eventually,
+    new_key,
+    observe_pools,
+)
 
 MUSD = 10**6
 WETH = 10**18
@@ -104,7 +112,7 @@ class Desk:
         """Chain time moves on; the pools get this period's observation (what the
         agent's keeper does every few seconds, made deterministic here)."""
         await advance_time(self.chain, seconds)
-        await observe(self.chain, self.oracle, self.tokens, 0)
+        await observe_pools(self.chain, self.oracle, 0)
         assert self.desk.runner is not None
         await eventually(self.desk.runner.idle.is_set)
 
@@ -114,14 +122,6 @@ class Desk:
         )
         assert state.phase == phase, state
         return state
-
-
-async def observe(chain: Chain, oracle: TwapOracleClient, tokens: dict[str, str], n: int) -> None:
-    for step in range(n + 1):
-        for a, b in (("WETH", "mUSD"), ("MGLD", "WETH")):
-            await oracle.update(tokens[a], tokens[b])
-        if step < n:
-            await advance_time(chain, PERIOD)
 
 
 async def holdings(d: Desk) -> dict[str, int]:
@@ -165,7 +165,7 @@ async def d(
     wallet = await create_delegation(owner, terms)
     await TokenClient(owner, tokens["mUSD"]).transfer(wallet.address, 500 * MUSD)
     oracle = TwapOracleClient(deployer, exchange.oracle)
-    await observe(chain, oracle, tokens, 3)
+    await observe_pools(chain, oracle, 3)
     agent = Agent("defi", wallet=key, home=home, config=config)
     desk = DefiDesk(agent, retry_s=PERIOD)
     async with agent:
@@ -416,9 +416,9 @@ async def test_a_dca_survives_a_restart_without_running_a_period_twice(d: Desk) 
     )
     await d.agent.stop()
     await advance_time(d.chain, PERIOD)
-    await observe(d.chain, d.oracle, d.tokens, 0)
+    await observe_pools(d.chain, d.oracle, 0)
     await advance_time(d.chain, PERIOD)  # period 2 (index 1) is over unrun; period 3 is due
-    await observe(d.chain, d.oracle, d.tokens, 0)
+    await observe_pools(d.chain, d.oracle, 0)
     again = Agent("defi", wallet=d.key, home=d.home, config=d.config)
     desk = DefiDesk(again, retry_s=PERIOD)
     async with again:
@@ -490,7 +490,7 @@ async def test_a_swap_sent_just_before_a_crash_is_found_on_chain_not_skipped(d: 
     await d.agent.stop()
     # What the dead agent did for period 2: the row, then the swap, then nothing.
     await advance_time(d.chain, PERIOD)
-    await observe(d.chain, d.oracle, d.tokens, 0)
+    await observe_pools(d.chain, d.oracle, 0)
     store = DefiStore(d.home / "agents" / "defi" / "defi.db")
     store.begin_step(
         intent_id,

@@ -25,7 +25,7 @@ from agentmesh.wallets.clients import TokenClient
 from agentmesh.wallets.keystore import Keystore
 from agentmesh.wallets.oracle import TwapOracleClient
 from agentmesh.wallets.wallet import Wallet
-from tests.helpers import TEST_SCRYPT_N, advance_time, bind_home, eventually, fund, new_key
+from tests.helpers import TEST_SCRYPT_N, bind_home, eventually, fund, new_key, observe_pools
 
 PASSWORD = "defi cli password"
 MUSD = 10**6
@@ -65,17 +65,6 @@ class Person:
         return self.desk.store.intents()
 
 
-async def observe(chain: Chain, oracle: TwapOracleClient, periods: int) -> None:
-    exchange = chain.deployment.exchange
-    assert exchange is not None
-    for step in range(periods + 1):
-        for name in exchange.pairs:
-            a, b = (exchange.tokens[s] for s in name.split("/"))
-            await oracle.update(a, b)
-        if step < periods:
-            await advance_time(chain, ex.ORACLE_PERIOD)
-
-
 @pytest.fixture
 async def person(
     home: Path, chain: Chain, deployer: Wallet, token: TokenClient
@@ -88,7 +77,7 @@ async def person(
     key = new_key()
     await fund(deployer, token, Account.from_key(key).address, musd=0)
     oracle = TwapOracleClient(deployer, exchange.oracle)
-    await observe(chain, oracle, 3)
+    await observe_pools(chain, oracle, 3)
     created = await asyncio.to_thread(
         cli,
         home,

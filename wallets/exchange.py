@@ -32,7 +32,7 @@ from agentmesh.chain.deployment import Exchange
 from agentmesh.contracts import Artifact, load_artifact
 from agentmesh.errors import ToolMissingError
 from agentmesh.tools import SETUP_HINT, find_tools_dir
-from agentmesh.wallets.oracle import UPDATE_GAS
+from agentmesh.wallets.oracle import TwapOracleClient
 from agentmesh.wallets.units import MUSD_DECIMALS
 from agentmesh.wallets.wallet import Wallet
 
@@ -158,10 +158,7 @@ async def deploy_oracle(w3: AsyncWeb3[Any], deployer: Wallet, exchange: Exchange
         ORACLE_PERIOD,
         ORACLE_GRANULARITY,
     )
-    oracle_c = w3.eth.contract(address=oracle, abi=load_artifact("TwapOracle").abi)
-    for name in exchange.pairs:
-        a, b = (exchange.tokens[symbol] for symbol in name.split("/"))
-        await deployer.transact(oracle_c.functions.update(a, b), gas=UPDATE_GAS)
+    await TwapOracleClient(deployer, oracle).update_pools(exchange)
     return exchange.model_copy(update={"oracle": oracle})
 
 

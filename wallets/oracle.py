@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from web3.types import TxReceipt
 
+from agentmesh.chain.deployment import Exchange
 from agentmesh.wallets.clients import _Client, checksum
 
 # Gas for ``update`` set here, not estimated: an estimate made in a period that already
@@ -31,6 +32,12 @@ class TwapOracleClient(_Client):
         return await self.wallet.transact(
             self.contract.functions.update(checksum(token_a), checksum(token_b)), gas=UPDATE_GAS
         )
+
+    async def update_pools(self, exchange: Exchange) -> None:
+        """Record this period's observation of every pool ``exchange`` lists."""
+        for name in exchange.pairs:
+            a, b = (exchange.tokens[symbol] for symbol in name.split("/"))
+            await self.update(a, b)
 
     async def consult(self, token_in: str, token_out: str, amount_in: int, window: int) -> int:
         """``amount_in`` of ``token_in`` in ``token_out`` at the TWAP over ``window`` s."""
