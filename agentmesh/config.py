@@ -113,6 +113,10 @@ def _price_text(value: object) -> object:
     return value
 
 
+MusdText = Annotated[str, BeforeValidator(_price_text), Field(pattern=r"^\d+(\.\d{1,6})?$")]
+"""An amount of mUSD in a config file: a number (1.0) or a string ("1.0"), kept as text."""
+
+
 class AgentConfig(_Section):
     """How agents trade (``[agent]``): approvals, escrow terms and waiting times."""
 
@@ -151,6 +155,16 @@ class AgentConfig(_Section):
     weight_reputation: Annotated[float, Field(ge=0)] = 0.2
     weight_latency: Annotated[float, Field(ge=0)] = 0.05
     faucet: bool = True  # on an anvil devnet, top up an empty agent wallet from dev funds
+    # Payment channels (`Agent.call`): mUSD a new channel is opened (and topped up) with;
+    # a payee claims once it holds this much unclaimed; `Agent.buy` pays through an open
+    # channel instead of an escrow when the price per call is at most channel_max_price.
+    channel_deposit: MusdText = "10"
+    channel_claim_threshold: MusdText = "1"
+    channel_max_price: MusdText = "0.1"
+    channel_poll_s: Annotated[float, Field(gt=0, le=60)] = 1.0  # how often a payee reads events
+    # A payee refuses channels whose challenge delay leaves it less time than this to
+    # claim after a close request (it may be down for part of it).
+    channel_min_challenge_s: Annotated[int, Field(ge=1)] = 60
 
 
 class Config(_Section):

@@ -34,6 +34,13 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from pydantic import BaseModel
 
+from agentmesh.agents.channels import (
+    buy_by_call,
+    channel_offer,
+    close_channel,
+    open_desks,
+    paid_call,
+)
 from agentmesh.agents.checkpoints import open_checkpoints
 from agentmesh.agents.context import TaskContext
 from agentmesh.agents.control import parse_budget
@@ -58,6 +65,9 @@ from agentmesh.protocols.negotiation import Phase, Role
 __all__ = ["Agent", "TaskFailed", "TaskOutcome"]
 
 if TYPE_CHECKING:
+    from agentmesh.agents.channel_payee import PayeeDesk
+    from agentmesh.agents.channel_payer import PayerDesk
+    from agentmesh.mesh.card import AgentCard
     from agentmesh.mesh.node import MeshNode
 
 log = logging.getLogger("agentmesh.agent")
@@ -77,6 +87,8 @@ class Agent:
     handlers: NegotiationHandlers
     node: MeshNode
     messenger: MeshMessenger
+    payee: PayeeDesk  # payment channels paying this agent
+    payer: PayerDesk  # payment channels this agent pays from (``call``)
 
     def __init__(
         self,
@@ -307,6 +319,7 @@ class Agent:
         from agentmesh.wallets.registry_sync import register_card, registry_source
 
         self.handlers.install(self.node)
+        self.payee.install(self.node)
         for message_type, protocol, version, replies, fn in self._raw_handlers:
             self.node.on(message_type, protocol=protocol, version=version, replies=replies)(fn)
         await self.node.start()
@@ -379,6 +392,7 @@ class Agent:
                 {Role.PROVIDER: self.provider_graph, Role.REQUESTER: self.requester_graph},
             )
             self.handlers = NegotiationHandlers(self.context, self.runner)
+            self.payee, self.payer = await open_desks(self, stack, account)
             await self._join_mesh(stack)
             self.started = True
             if self.model is not None:  # warm up while the mesh settles
@@ -386,6 +400,7 @@ class Agent:
             await self.runner.resume_unfinished()
             self.spawn(self.runner.approval_loop())
             self.spawn(self.runner.timer_loop())
+            await self.payee.start()
             for hook in self._start_hooks:
                 await hook(self, stack)
         except BaseException:
@@ -478,7 +493,17 @@ class Agent:
         a restart of this agent only the default check applies. Returns when the payment
         is released; the outcome's ``result`` is then of ``result_type`` when one is
         given (a pydantic model or dataclass is built from the delivered JSON).
+
+        With a payment channel open to a provider of ``service`` whose price per call is
+        at most ``channel_max_price`` (and the budget), the purchase is one paid call on
+        that channel instead (see ``call``): no escrow, no transaction.
         """
+        if self.started:
+            offer = channel_offer(self, service, parse_budget(budget), providers)
+            if offer is not None:
+                return await buy_by_call(
+                    self, *offer, service, _input_text(input, fields), check, result_type
+                )
         tid, future = await self._start_buy(
             service, input, budget, providers, deadline_s, check, result_type, fields
         )
@@ -528,11 +553,7 @@ class Agent:
     ) -> tuple[str, asyncio.Future[dict[str, Any]]]:
         if not self.started:
             raise AgentMeshError("start the agent first (async with agent: ...)")
-        if isinstance(input, BaseModel):
-            payload = input.model_dump(mode="json")
-        else:
-            payload = {**(input or {}), **fields}
-        text = canonical_json(payload)
+        text = _input_text(input, fields)
         conversation = uuid.uuid4().hex
         tid = Role.REQUESTER.task_id(conversation)
         initial = {
@@ -555,6 +576,38 @@ class Agent:
         self.runner.run_locked(tid, lock, self.requester_graph, initial)
         return tid, future
 
+    # ------------------------------------------------------------------ paid calls
+
+    async def call(
+        self,
+        provider: str | AgentCard,
+        service: str,
+        input: dict[str, Any] | BaseModel | None = None,
+        *,
+        max_price: str | int | None = None,
+        result_type: Any = None,
+        find_timeout: float = 10.0,
+        **fields: Any,
+    ) -> Any:
+        """One paid call of ``service`` on ``provider`` (an address, a name or a card):
+        a single mesh request carrying the next voucher of the payment channel to it.
+
+        The first call opens the channel (``channel_deposit``) and fixes the price per
+        call (the provider's list price, or ``max_price`` if lower and the provider
+        takes it); later calls reuse both. Returns the result (parsed JSON, or
+        ``result_type`` built from it); ``PaidCallRefused`` names the rule a refused
+        call broke (nothing was paid for it unless its code is ``service_failed``).
+        """
+        if not self.started:
+            raise AgentMeshError("start the agent first (async with agent: ...)")
+        text = _input_text(input, fields)
+        return await paid_call(self, provider, service, text, max_price, result_type, find_timeout)
+
+    async def close_channel(self, provider: str | AgentCard) -> str:
+        """Close this agent's open channel to ``provider``: with its cooperation at once,
+        else by a close request (the rest comes back after the challenge delay)."""
+        return await close_channel(self, provider)
+
     async def wait_for_providers(self, service: str, count: int = 1, timeout: float = 30.0) -> int:
         """Wait until ``count`` live peers offer ``service``; ``PeerUnreachable`` if not."""
         from agentmesh.errors import PeerUnreachable
@@ -568,3 +621,10 @@ class Agent:
                 )
             await asyncio.sleep(0.1)
         return found
+
+
+def _input_text(input: dict[str, Any] | BaseModel | None, fields: dict[str, Any]) -> str:
+    """A call's input as canonical JSON: a dict, a pydantic model or keyword fields."""
+    if isinstance(input, BaseModel):
+        return canonical_json(input.model_dump(mode="json"))
+    return canonical_json({**(input or {}), **fields})
