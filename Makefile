@@ -45,6 +45,7 @@ $(STAMP_TOOLS):
 demo: setup
 	$(VENV)/bin/agentmesh demo
 	$(VENV)/bin/agentmesh demo defi
+	$(VENV)/bin/agentmesh demo channels
 
 test: setup
 	$(PY) -m pytest

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
     from typing import Any
 
     from agentmesh.agents.agent import Agent as Agent
+    from agentmesh.agents.channel_payer import PaidCallRefused as PaidCallRefused
     from agentmesh.agents.defi_client import DefiClient as DefiClient
     from agentmesh.agents.defi_client import sign_intent as sign_intent
     from agentmesh.agents.defi_desk import DefiDesk as DefiDesk
@@ -75,6 +76,8 @@ if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
     from agentmesh.protocols.defi import RebalanceIntent as RebalanceIntent
     from agentmesh.protocols.defi import SwapIntent as SwapIntent
     from agentmesh.protocols.defi import TriggerIntent as TriggerIntent
+    from agentmesh.protocols.payment import ChannelPhase as ChannelPhase
+    from agentmesh.protocols.payment import Refusal as Refusal
     from agentmesh.wallets.agent_wallet import AgentWalletClient as AgentWalletClient
     from agentmesh.wallets.agent_wallet import CapMode as CapMode
     from agentmesh.wallets.agent_wallet import SwapPolicy as SwapPolicy
@@ -97,6 +100,10 @@ _EXPORTS: dict[str, str] = {
     "load_project": "agentmesh.agents.project",
     "LocalMarket": "agentmesh.agents.testing",
     "local_market": "agentmesh.agents.testing",
+    # payment channels: `Agent.call` pays per call; what a payee may refuse
+    "PaidCallRefused": "agentmesh.agents.channel_payer",
+    "ChannelPhase": "agentmesh.protocols.payment",
+    "Refusal": "agentmesh.protocols.payment",
     # models
     "ChatModel": "agentmesh.chat_model",
     "ChatMessage": "agentmesh.chat_model",
@@ -154,6 +161,9 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "Agent",
+    "PaidCallRefused",
+    "ChannelPhase",
+    "Refusal",
     "AgentMeshError",
     "AgentMeshValueError",
     "AgentWalletClient",

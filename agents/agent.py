@@ -35,6 +35,7 @@ from eth_account.signers.local import LocalAccount
 from pydantic import BaseModel
 
 from agentmesh.agents.channels import (
+    PEER_GRACE_S,
     buy_by_call,
     channel_offer,
     close_channel,
@@ -613,12 +614,14 @@ class Agent:
         from agentmesh.errors import PeerUnreachable
 
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        start = loop.time()
         while (found := len(self.node.find(service))) < count:
-            if loop.time() >= deadline:
+            if loop.time() >= start + timeout:
                 raise PeerUnreachable(
                     f"found {found} of {count} providers of {service!r} within {timeout:g}s"
                 )
+            if loop.time() >= start + PEER_GRACE_S:
+                await self.discovery.refresh()  # a provider may have restarted elsewhere
             await asyncio.sleep(0.1)
         return found
 

@@ -130,7 +130,7 @@ class PayeeDesk:
                 log.warning("channel 0x%s not read from the chain: %s", ch.id.hex(), exc)
                 continue
             if ch.unclaimed > 0:
-                await self.claim(ch)
+                await self._claim_logged(ch)
         self.spawn(self._watch())
 
     async def _refresh(self, ch: PayeeChannel) -> ChannelState:
@@ -174,7 +174,7 @@ class PayeeDesk:
         ch = self.channels.get(channel_id)
         if ch is None:
             state = await self.client.channel(channel_id)
-            if state.deposit == 0 and not state.closed:
+            if int(state.payer, 16) == 0:
                 raise Refused(Refusal.UNKNOWN_CHANNEL, f"no channel {join.channel} on chain")
             if state.payee != self.address or state.token.lower() != self.token.lower():
                 raise Refused(
@@ -220,7 +220,8 @@ class PayeeDesk:
         # Durable before the work: after a crash the payee still holds this voucher.
         await self.store.voucher_stored(ch)
         if ch.unclaimed >= self.settings.claim_threshold and not ch.claiming:
-            self.spawn(self.claim(ch))
+            ch.claiming = True
+            self.spawn(self._claim_due(ch))
         context = ServiceContext(
             service=service.name,
             conversation=ctx.conversation.hex(),
@@ -307,32 +308,45 @@ class PayeeDesk:
 
     # ------------------------------------------------------------------ claims
 
+    async def _claim_logged(self, ch: PayeeChannel) -> None:
+        """Claim, or log why not (the chain away, the wallet out of gas): a start or the
+        event watch goes on, and tries again on the next event or start."""
+        try:
+            await self.claim(ch)
+        except AgentMeshError as exc:
+            log.warning("claim on channel 0x%s not sent: %s", ch.id.hex(), exc.user_message)
+
+    async def _claim_due(self, ch: PayeeChannel) -> None:
+        """Claim while the threshold is unclaimed (calls go on during a claim)."""
+        try:
+            while ch.unclaimed >= self.settings.claim_threshold:
+                if await self.claim(ch) is None:
+                    return
+        finally:
+            ch.claiming = False
+
     async def claim(self, ch: PayeeChannel, *, close: bool = False) -> str | None:
         """Claim (or close with) the latest voucher held; the transaction hash, or None
         when there was nothing to send. A revert is logged and the channel re-read."""
         lock = self._claim_locks.setdefault(ch.id, asyncio.Lock())
-        ch.claiming = True
-        try:
-            async with lock:
-                if ch.phase is ChannelPhase.CLOSED or (not close and ch.unclaimed <= 0):
-                    return None
-                # Closing with nothing new to claim closes at what was claimed.
-                cumulative, signature = max(ch.latest, ch.claimed), ch.signature
-                send = self.client.close if close else self.client.claim
-                try:
-                    receipt = await send(ch.id, cumulative, signature)
-                except ContractRevertError as exc:
-                    log.warning("claim on channel 0x%s refused: %s", ch.id.hex(), exc)
-                    await self._refresh(ch)
-                    return None
-                ch.claimed = max(ch.claimed, cumulative)
-                if close:
-                    ch.phase = ChannelPhase.CLOSED
-                self.store.save_payee(ch)
-                self.counters["channel.claims"] += 1
-                return "0x" + bytes(receipt["transactionHash"]).hex()
-        finally:
-            ch.claiming = False
+        async with lock:
+            if ch.phase is ChannelPhase.CLOSED or (not close and ch.unclaimed <= 0):
+                return None
+            # Closing with nothing new to claim closes at what was claimed.
+            cumulative, signature = max(ch.latest, ch.claimed), ch.signature
+            send = self.client.close if close else self.client.claim
+            try:
+                receipt = await send(ch.id, cumulative, signature)
+            except ContractRevertError as exc:
+                log.warning("claim on channel 0x%s refused: %s", ch.id.hex(), exc)
+                await self._refresh(ch)
+                return None
+            ch.claimed = max(ch.claimed, cumulative)
+            if close:
+                ch.phase = ChannelPhase.CLOSED
+            self.store.save_payee(ch)
+            self.counters["channel.claims"] += 1
+            return "0x" + bytes(receipt["transactionHash"]).hex()
 
     async def _watch(self) -> None:
         """Follow the contract's events for the channels held."""
@@ -360,7 +374,8 @@ class PayeeDesk:
             for entry in closed:
                 ch = self.channels.get(bytes(entry["args"]["id"]))
                 if ch is not None and ch.phase is not ChannelPhase.CLOSED:
-                    await self._refresh(ch)
+                    ch.phase = ChannelPhase.CLOSED
+                    self.store.save_payee(ch)
             for entry in requested:
                 ch = self.channels.get(bytes(entry["args"]["id"]))
                 if ch is None or ch.phase is ChannelPhase.CLOSED:
@@ -369,7 +384,7 @@ class PayeeDesk:
                 ch.claim_until = int(entry["args"]["claimUntil"])
                 self.store.save_payee(ch)
                 log.info("payer asked to close channel 0x%s: claiming", ch.id.hex())
-                await self.claim(ch)
+                await self._claim_logged(ch)
 
     # ------------------------------------------------------------------ replies
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from eth_account.signers.local import LocalAccount
 
+from agentmesh.envelope import EnvelopeSigner
 from agentmesh.errors import AgentMeshError, PaymentError, SignatureError
 from agentmesh.mesh.card import AgentCard
 from agentmesh.protocols.payment import (
@@ -57,6 +58,7 @@ class PaidCallRefused(PaymentError):
 class PayerSettings:
     deposit: int  # base units a channel is opened and topped up with
     timeout_s: float  # per try of a call
+    close_timeout_s: float  # for a cooperative close (the payee sends a transaction)
 
 
 class PayerDesk:
@@ -76,7 +78,7 @@ class PayerDesk:
     ) -> None:
         self.client = client
         self.domain = domain
-        self.account = account
+        self.signer = EnvelopeSigner(bytes(account.key))  # the key, once, for every voucher
         self.address = account.address
         self.token = token
         self.node = node
@@ -106,33 +108,49 @@ class PayerDesk:
         ch = await self.ready(peer, service, max_price)
         price = ch.prices[service]
         for attempt in range(2):
+            if ch.unsure:
+                await self._recount(peer, ch, service)
             if ch.signed + price > ch.deposit:
                 await self._top_up(ch, price)
             # From here to the send nothing yields: this call's amount is unique and
             # reaches the payee in order (see the module docstring).
             cumulative = ch.signed + price
-            signature = self.domain.sign(self.account, ch.id, cumulative)
+            signature = self.domain.sign(self.signer, ch.id, cumulative)
             ch.signed = cumulative
             self.store.note_signed(ch)
-            reply: CallResult | CallRefused = await self.node.request(
-                peer,
-                PaidCall(
-                    channel="0x" + ch.id.hex(),
-                    service=service,
-                    input=text,
-                    cumulative=cumulative,
-                    signature="0x" + signature.hex(),
-                ),
-                protocol=PROTOCOL,
-                version=VERSION,
-                expect=(CallResult, CallRefused),
-                timeout=self.settings.timeout_s,
-            )
+            ch.in_flight += 1
+            try:
+                reply: CallResult | CallRefused = await self.node.request(
+                    peer,
+                    PaidCall(
+                        channel="0x" + ch.id.hex(),
+                        service=service,
+                        input=text,
+                        cumulative=cumulative,
+                        signature="0x" + signature.hex(),
+                    ),
+                    protocol=PROTOCOL,
+                    version=VERSION,
+                    expect=(CallResult, CallRefused),
+                    timeout=self.settings.timeout_s,
+                )
+            except AgentMeshError:
+                # No answer: the voucher may never have reached the payee (or not its
+                # disk). Before the next call, ask the payee what it holds.
+                ch.unsure = True
+                raise
+            finally:
+                ch.in_flight -= 1
             if isinstance(reply, CallResult):
                 ch.calls += 1
                 self.store.note_signed(ch)
                 return reply.result
             self.counters["channel.call_refused"] += 1
+            if reply.code == Refusal.NOT_OPEN:
+                # The payer asked to close (here or from the CLI): the next call opens a
+                # new channel instead of failing on this one for ever.
+                ch.phase = ChannelPhase.CLOSING
+                self.store.save_payer(ch)
             if attempt == 0 and reply.code == Refusal.STALE_VOUCHER:
                 # Not served, so not paid: sign again above the count, or above the
                 # payee's latest voucher if this payer lost count (a restart).
@@ -140,6 +158,37 @@ class PayerDesk:
                 continue
             raise PaidCallRefused(reply.code, reply.detail, peer.name or peer.address)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _recount(self, peer: AgentCard, ch: PayerChannel, service: str) -> None:
+        """After a call that got no answer: count on from the latest voucher the payee
+        holds, when it holds less than this payer signed (vouchers lost on the way, or
+        with a payee that crashed before storing them: it never worked for them, so
+        they are not paid). Only with no other call in flight, whose voucher the payee
+        may be about to take. Lowering the count can only cost the payee: a payee that
+        says it holds less than it does is refused its own next vouchers as stale."""
+        async with ch.lock:
+            if not ch.unsure or ch.in_flight:
+                return
+            reply: ChannelTerms | CallRefused = await self.node.request(
+                peer,
+                JoinChannel(channel="0x" + ch.id.hex(), service=service, price=ch.prices[service]),
+                protocol=PROTOCOL,
+                version=VERSION,
+                expect=(ChannelTerms, CallRefused),
+                timeout=self.settings.timeout_s,
+            )
+            if isinstance(reply, ChannelTerms) and reply.cumulative < ch.signed:
+                log.info(
+                    "channel 0x%s: the payee holds %d of the %d signed; counting on from it",
+                    ch.id.hex(),
+                    reply.cumulative,
+                    ch.signed,
+                )
+                ch.signed = reply.cumulative
+                self.store.note_signed(ch)
+            elif isinstance(reply, ChannelTerms):
+                self._resync(ch, reply)
+            ch.unsure = False
 
     def _resync(self, ch: PayerChannel, reply: CallRefused | ChannelTerms) -> bool:
         """Take the payee's latest voucher as this payer's count when it is above the
@@ -210,6 +259,14 @@ class PayerDesk:
         )
         if isinstance(reply, CallRefused):
             raise PaidCallRefused(reply.code, reply.detail, peer.name or peer.address)
+        if reply.price > offer or reply.channel != "0x" + ch.id.hex():
+            # A payee fixes the first price it was offered; it may not raise it.
+            raise PaidCallRefused(
+                Refusal.PRICE_TOO_LOW,
+                f"the payee names {reply.price} base units a call for {service} on "
+                f"{reply.channel}; this payer offered {offer} on 0x{ch.id.hex()}",
+                peer.name or peer.address,
+            )
         ch.prices[service] = reply.price
         self._resync(ch, reply)
         self.store.save_payer(ch)
@@ -218,8 +275,11 @@ class PayerDesk:
         async with ch.lock:
             if ch.signed + price <= ch.deposit:
                 return  # another call topped it up meanwhile
-            await self.client.top_up(ch.id, self.settings.deposit)
-            ch.deposit += self.settings.deposit
+            # The chain's figure: a top-up from the CLI may have been made meanwhile.
+            ch.deposit = (await self.client.channel(ch.id)).deposit
+            if ch.signed + price > ch.deposit:
+                await self.client.top_up(ch.id, self.settings.deposit)
+                ch.deposit += self.settings.deposit
             self.store.save_payer(ch)
 
     async def close(self, ch: PayerChannel, peer: AgentCard | None) -> str:
@@ -235,7 +295,7 @@ class PayerDesk:
                     protocol=PROTOCOL,
                     version=VERSION,
                     expect=(ChannelClosed, CallRefused),
-                    timeout=self.settings.timeout_s,
+                    timeout=self.settings.close_timeout_s,
                 )
             except AgentMeshError as exc:
                 log.info("payee did not close channel 0x%s: %s", ch.id.hex(), exc)

@@ -11,7 +11,9 @@ committed). The payer's count is written lazily: after a crash a payer may have 
 more than its row says, and learns the true figure from the payee's refusal, which
 carries the payee's latest voucher (see ``agentmesh.protocols.payment``).
 
-Amounts are stored as decimal text: a deposit on chain is a uint128.
+Amounts are stored as decimal text: a deposit on chain is a uint128. Rows keep the order
+in which channels were first written (an upsert keeps a row's place), so "the latest
+channel opened to a payee" is the last row.
 """
 
 from __future__ import annotations
@@ -38,6 +40,27 @@ CREATE TABLE IF NOT EXISTS channel_prices (
     side TEXT NOT NULL, channel TEXT NOT NULL, service TEXT NOT NULL, price TEXT NOT NULL,
     PRIMARY KEY (side, channel, service));
 """
+
+
+PAYER_FLUSH_S = 0.05
+
+
+def _upsert(table: str, columns: str) -> str:
+    """Insert a row, or update every column of the one with its id in place (an upsert
+    keeps the row's place, unlike ``INSERT OR REPLACE``)."""
+    names = columns.split()
+    updates = ", ".join(f"{n} = excluded.{n}" for n in names[1:])
+    marks = ",".join("?" * len(names))
+    return f"INSERT INTO {table} VALUES ({marks}) ON CONFLICT(id) DO UPDATE SET {updates}"
+
+
+PAYEE_UPSERT = _upsert(
+    "payee_channels",
+    "id payer token deposit claimed latest signature phase claim_until calls updated_ms",
+)
+PAYER_UPSERT = _upsert(
+    "payer_channels", "id payee token deposit claimed signed phase calls open_tx updated_ms"
+)
 
 
 def _now_ms() -> int:
@@ -81,6 +104,8 @@ class PayerChannel:
     open_tx: str = ""
     prices: dict[str, int] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    in_flight: int = 0  # calls sent and not answered yet
+    unsure: bool = False  # a call got no answer: ask the payee what it holds
 
 
 class ChannelStore:
@@ -98,6 +123,7 @@ class ChannelStore:
         self._signed: dict[bytes, PayerChannel] = {}
         self._waiters: list[asyncio.Future[None]] = []
         self._scheduled = False
+        self._payer_scheduled = False
 
     def close(self) -> None:
         self._flush()
@@ -108,7 +134,7 @@ class ChannelStore:
     def payee_channels(self) -> list[PayeeChannel]:
         rows = self.db.execute(
             "SELECT id, payer, token, deposit, claimed, latest, signature, phase, claim_until,"
-            " calls FROM payee_channels"
+            " calls FROM payee_channels ORDER BY rowid"
         ).fetchall()
         prices = self._prices("payee")
         return [
@@ -133,7 +159,7 @@ class ChannelStore:
         key = "0x" + ch.id.hex()
         with self._transaction():
             self.db.execute(
-                "INSERT OR REPLACE INTO payee_channels VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                PAYEE_UPSERT,
                 (
                     key,
                     ch.payer,
@@ -163,7 +189,7 @@ class ChannelStore:
     def payer_channels(self) -> list[PayerChannel]:
         rows = self.db.execute(
             "SELECT id, payee, token, deposit, claimed, signed, phase, calls, open_tx"
-            " FROM payer_channels"
+            " FROM payer_channels ORDER BY rowid"
         ).fetchall()
         prices = self._prices("payer")
         return [
@@ -186,7 +212,7 @@ class ChannelStore:
         key = "0x" + ch.id.hex()
         with self._transaction():
             self.db.execute(
-                "INSERT OR REPLACE INTO payer_channels VALUES (?,?,?,?,?,?,?,?,?,?)",
+                PAYER_UPSERT,
                 (
                     key,
                     ch.payee,
@@ -203,9 +229,12 @@ class ChannelStore:
             self._save_prices("payer", key, ch.prices.items())
 
     def note_signed(self, ch: PayerChannel) -> None:
-        """Record the payer's count soon (not waited for: see the module docstring)."""
+        """Record the payer's count soon (not waited for: see the module docstring):
+        within ``PAYER_FLUSH_S``, one commit for every call signed meanwhile."""
         self._signed[ch.id] = ch
-        self._schedule()
+        if not self._payer_scheduled:
+            self._payer_scheduled = True
+            asyncio.get_running_loop().call_later(PAYER_FLUSH_S, self._flush)
 
     # ------------------------------------------------------------------ internals
 
@@ -232,7 +261,7 @@ class ChannelStore:
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
-        self._scheduled = False
+        self._scheduled = self._payer_scheduled = False
         vouchers, self._vouchers = self._vouchers, {}
         signed, self._signed = self._signed, {}
         waiters, self._waiters = self._waiters, []

@@ -21,6 +21,8 @@ from .channel_store import ChannelStore
 from .outcome import TaskFailed, TaskOutcome
 from .service import CheckFn, check_result, parse_price
 
+PEER_GRACE_S = 0.5  # discovery's own gossip may bring a peer this soon
+
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
 
@@ -68,6 +70,7 @@ async def open_desks(
         settings=PayerSettings(
             deposit=parse_price(settings.channel_deposit),
             timeout_s=agent.node.config.request_timeout_s,
+            close_timeout_s=settings.reply_timeout_s,
         ),
         counters=agent.counters,
     )
@@ -83,14 +86,19 @@ def find_peer(node: MeshNode, provider: str, service: str) -> AgentCard | None:
     return None
 
 
-async def wait_for_peer(node: MeshNode, provider: str, service: str, timeout: float) -> AgentCard:
+async def wait_for_peer(agent: Agent, provider: str, service: str, timeout: float) -> AgentCard:
+    """The live peer ``provider`` selling ``service``; after a moment without it, the
+    registry is read again (it may have restarted on a new endpoint)."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while (card := find_peer(node, provider, service)) is None:
-        if loop.time() >= deadline:
+    start = loop.time()
+    while (card := find_peer(agent.node, provider, service)) is None:
+        now = loop.time()
+        if now >= start + timeout:
             raise PeerUnreachable(
                 f"no live peer {provider} selling {service!r} found within {timeout:g}s"
             )
+        if now >= start + PEER_GRACE_S:
+            await agent.discovery.refresh()
         await asyncio.sleep(0.05)
     return card
 
@@ -108,7 +116,7 @@ async def paid_call(
     peer = (
         provider
         if not isinstance(provider, str)
-        else await wait_for_peer(agent.node, provider, service, find_timeout)
+        else await wait_for_peer(agent, provider, service, find_timeout)
     )
     limit = None if max_price is None else parse_price(max_price)
     result = await agent.payer.call(peer, service, text, max_price=limit)
@@ -118,9 +126,12 @@ async def paid_call(
 async def close_channel(agent: Agent, provider: str | AgentCard) -> str:
     """``Agent.close_channel``: the open channel to ``provider`` (an address, a name or a
     card), closed with the payee if it is known on the mesh."""
-    wanted = (provider if isinstance(provider, str) else provider.address).lower()
-    cards = [record.card for record in agent.node.peers.all()]
-    peer = next((c for c in cards if wanted in (c.address.lower(), c.name.lower())), None)
+    if isinstance(provider, str):
+        wanted = provider.lower()
+        cards = [record.card for record in agent.node.peers.all()]
+        peer = next((c for c in cards if wanted in (c.address.lower(), c.name.lower())), None)
+    else:
+        wanted, peer = provider.address.lower(), provider
     ch = agent.payer.channel_to(peer.address if peer is not None else wanted)
     if ch is None:
         raise AgentMeshValueError(f"no open channel from {agent.name} to {provider}")

@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from agentmesh.cli import agent as agent_cmd
+from agentmesh.cli import channel as channel_cmd
 from agentmesh.cli import defi as defi_cmd
 from agentmesh.cli import delegate as delegate_cmd
 from agentmesh.cli import demo as demo_cmd
@@ -37,6 +38,7 @@ app.add_typer(model_cmd.app, name="model")
 app.add_typer(task_cmd.app, name="task")
 app.add_typer(delegate_cmd.app, name="delegate")
 app.add_typer(defi_cmd.app, name="defi")
+app.add_typer(channel_cmd.app, name="channel")
 app.command("new")(new_cmd.new)
 app.command("doctor")(doctor_cmd.doctor)
 app.add_typer(demo_cmd.app, name="demo")

@@ -397,3 +397,22 @@ def defi(
 
     state(ctx)
     run_demo(timeout, json_out)
+
+
+@app.command("channels")
+def channels(
+    ctx: typer.Context,
+    calls: Annotated[int, typer.Option(help="paid calls to make", min=1, max=100_000)] = 1_000,
+    timeout: Annotated[float, typer.Option(help="give up after this many seconds", min=10)] = 600,
+    json_out: JsonOption = False,
+) -> None:
+    """A caller makes 1,000 paid calls to an embedding provider over one payment channel
+    (one deposit, claims and a close on chain), then closes it and gets the rest back.
+
+    With --json, stdout is one JSON object: calls, paid, claimed, gas_per_call,
+    calls_per_s, balances and conservation (with ok); exit 1 if a call was lost or the
+    check fails."""
+    from .demo_channels import run_demo
+
+    state(ctx)
+    run_demo(calls, timeout, json_out)

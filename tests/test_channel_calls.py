@@ -19,6 +19,7 @@ from agentmesh.agents.agent import Agent
 from agentmesh.agents.channel_payer import PaidCallRefused
 from agentmesh.agents.service import ServiceContext
 from agentmesh.config import Config
+from agentmesh.errors import PeerUnreachable
 from agentmesh.mesh.node import MeshNode
 from agentmesh.protocols.payment import (
     PROTOCOL,
@@ -69,6 +70,10 @@ def make_provider(home: Path, config: Config, key: bytes, work: Work) -> Agent:
     async def double(ctx: ServiceContext, n: int) -> int:
         work.inputs.append(n)
         return 2 * n
+
+    @agent.service("square", price=2 * PRICE, floor=PRICE)
+    async def square(ctx: ServiceContext, n: int) -> int:
+        return n * n
 
     @agent.service("fail", price=PRICE)
     async def fail(ctx: ServiceContext, n: int) -> int:
@@ -213,7 +218,7 @@ async def test_bad_vouchers_are_refused_before_any_work(pair: Pair, chain: Chain
     await pair.requester.call("provider", "double", n=7)
     ch = payee_channel(pair)
     payer = pair.requester.payer
-    domain, account, node = payer.domain, payer.account, pair.requester.node
+    domain, account, node = payer.domain, payer.signer, pair.requester.node
     done = len(pair.work.inputs)
 
     async def refused(cumulative: int, signature: bytes, **kw: object) -> str:
@@ -299,6 +304,11 @@ async def test_a_close_request_makes_the_payee_claim_and_the_payer_withdraws_the
     with pytest.raises(PaidCallRefused) as raised:
         await pair.requester.call("provider", "double", n=1)
     assert raised.value.code == "not_open"
+    # The refusal tells the payer's desk: the next call opens a new channel.
+    assert payer_ch.phase is ChannelPhase.CLOSING
+    assert await pair.requester.call("provider", "double", n=3) == 6
+    fresh = pair.requester.payer.channel_to(pair.provider.address)
+    assert fresh is not None and fresh.id != payer_ch.id and fresh.signed == PRICE
     await advance_time(chain, await as_payer.challenge_delay() + 1)
     await as_payer.withdraw(payer_ch.id)
     assert (await as_payer.channel(payer_ch.id)).closed
@@ -364,3 +374,61 @@ async def test_the_payee_claims_past_its_threshold(
         )
         assert await token.balance_of(provider.address) == state.claimed == ch.claimed
         assert provider.counters["channel.claims"] >= 2
+
+
+async def test_prices_are_fixed_once_and_never_raised_or_under_the_floor(pair: Pair) -> None:
+    requester, card = pair.requester, pair.provider.node.card
+    assert card is not None
+    # Below the floor: refused at the join, nothing opened but the channel itself.
+    with pytest.raises(PaidCallRefused) as raised:
+        await requester.call(card, "double", n=1, max_price=PRICE - 1)
+    assert raised.value.code == "price_too_low"
+    assert await requester.call(card, "double", n=1, max_price=PRICE) == 2
+    ch = requester.payer.channel_to(card.address)
+    assert ch is not None and ch.prices == {"double": PRICE}
+    # A join offering less later: the payee keeps its first price, the payer refuses it.
+    assert await requester.call(card, "square", n=3) == 9  # list price 2x, floor 1x
+    with pytest.raises(PaidCallRefused, match="offered"):
+        await requester.payer._join(card, ch, "square", PRICE)
+    assert ch.prices == {"double": PRICE, "square": 2 * PRICE}
+    with pytest.raises(PaidCallRefused) as raised:
+        await requester.call(card, "summarize", text="x")
+    assert raised.value.code == "unknown_service"
+
+
+async def test_a_voucher_that_never_reached_the_payee_is_not_paid(
+    chain: Chain, home: Path, config: Config, deployer: Wallet, token: TokenClient
+) -> None:
+    provider_key, requester_key = new_key(), new_key()
+    await fund(deployer, token, Account.from_key(provider_key).address, musd=0)
+    await fund(deployer, token, Account.from_key(requester_key).address, musd=10)
+    work = Work()
+    impatient = config.model_copy(
+        update={
+            "mesh": config.mesh.model_copy(update={"request_timeout_s": 0.5, "request_retries": 0})
+        }
+    )
+    requester = Agent("requester", wallet=requester_key, home=home, config=impatient)
+    provider = make_provider(home, config, provider_key, work)
+    async with requester:
+        async with provider:
+            await requester.wait_for_providers("double", timeout=20)
+            card = provider.node.card
+            assert card is not None
+            for n in range(3):
+                assert await requester.call(card, "double", n=n) == 2 * n
+        ch = requester.payer.channel_to(provider.address)
+        assert ch is not None
+        # The provider is gone: this call's voucher is signed and sent, never stored.
+        with pytest.raises(PeerUnreachable):
+            await requester.call(card, "double", n=3)
+        assert ch.signed == 4 * PRICE and ch.unsure
+        again = make_provider(home, config, provider_key, work)
+        async with again:
+            assert again.node.card is not None
+            # The next call first asks the payee what it holds, and counts on from 3.
+            assert await requester.call(again.node.card, "double", n=4) == 8
+            assert ch.signed == 4 * PRICE and not ch.unsure
+            assert await requester.close_channel(again.node.card) == "closed"
+    state = await requester.payer.client.channel(ch.id)
+    assert state.closed and state.claimed == len(work.inputs) * PRICE == 4 * PRICE

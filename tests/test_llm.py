@@ -394,3 +394,36 @@ async def test_an_invalid_json_schema_dict_is_refused_before_generating(
             [{"role": "user", "content": "x"}],
             {"title": "Order", "type": "object", "properties": {"n": {"minimum": "zero"}}},
         )
+
+
+async def test_embeddings_are_unit_vectors_that_rank_meaning(model: LocalModel) -> None:
+    cats, kittens, stocks = [
+        await model.embed(text)
+        for text in ("I love my cats", "I adore kittens", "The stock market fell sharply today")
+    ]
+    assert len(cats) == len(stocks) > 100
+    assert abs(sum(v * v for v in cats) - 1.0) < 1e-6
+
+    def cosine(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b, strict=True))
+
+    assert cosine(cats, kittens) > cosine(cats, stocks)
+
+
+async def test_concurrent_embeddings_are_batched_and_match_single_ones(
+    model: LocalModel,
+) -> None:
+    texts = [f"ticket {n}: my parcel never arrived" for n in range(20)]
+    together = await asyncio.gather(*(model.embed(t) for t in texts))
+    alone = [await model.embed(t) for t in texts[:3]]
+    for a, b in zip(together[:3], alone, strict=True):
+        assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-3
+    assert len({tuple(round(v, 4) for v in vector) for vector in together}) == len(texts)
+
+
+async def test_embedding_bad_input_is_a_clear_error_and_long_text_is_cut(
+    model: LocalModel,
+) -> None:
+    with pytest.raises(ModelError, match="empty text"):
+        await model.embed("   ")
+    assert len(await model.embed("word " * 3000)) == len(await model.embed("word"))

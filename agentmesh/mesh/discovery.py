@@ -9,7 +9,9 @@
   ``down_after_missed`` beats is marked down, after ``remove_after_missed`` removed. A
   node that stops publishes a signed ``Goodbye``: its peers mark it down at once
   instead of waiting for missed beats (and stop greeting it).
-- **Extra sources** (the on-chain registry) supply bootstrap addresses the same way.
+- **Extra sources** (the on-chain registry) supply bootstrap addresses the same way, at
+  start and again on ``refresh()`` (when an agent looks for a peer it does not know:
+  one that restarted on a new endpoint, or registered later).
 
 Every card is verified against its wallet signature before it enters the table, and a
 ``Hello`` may only introduce its own sender.
@@ -93,6 +95,7 @@ class Discovery:
         self._greeted: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._seq = 0
+        self._refreshed = float("-inf")  # loop time of the last refresh()
         # Set once every bootstrap address and registry entry has been tried (joined
         # or given up): from then on, a service nobody offers is not coming soon.
         self.joined = asyncio.Event()
@@ -230,6 +233,29 @@ class Discovery:
             )
         finally:
             self.joined.set()
+
+    async def refresh(self, min_interval_s: float = 2.0) -> int:
+        """Read the extra sources (the registry) again and join every address not
+        already a live peer's: how an agent finds a peer that restarted on a new
+        endpoint, or one that registered after this node started and never greeted
+        it. At most once per ``min_interval_s``; returns how many were joined."""
+        loop = asyncio.get_running_loop()
+        if not self.joined.is_set() or loop.time() - self._refreshed < min_interval_s:
+            return 0  # the first join is still under way, or a refresh was just made
+        self._refreshed = loop.time()
+        live = {r.card.bootstrap_address for r in self.node.peers.all() if r.state == "up"}
+        if self.node.card is not None:
+            live.add(self.node.card.bootstrap_address)
+        addresses: set[str] = set()
+        for source in self.sources:
+            try:
+                addresses.update(a for a in await source() if a not in live)
+            except Exception as exc:  # a broken source must not stop the others
+                log.warning("bootstrap source failed: %s", exc)
+        joined = await asyncio.gather(
+            *(self.join(address, "registry") for address in addresses), return_exceptions=True
+        )
+        return sum(1 for result in joined if not isinstance(result, BaseException))
 
     async def _join_with_retries(self, address: str, label: str) -> None:
         attempts = BOOTSTRAP_ATTEMPTS if label == "bootstrap" else 1

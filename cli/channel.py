@@ -1,0 +1,713 @@
+"""`agentmesh channel`: an agent's payment channels, from the command line.
+
+The channels live in the agent's store, ``<home>/agents/<agent>/channels.db`` (the one
+``Agent`` reads when it starts): `open` records the channel it opens there, so an agent
+started afterwards with that home and name pays its ``Agent.call`` to that payee through
+it (fixing prices on its first call); `claim` and a payee's `close` send the latest
+voucher that store holds. `list` and `show` read the store and the chain and write
+nothing; the other commands change the chain, then the row. Amounts are mUSD in tables
+and base units (6 decimals, ints) in ``--json``; times are chain time.
+
+Which side a wallet is on is the chain's word, not the store's: a command refuses a
+channel whose payer and payee are both someone else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+
+from agentmesh.errors import AgentMeshError, AgentMeshValueError
+
+from .context import AppState, JsonOption, console, print_json, run, state
+
+if TYPE_CHECKING:
+    from agentmesh.agents.channel_store import ChannelStore, PayeeChannel, PayerChannel
+    from agentmesh.protocols.payment import ChannelPhase
+    from agentmesh.wallets.chain import Chain
+    from agentmesh.wallets.channel import ChannelState, PaymentChannelClient
+    from agentmesh.wallets.wallet import Wallet
+
+    Row = PayerChannel | PayeeChannel
+
+app = typer.Typer(
+    help="Payment channels: open, top up, list, show, claim, close.", no_args_is_help=True
+)
+
+DEFAULT_WALLET = "requester"  # as `agentmesh task request`
+WalletOption = Annotated[
+    str | None,
+    typer.Option(
+        "--wallet", help=f"keystore wallet (default: the --agent's name, else {DEFAULT_WALLET})"
+    ),
+]
+AgentOption = Annotated[
+    str | None,
+    typer.Option(
+        "--agent", help="whose channels: <home>/agents/AGENT (default: the wallet's name)"
+    ),
+]
+ChannelArg = Annotated[
+    str, typer.Argument(help="channel id: 0x and 64 hex digits (or the 8+ that `list` shows)")
+]
+
+_FULL_ID = re.compile(r"0x[0-9a-fA-F]{64}")
+_PREFIX = re.compile(r"0x[0-9a-fA-F]{8,63}")
+SHORT = 10  # "0x" and 8 hex digits: what a table shows, and a prefix the commands take
+
+
+# ---------------------------------------------------------------------- the store
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """The wallet a command signs with and the agent whose store it uses."""
+
+    wallet: str
+    agent: str
+    store: Path
+
+
+def owner_of(app_state: AppState, wallet: str | None, agent: str | None) -> Owner:
+    """``--wallet`` and ``--agent`` resolved: each defaults to the other's name (an agent
+    named X uses wallet X unless told otherwise), both to ``requester``."""
+    if agent is not None:
+        from agentmesh.agents.agent import AGENT_NAME
+
+        if not re.fullmatch(AGENT_NAME.removeprefix("^").removesuffix("$"), agent):
+            raise AgentMeshValueError(
+                f"invalid agent name {agent!r}: 1-64 letters, digits, '.', '-' or '_'"
+            )
+    name = wallet or agent or DEFAULT_WALLET
+    if agent is None:
+        from agentmesh.wallets.keystore import validate_name
+
+        validate_name(name)  # it names the store's folder too
+    return Owner(name, agent or name, app_state.home / "agents" / (agent or name) / "channels.db")
+
+
+@contextlib.contextmanager
+def open_store(owner: Owner, *, create: bool = False) -> Iterator[ChannelStore | None]:
+    """The agent's channel store; None when it has none and ``create`` is False (reading
+    commands make no folder or file)."""
+    from agentmesh.agents.channel_store import ChannelStore
+
+    if not create and not owner.store.exists():
+        yield None
+        return
+    owner.store.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    store = ChannelStore(owner.store)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def stored_rows(owner: Owner) -> dict[bytes, Row]:
+    """Every channel the store holds, payer side first (a channel has one side here)."""
+    with open_store(owner) as store:
+        if store is None:
+            return {}
+        rows: dict[bytes, Row] = {ch.id: ch for ch in store.payee_channels()}
+        return {**{ch.id: ch for ch in store.payer_channels()}, **rows}
+
+
+def side_of_row(row: Row) -> str:
+    from agentmesh.agents.channel_store import PayerChannel
+
+    return "payer" if isinstance(row, PayerChannel) else "payee"
+
+
+def update_row(owner: Owner, channel_id: bytes, side: str, **changes: Any) -> None:
+    """Set ``changes`` on the channel's row, read again just before (a running agent may
+    have stored a voucher since); nothing when the store has no such row."""
+    with open_store(owner) as store:
+        if store is None:
+            return
+        rows: list[Any] = store.payer_channels() if side == "payer" else store.payee_channels()
+        row = next((r for r in rows if r.id == channel_id), None)
+        if row is None:
+            return
+        for key, value in changes.items():
+            setattr(row, key, value)
+        (store.save_payer if side == "payer" else store.save_payee)(row)
+
+
+def parse_channel_id(text: str, rows: dict[bytes, Row], owner: Owner) -> bytes:
+    """A full channel id, or the prefix of exactly one channel in the store."""
+    value = text.strip()
+    if _FULL_ID.fullmatch(value):
+        return bytes.fromhex(value[2:])
+    if not _PREFIX.fullmatch(value):
+        raise AgentMeshValueError(
+            f"invalid channel id {text!r}: use 0x and 64 hex digits (or the first 8 or more "
+            "that `agentmesh channel list` shows)"
+        )
+    matches = [cid for cid in rows if hex_id(cid).startswith(value.lower())]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise AgentMeshValueError(
+            f"no channel starting with {value} in agent {owner.agent}'s store "
+            f"({owner.store}): give the whole id (0x and 64 hex digits)"
+        )
+    raise AgentMeshValueError(f"{value} starts {len(matches)} channels: give more of the id")
+
+
+def hex_id(channel_id: bytes) -> str:
+    return "0x" + channel_id.hex()
+
+
+# ---------------------------------------------------------------------- the chain
+
+
+@dataclass(slots=True)
+class Session:
+    """An open chain and the PaymentChannel contract, read or sent to as ``wallet``."""
+
+    chain: Chain
+    wallet: Wallet
+    client: PaymentChannelClient
+    delay: int  # the contract's challenge delay (s)
+
+    async def now(self) -> int:
+        """Chain time as the next block will see it (what the contract compares with)."""
+        from agentmesh.wallets.chain_clock import ChainClock
+
+        return await ChainClock(self.chain.w3).now()
+
+    async def state(self, channel_id: bytes) -> ChannelState | None:
+        """The channel on chain; None when the contract has no such channel."""
+        found = await self.client.channel(channel_id)
+        return None if int(found.payer, 16) == 0 else found
+
+    async def require(self, channel_id: bytes, owner: Owner, stored: bool) -> ChannelState:
+        """The channel on chain, or an error saying where it was looked for."""
+        found = await self.state(channel_id)
+        if found is not None:
+            return found
+        if stored:
+            raise AgentMeshValueError(
+                f"channel {hex_id(channel_id)} is in agent {owner.agent}'s store but not on "
+                "this chain (was the devnet reset?)"
+            )
+        raise AgentMeshValueError(
+            f"no channel {hex_id(channel_id)} in agent {owner.agent}'s store or on chain "
+            f"{self.chain.deployment.chain_id}"
+        )
+
+
+@contextlib.asynccontextmanager
+async def session(
+    app_state: AppState, account: Any = None, name: str = ""
+) -> AsyncIterator[Session]:
+    """The chain and the contract; ``account`` sends (None: a throw-away key that reads)."""
+    from eth_account import Account
+
+    from agentmesh.wallets.chain import open_chain
+    from agentmesh.wallets.channel import PaymentChannelClient
+    from agentmesh.wallets.wallet import Wallet
+
+    async with open_chain(app_state.home, app_state.config, allow_embedded=False) as chain:
+        wallet = Wallet(account or Account.create(), chain.w3, name=name or None)
+        client = PaymentChannelClient(wallet, chain.deployment.address("PaymentChannel"))
+        yield Session(chain, wallet, client, await client.challenge_delay())
+
+
+def side_of(found: ChannelState, address: str, owner: Owner, channel_id: bytes) -> str:
+    """``payer`` or ``payee``: which end of the channel ``address`` is."""
+    if found.payer.lower() == address.lower():
+        return "payer"
+    if found.payee.lower() == address.lower():
+        return "payee"
+    raise AgentMeshValueError(
+        f"wallet {owner.wallet} ({address}) is neither the payer ({found.payer}) nor the "
+        f"payee ({found.payee}) of channel {hex_id(channel_id)}"
+    )
+
+
+def describe(
+    channel_id: bytes, side: str, row: Row | None, found: ChannelState | None, delay: int
+) -> dict[str, Any]:
+    """One channel as `list` shows it: the chain's figures, the store's vouchers."""
+    from agentmesh.agents.channel_store import PayerChannel
+    from agentmesh.protocols.payment import ChannelPhase
+
+    paid = 0 if row is None else row.signed if isinstance(row, PayerChannel) else row.latest
+    claim_until: int | None = None
+    payer: str | None
+    payee: str | None
+    token: str
+    if found is not None:
+        payer, payee, token = found.payer, found.payee, found.token
+        deposit, claimed, phase = found.deposit, found.claimed, ChannelPhase.OPEN
+        if found.close_requested_at:
+            claim_until, phase = found.close_requested_at + delay, ChannelPhase.CLOSING
+        if found.closed:
+            phase = ChannelPhase.CLOSED
+    else:  # in the store only (a reset devnet): the store's figures
+        assert row is not None
+        if isinstance(row, PayerChannel):
+            payer, payee = None, row.payee
+        else:
+            payer, payee = row.payer, None
+        token, deposit, claimed, phase = row.token, row.deposit, row.claimed, row.phase
+    return {
+        "channel": hex_id(channel_id),
+        "side": side,
+        "peer": payee if side == "payer" else payer,
+        "payer": payer,
+        "payee": payee,
+        "token": token,
+        "deposit": deposit,
+        "paid": paid,
+        "claimed": claimed,
+        "unclaimed": max(paid - claimed, 0),
+        "state": str(phase),
+        "claim_until": claim_until,
+        "on_chain": found is not None,
+    }
+
+
+def _musd(units: int) -> str:
+    from agentmesh.wallets.units import MUSD_DECIMALS, format_amount
+
+    return format_amount(units, MUSD_DECIMALS, "mUSD")
+
+
+def _state_words(info: dict[str, Any]) -> str:
+    from agentmesh.wallets.units import local_time
+
+    if not info["on_chain"]:
+        return f"{info['state']} (not on chain)"
+    if info["state"] == "closing":
+        return f"closing, claims until {local_time(info['claim_until'])}"
+    return str(info["state"])
+
+
+# ---------------------------------------------------------------------- reading
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    wallet: WalletOption = None,
+    agent: AgentOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Every channel in the agent's store, both sides, with the chain's figures."""
+    app_state = state(ctx)
+    owner = owner_of(app_state, wallet, agent)
+    rows = stored_rows(owner)
+
+    async def body() -> list[dict[str, Any]]:
+        async with session(app_state) as s:
+            return [
+                describe(cid, side_of_row(row), row, await s.state(cid), s.delay)
+                for cid, row in rows.items()
+            ]
+
+    listed = run(body()) if rows else []
+    if json_out:
+        print_json(listed)
+        return
+    if not listed:
+        console.print(
+            f"no channels in agent {owner.agent}'s store: open one with "
+            "`agentmesh channel open PAYEE --deposit AMOUNT`"
+        )
+        return
+    table = Table(title=f"channels of agent {owner.agent} (times are local)")
+    for column in ("channel", "side", "peer", "deposit", "paid", "claimed", "unclaimed", "state"):
+        table.add_column(column, no_wrap=column in ("channel", "peer"))
+    for info in listed:
+        table.add_row(
+            info["channel"][:SHORT],
+            info["side"],
+            info["peer"] or "-",
+            *(_musd(info[k]) for k in ("deposit", "paid", "claimed", "unclaimed")),
+            _state_words(info),
+        )
+    console.print(table)
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    channel: ChannelArg,
+    wallet: WalletOption = None,
+    agent: AgentOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """One channel: figures, prices per service, calls, token, open tx, challenge delay."""
+    app_state = state(ctx)
+    owner = owner_of(app_state, wallet, agent)
+    rows = stored_rows(owner)
+    channel_id = parse_channel_id(channel, rows, owner)
+    row = rows.get(channel_id)
+
+    async def body() -> dict[str, Any]:
+        async with session(app_state) as s:
+            if row is not None:
+                found, side = await s.state(channel_id), side_of_row(row)
+            else:  # not in the store: the chain says which side the wallet is
+                from .wallet import _keystore
+
+                found = await s.require(channel_id, owner, stored=False)
+                address = _keystore(app_state).entry(owner.wallet).address
+                side = side_of(found, address, owner, channel_id)
+            requested = found.close_requested_at if found is not None else 0
+            return {
+                **describe(channel_id, side, row, found, s.delay),
+                "agent": owner.agent,
+                "in_store": row is not None,
+                "prices": dict(row.prices) if row is not None else {},
+                "calls": row.calls if row is not None else 0,
+                "challenge_delay": s.delay,
+                "close_requested_at": requested or None,
+                "chain_time": await s.now(),
+                "open_tx": getattr(row, "open_tx", "") or await _open_tx(s, channel_id),
+            }
+
+    info = run(body())
+    if json_out:
+        print_json(info)
+        return
+    _print_show(info)
+
+
+async def _open_tx(s: Session, channel_id: bytes) -> str | None:
+    """The transaction that opened the channel, from the contract's ``Opened`` event (a
+    payee's store does not hold it)."""
+    logs = await s.client.contract.events.Opened().get_logs(
+        argument_filters={"id": channel_id}, from_block=s.chain.deployment.block_number
+    )
+    return next(("0x" + bytes(e["transactionHash"]).hex() for e in logs), None)
+
+
+def _print_show(info: dict[str, Any]) -> None:
+    from agentmesh.wallets.units import local_time
+
+    table = Table(show_header=False, box=None)
+    table.add_row("channel", info["channel"])
+    table.add_row("agent", f"{info['agent']} ({info['side']})")
+    for key in ("payer", "payee", "token"):
+        table.add_row(key, info[key] or "-")
+    for key in ("deposit", "paid", "claimed", "unclaimed"):
+        table.add_row(key, _musd(info[key]))
+    table.add_row("state", _state_words(info))
+    table.add_row("challenge delay", f"{info['challenge_delay']} s")
+    if info["claim_until"] is not None:
+        left = info["claim_until"] - info["chain_time"]
+        table.add_row(
+            "close requested",
+            f"{local_time(info['close_requested_at'])}; the delay ends "
+            f"{local_time(info['claim_until'])}" + (f" (in {left} s)" if left > 0 else " (over)"),
+        )
+    prices = ", ".join(f"{k} {_musd(v)}" for k, v in sorted(info["prices"].items()))
+    table.add_row("prices", prices or "none fixed yet")
+    table.add_row("calls", str(info["calls"]))
+    table.add_row("open tx", info["open_tx"] or "-")
+    if not info["in_store"]:
+        table.add_row("store", "[yellow]not in this agent's store[/] (read from the chain)")
+    console.print(table)
+
+
+# ---------------------------------------------------------------------- acting
+
+
+@dataclass(slots=True)
+class Acting:
+    """A sending command's channel: the chain's state, the store's row, the side."""
+
+    s: Session
+    owner: Owner
+    channel_id: bytes
+    row: Row | None
+    found: ChannelState
+    side: str
+
+    @property
+    def hex(self) -> str:
+        return hex_id(self.channel_id)
+
+    def require_side(self, side: str, refusal: str) -> None:
+        if self.side != side:
+            raise AgentMeshValueError(
+                f"wallet {self.owner.wallet} is the {self.side} of channel {self.hex}: {refusal}"
+            )
+
+    def update(self, **changes: Any) -> None:
+        update_row(self.owner, self.channel_id, self.side, **changes)
+
+    def result(self, message: str, receipt: Any = None, **figures: Any) -> dict[str, Any]:
+        """What a sending command reports: the channel, figures, the tx, in words."""
+        tx = None if receipt is None else _tx(receipt)
+        return {"channel": self.hex, **figures, "tx": tx, "message": message}
+
+
+@contextlib.asynccontextmanager
+async def acting(
+    ctx: typer.Context, channel: str, wallet: str | None, agent: str | None
+) -> AsyncIterator[Acting]:
+    """Check the channel id, unlock the wallet, find the channel and the wallet's side."""
+    from .wallet import _load_wallet
+
+    app_state = state(ctx)
+    owner = owner_of(app_state, wallet, agent)
+    rows = stored_rows(owner)
+    channel_id = parse_channel_id(channel, rows, owner)
+    account = _load_wallet(app_state, owner.wallet)
+    async with session(app_state, account, owner.wallet) as s:
+        row = rows.get(channel_id)
+        found = await s.require(channel_id, owner, stored=row is not None)
+        side = side_of(found, s.wallet.address, owner, channel_id)
+        yield Acting(s, owner, channel_id, row, found, side)
+
+
+def _amount(text: str, what: str) -> int:
+    from agentmesh.agents.service import parse_price
+
+    try:
+        units = parse_price(text)
+    except AgentMeshValueError as exc:
+        raise AgentMeshValueError(f"invalid {what}: {exc.user_message}") from None
+    if units <= 0:
+        raise AgentMeshValueError(f"invalid {what} {text!r}: must be above zero")
+    if units >= 2**128:
+        raise AgentMeshValueError(f"invalid {what} {text!r}: too large")
+    return units
+
+
+def _tx(receipt: Any) -> str:
+    return "0x" + bytes(receipt["transactionHash"]).hex()
+
+
+def _finish(done: dict[str, Any], json_out: bool) -> None:
+    """What a sending command did: its JSON, or its message and transaction."""
+    if json_out:
+        print_json(done)
+        return
+    tail = f" (tx {done['tx']})" if done.get("tx") else ""
+    console.print(f"{done['channel']}: {done['message']}{tail}")
+
+
+def _phase(name: str) -> ChannelPhase:
+    from agentmesh.protocols.payment import ChannelPhase
+
+    return ChannelPhase(name)
+
+
+@app.command("open")
+def open_(
+    ctx: typer.Context,
+    payee: Annotated[str, typer.Argument(help="the payee's address (or a wallet name here)")],
+    deposit: Annotated[str, typer.Option(help="mUSD to lock in the channel: 5 or '5 mUSD'")],
+    wallet: WalletOption = None,
+    agent: AgentOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Open a channel in mUSD to PAYEE; the agent (once started) pays its calls through it."""
+    from .wallet import _load_wallet, _resolve_address
+
+    app_state = state(ctx)
+    owner = owner_of(app_state, wallet, agent)
+    units = _amount(deposit, "--deposit")
+    payee_address = _resolve_address(app_state, payee)
+    if int(payee_address, 16) == 0:
+        raise AgentMeshValueError("invalid payee: the zero address")
+    account = _load_wallet(app_state, owner.wallet)
+    if payee_address.lower() == account.address.lower():
+        raise AgentMeshValueError(f"wallet {owner.wallet} cannot open a channel to itself")
+
+    async def body() -> dict[str, Any]:
+        from agentmesh.agents.channel_store import PayerChannel
+
+        async with session(app_state, account, owner.wallet) as s:
+            token = s.chain.token_address
+            with console.status("opening the channel..."):
+                channel_id, receipt = await s.client.open(payee_address, token, units)
+            row = PayerChannel(channel_id, payee_address, token, units, open_tx=_tx(receipt))
+            with open_store(owner, create=True) as store:
+                assert store is not None
+                store.save_payer(row)
+            return {
+                "channel": hex_id(channel_id),
+                "payer": s.wallet.address,
+                "payee": payee_address,
+                "token": token,
+                "deposit": units,
+                "tx": row.open_tx,
+                "agent": owner.agent,
+                "store": str(owner.store),
+                "message": (
+                    f"opened to {payee_address} with {_musd(units)}; agent {owner.agent} pays "
+                    "its calls to that payee through it once (re)started, fixing prices on "
+                    "its first call"
+                ),
+            }
+
+    _finish(run(body()), json_out)
+
+
+@app.command()
+def topup(
+    ctx: typer.Context,
+    channel: ChannelArg,
+    amount: Annotated[str, typer.Argument(help="mUSD to add: 5 or '5 mUSD'")],
+    wallet: WalletOption = None,
+    agent: AgentOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Payer: add mUSD to a channel (not once a close was requested)."""
+    units = _amount(amount, "amount")
+
+    async def body() -> dict[str, Any]:
+        async with acting(ctx, channel, wallet, agent) as a:
+            a.require_side("payer", "only its payer tops it up")
+            if a.found.closed or a.found.close_requested_at:
+                what = "closed" if a.found.closed else "closing (its payer asked to close)"
+                raise AgentMeshValueError(f"channel {a.hex} is {what}: it takes no top-up")
+            with console.status("topping up..."):
+                receipt = await a.s.client.top_up(a.channel_id, units)
+            deposit = (await a.s.client.channel(a.channel_id)).deposit
+            a.update(deposit=deposit)
+            message = f"topped up by {_musd(units)}: deposit {_musd(deposit)}"
+            return a.result(message, receipt, added=units, deposit=deposit)
+
+    _finish(run(body()), json_out)
+
+
+async def _claims_open(a: Acting) -> None:
+    """A payee's claim or close after the challenge delay reverts: say so first."""
+    from agentmesh.wallets.units import local_time
+
+    until = a.found.close_requested_at + a.s.delay
+    if a.found.close_requested_at and await a.s.now() > until:
+        raise AgentMeshError(
+            f"too late: the challenge delay of channel {a.hex} ended at {local_time(until)}; "
+            "its payer may withdraw the rest"
+        )
+
+
+def _voucher(a: Acting) -> tuple[int, bytes]:
+    """The latest voucher in the payee's store, checked: (cumulative, signature); (what
+    was claimed, no signature) when it holds nothing newer."""
+    from agentmesh.agents.channel_store import PayeeChannel
+    from agentmesh.wallets.channel import VoucherDomain
+
+    row = a.row
+    if not isinstance(row, PayeeChannel) or row.latest <= a.found.claimed:
+        return a.found.claimed, b""
+    domain = VoucherDomain.of(a.s.client.address, a.s.chain.deployment.chain_id)
+    signer: str
+    try:
+        signer = domain.signer(a.channel_id, row.latest, row.signature)
+    except AgentMeshError as exc:
+        signer = f"nobody ({exc.user_message})"
+    if signer.lower() != a.found.payer.lower():
+        raise AgentMeshError(
+            f"the voucher for {_musd(row.latest)} that agent {a.owner.agent} holds on channel "
+            f"{a.hex} is signed by {signer}, not by its payer {a.found.payer}"
+        )
+    return row.latest, row.signature
+
+
+@app.command()
+def claim(
+    ctx: typer.Context,
+    channel: ChannelArg,
+    wallet: WalletOption = None,
+    agent: AgentOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Payee: collect on chain what the latest voucher in the agent's store adds."""
+
+    async def body() -> dict[str, Any]:
+        async with acting(ctx, channel, wallet, agent) as a:
+            a.require_side("payee", "only its payee claims (the payer uses `channel close`)")
+            before = a.found.claimed
+            if a.found.closed:
+                return a.result("nothing to claim: the channel is closed", claimed=0)
+            cumulative, signature = _voucher(a)
+            if cumulative <= before:
+                held = f"agent {a.owner.agent} holds no voucher above the {_musd(before)} claimed"
+                return a.result(f"nothing to claim: {held}", claimed=0, cumulative=before)
+            await _claims_open(a)
+            with console.status("claiming..."):
+                receipt = await a.s.client.claim(a.channel_id, cumulative, signature)
+            a.update(claimed=cumulative, deposit=a.found.deposit)
+            paid = cumulative - before
+            return a.result(f"claimed {_musd(paid)}", receipt, claimed=paid, cumulative=cumulative)
+
+    _finish(run(body()), json_out)
+
+
+@app.command()
+def close(
+    ctx: typer.Context,
+    channel: ChannelArg,
+    wallet: WalletOption = None,
+    agent: AgentOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Payer: ask to close, then (run again after the challenge delay) withdraw the rest.
+    Payee: close at once with the latest voucher held (paid out, the rest refunded)."""
+
+    async def body() -> dict[str, Any]:
+        async with acting(ctx, channel, wallet, agent) as a:
+            if a.found.closed:
+                a.update(phase=_phase("closed"), claimed=a.found.claimed)
+                return a.result("already closed", action="none")
+            return await (_payee_close(a) if a.side == "payee" else _payer_close(a))
+
+    _finish(run(body()), json_out)
+
+
+async def _payee_close(a: Acting) -> dict[str, Any]:
+    await _claims_open(a)
+    cumulative, signature = _voucher(a)
+    with console.status("closing..."):
+        receipt = await a.s.client.close(a.channel_id, cumulative, signature)
+    paid, refunded = cumulative - a.found.claimed, a.found.deposit - cumulative
+    a.update(claimed=cumulative, deposit=a.found.deposit, phase=_phase("closed"))
+    message = f"closed: {_musd(paid)} more paid to you, {_musd(refunded)} back to the payer"
+    return a.result(message, receipt, action="closed", paid=paid, refunded=refunded)
+
+
+async def _payer_close(a: Acting) -> dict[str, Any]:
+    from agentmesh.wallets.units import local_time
+
+    if not a.found.close_requested_at:
+        with console.status("requesting the close..."):
+            receipt = await a.s.client.request_close(a.channel_id)
+        block = await a.s.chain.w3.eth.get_block(receipt["blockNumber"])
+        until = int(block["timestamp"]) + a.s.delay  # the CloseRequested event's claimUntil
+        a.update(phase=_phase("closing"))
+        message = (
+            f"close requested: the payee may claim until {local_time(until)} (the "
+            f"{a.s.delay} s challenge delay); after that, run `agentmesh channel close "
+            f"{a.hex}` again to withdraw the rest"
+        )
+        return a.result(message, receipt, action="close_requested", claim_until=until)
+    until = a.found.close_requested_at + a.s.delay
+    now = await a.s.now()
+    if now <= until:  # withdraw needs a block after `until`
+        raise AgentMeshError(
+            f"channel {a.hex} is in its challenge delay until {local_time(until)} "
+            f"({until - now + 1} s left): the payee may still claim; run `agentmesh channel "
+            "close` again after that to withdraw the rest"
+        )
+    rest = a.found.deposit - a.found.claimed
+    with console.status("withdrawing..."):
+        receipt = await a.s.client.withdraw(a.channel_id)
+    a.update(claimed=a.found.claimed, phase=_phase("closed"))
+    message = f"closed: withdrew {_musd(rest)} (the payee was paid {_musd(a.found.claimed)})"
+    return a.result(message, receipt, action="withdrawn", refunded=rest)
