@@ -190,22 +190,22 @@ class PayerDesk:
                 self._resync(ch, reply)
             ch.unsure = False
 
-    def _resync(self, ch: PayerChannel, reply: CallRefused | ChannelTerms) -> bool:
+    def _resync(self, ch: PayerChannel, reply: CallRefused | ChannelTerms) -> None:
         """Take the payee's latest voucher as this payer's count when it is above the
-        count and this payer signed it (a restart lost the count); False otherwise (a
-        reordered or retried call: the count is already past it)."""
-        if reply.cumulative <= ch.signed or not reply.signature:
-            return False
+        count, within the deposit, and signed by this payer (a restart lost the count);
+        otherwise (a reordered or retried call: the count is already past it; or a
+        voucher this payer never signed) keep the count."""
+        if reply.cumulative <= ch.signed or reply.cumulative > ch.deposit or not reply.signature:
+            return
         try:
             signer = self.domain.signer(ch.id, reply.cumulative, bytes.fromhex(reply.signature[2:]))
         except SignatureError:
-            return False
-        if signer.lower() != self.address.lower() or reply.cumulative > ch.deposit:
-            return False
+            return
+        if signer.lower() != self.address.lower():
+            return
         ch.signed = reply.cumulative
         self.store.note_signed(ch)
         log.info("channel 0x%s: resumed from the payee's voucher %d", ch.id.hex(), ch.signed)
-        return True
 
     # ------------------------------------------------------------------ channels
 

@@ -112,7 +112,8 @@ class ChannelStore:
     """The channel tables of one agent (one connection, used from the event loop)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Vouchers are money: the agent's folder is private, as the keystores are.
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")

@@ -33,21 +33,23 @@ PROVIDER, CALLER = "embedder", "caller"
 PRICE = "0.0005"  # mUSD per call
 CALLER_MUSD = 5
 CONCURRENCY = 16
+# Short support tickets: the model's work grows with the tokens (~3 ms a token on one
+# core here), and these are what a router of tickets would embed.
 TOPICS = (
-    "my parcel never arrived",
-    "I was charged twice for one order",
-    "the app crashes when I open settings",
-    "how do I change my delivery address",
-    "the screen of my new phone is cracked",
-    "can I pay with a gift card",
-    "the password reset email never comes",
-    "please cancel my subscription",
+    "parcel never arrived",
+    "charged twice",
+    "app crashes on start",
+    "change my address",
+    "screen is cracked",
+    "pay with a gift card",
+    "no password reset email",
+    "cancel my subscription",
 )
 
 
 def _texts(count: int) -> list[str]:
-    """``count`` short support tickets (distinct, so each is real work)."""
-    return [f"ticket {n}: {TOPICS[n % len(TOPICS)]} (order {1000 + n * 7})" for n in range(count)]
+    """``count`` distinct tickets (each one real work)."""
+    return [f"{TOPICS[n % len(TOPICS)]} #{n}" for n in range(count)]
 
 
 def _musd(units: int) -> str:

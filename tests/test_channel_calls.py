@@ -11,6 +11,7 @@ import dataclasses
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eth_account import Account
@@ -432,3 +433,121 @@ async def test_a_voucher_that_never_reached_the_payee_is_not_paid(
             assert await requester.close_channel(again.node.card) == "closed"
     state = await requester.payer.client.channel(ch.id)
     assert state.closed and state.claimed == len(work.inputs) * PRICE == 4 * PRICE
+
+
+async def test_the_payer_takes_only_its_own_higher_voucher_within_the_deposit(pair: Pair) -> None:
+    await pair.requester.call("provider", "double", n=1)
+    payer = pair.requester.payer
+    ch = payer.channel_to(pair.provider.address)
+    assert ch is not None
+    stranger = Account.from_key(new_key())
+
+    def held(cumulative: int, signature: bytes) -> CallRefused:
+        return CallRefused(
+            code="stale_voucher", detail="", cumulative=cumulative, signature="0x" + signature.hex()
+        )
+
+    higher = ch.signed + 5 * PRICE
+    good = payer.domain.sign(payer.signer, ch.id, higher)
+    s = int.from_bytes(good[32:64], "big")
+    malleable = good[:32] + (SECP256K1_N - s).to_bytes(32, "big") + bytes([55 - good[64]])
+    for refused in (
+        held(higher, payer.domain.sign(stranger, ch.id, higher)),  # not this payer's
+        held(higher, malleable),  # not a signature the contract takes
+        held(ch.deposit + PRICE, payer.domain.sign(payer.signer, ch.id, ch.deposit + PRICE)),
+    ):
+        payer._resync(ch, refused)
+        assert ch.signed == PRICE
+    payer._resync(ch, held(higher, good))
+    assert ch.signed == higher
+    # Exactly the deposit is a voucher the contract pays.
+    full = payer.domain.sign(payer.signer, ch.id, ch.deposit)
+    payer._resync(ch, held(ch.deposit, full))
+    assert ch.signed == ch.deposit
+
+
+async def test_no_recount_while_another_call_is_in_flight(pair: Pair) -> None:
+    await pair.requester.call("provider", "double", n=1)
+    payer = pair.requester.payer
+    ch = payer.channel_to(pair.provider.address)
+    assert ch is not None and pair.provider.node.card is not None
+    ch.unsure, ch.in_flight, ch.signed = True, 1, 3 * PRICE
+    await payer._recount(pair.provider.node.card, ch, "double")
+    assert ch.unsure and ch.signed == 3 * PRICE  # that call's voucher may be on its way
+    ch.in_flight = 0
+    await payer._recount(pair.provider.node.card, ch, "double")
+    assert not ch.unsure and ch.signed == PRICE == payee_channel(pair).latest
+
+
+async def test_a_top_up_made_elsewhere_is_read_from_the_chain(pair: Pair) -> None:
+    for n in range(100):  # the whole deposit
+        await pair.requester.call("provider", "double", n=n)
+    payer = pair.requester.payer
+    ch = payer.channel_to(pair.provider.address)
+    assert ch is not None and ch.signed == ch.deposit == 100 * PRICE
+    await payer.client.top_up(ch.id, PRICE)  # as `agentmesh channel topup` would
+    assert await pair.requester.call("provider", "double", n=100) == 200
+    state = await payer.client.channel(ch.id)
+    assert state.deposit == ch.deposit == 101 * PRICE  # no second top-up
+
+
+async def test_a_close_after_a_claim_still_closes(pair: Pair) -> None:
+    before = await pair.total()
+    for n in range(3):
+        await pair.requester.call("provider", "double", n=n)
+    ch = payee_channel(pair)
+    assert await pair.provider.payee.claim(ch) is not None
+    assert await pair.provider.payee.claim(ch) is None  # nothing new to claim
+    assert await pair.requester.close_channel("provider") == "closed"
+    assert (await pair.provider.payee.client.channel(ch.id)).closed
+    assert await pair.total() == before
+
+
+async def test_a_claim_the_contract_refuses_is_answered_none_and_reread(
+    pair: Pair, chain: Chain
+) -> None:
+    for n in range(2):
+        await pair.requester.call("provider", "double", n=n)
+    ch = payee_channel(pair)
+    as_payer = pair.requester.payer.client
+    desk = pair.provider.payee
+    # Put the event watch to sleep (it would claim on the close request): after its
+    # current short sleep it reads the new setting and sleeps for an hour.
+    desk.settings = dataclasses.replace(desk.settings, poll_s=3600)
+    await asyncio.sleep(0.5)
+    await as_payer.request_close(ch.id)
+    await advance_time(chain, await as_payer.challenge_delay() + 1)
+    assert await desk.claim(ch) is None  # ChallengePeriodOver
+    assert ch.phase is ChannelPhase.CLOSING and ch.claim_until > 0
+    assert (await as_payer.channel(ch.id)).claimed == 0 == ch.claimed
+
+
+async def test_claims_go_on_while_the_threshold_is_unclaimed(
+    chain: Chain, home: Path, config: Config, deployer: Wallet, token: TokenClient
+) -> None:
+    config = with_agent_settings(config, channel_claim_threshold="0.005")  # 5 calls
+    provider_key, requester_key = new_key(), new_key()
+    await fund(deployer, token, Account.from_key(provider_key).address, musd=0)
+    await fund(deployer, token, Account.from_key(requester_key).address, musd=10)
+    provider = make_provider(home, config, provider_key, Work())
+    requester = Agent("requester", wallet=requester_key, home=home, config=config)
+    async with provider, requester:
+        await requester.wait_for_providers("double", timeout=20)
+        desk = provider.payee
+        original = desk.client.claim
+        sent: list[int] = []
+
+        async def claim_while_calls_go_on(channel_id: bytes, cumulative: int, sig: bytes) -> Any:
+            if not sent:  # five more calls arrive while the first claim is on its way
+                for n in range(5, 10):
+                    await requester.call(provider.address, "double", n=n)
+            sent.append(cumulative)
+            return await original(channel_id, cumulative, sig)
+
+        desk.client.claim = claim_while_calls_go_on  # type: ignore[method-assign]
+        for n in range(5):  # exactly the threshold: a claim
+            await requester.call(provider.address, "double", n=n)
+        (ch,) = desk.channels.values()
+        await eventually(lambda: len(sent) == 2 and not ch.claiming)
+        assert sent == [5 * PRICE, 10 * PRICE] and ch.claimed == 10 * PRICE
+        assert provider.counters["channel.claims"] == 2  # `agentmesh mesh stats` shows it
