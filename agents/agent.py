@@ -75,6 +75,7 @@ log = logging.getLogger("agentmesh.agent")
 
 AGENT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 PASSWORD_ENV = "AGENTMESH_PASSWORD"
+STOP_TIMEOUT_S = 10.0  # what stop() waits for background tasks to end once cancelled
 M = TypeVar("M", bound=Message)
 StartHook = Callable[["Agent", contextlib.AsyncExitStack], Awaitable[None]]
 
@@ -410,11 +411,15 @@ class Agent:
 
     async def stop(self) -> None:
         """Stop background work and leave the mesh; unfinished tasks resume next start."""
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            # Bounded: a task whose library swallowed the cancellation must not keep
+            # the agent from stopping (it is named, and dropped with the loop).
+            _, stuck = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
+            for task in stuck:
+                log.warning("background task did not stop within %ss: %r", STOP_TIMEOUT_S, task)
         self.started = False
         if self._stack is not None:
             await self._stack.aclose()

@@ -363,6 +363,7 @@ class PayeeDesk:
                 topped = await events.ToppedUp().get_logs(**span)
                 closed = await events.Closed().get_logs(**span)
             except Exception as exc:  # the chain may be away for a while: try again
+                _reraise_cancel()  # a library may turn a cancellation into its own error
                 log.info("channel events not read: %r", exc)
                 continue
             self._next_block = head + 1
@@ -407,6 +408,14 @@ class PayeeDesk:
             cumulative=ch.latest if held and ch is not None else 0,
             signature=_hex(ch.signature) if held and ch is not None else "",
         )
+
+
+def _reraise_cancel() -> None:
+    """Raise ``CancelledError`` if this task is being cancelled (an HTTP client may have
+    swallowed the cancellation and raised its own error instead)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _id(text: str) -> bytes:

@@ -19,6 +19,7 @@ from agentmesh.cli import doctor as doctor_cmd
 from agentmesh.cli import mesh as mesh_cmd
 from agentmesh.cli import model as model_cmd
 from agentmesh.cli import new as new_cmd
+from agentmesh.cli import stake as stake_cmd
 from agentmesh.cli import task as task_cmd
 from agentmesh.cli import wallet as wallet_cmd
 from agentmesh.cli.context import AppState, err_console
@@ -39,6 +40,7 @@ app.add_typer(task_cmd.app, name="task")
 app.add_typer(delegate_cmd.app, name="delegate")
 app.add_typer(defi_cmd.app, name="defi")
 app.add_typer(channel_cmd.app, name="channel")
+app.add_typer(stake_cmd.app, name="stake")
 app.command("new")(new_cmd.new)
 app.command("doctor")(doctor_cmd.doctor)
 app.add_typer(demo_cmd.app, name="demo")

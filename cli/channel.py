@@ -41,7 +41,7 @@ from .channel_rows import (
     stored_rows,
     update_row,
 )
-from .context import JsonOption, console, print_json, run, state
+from .context import JsonOption, console, musd_amount, print_json, run, state, tx_hash
 
 if TYPE_CHECKING:
     from agentmesh.protocols.payment import ChannelPhase
@@ -229,7 +229,7 @@ class Acting:
 
     def result(self, message: str, receipt: Any = None, **figures: Any) -> dict[str, Any]:
         """What a sending command reports: the channel, figures, the tx, in words."""
-        tx = None if receipt is None else _tx(receipt)
+        tx = None if receipt is None else tx_hash(receipt)
         return {"channel": self.hex, **figures, "tx": tx, "message": message}
 
 
@@ -250,24 +250,6 @@ async def acting(
         found = await s.require(channel_id, owner, stored=row is not None)
         side = side_of(found, s.wallet.address, owner, channel_id)
         yield Acting(s, owner, channel_id, row, found, side)
-
-
-def _amount(text: str, what: str) -> int:
-    from agentmesh.agents.service import parse_price
-
-    try:
-        units = parse_price(text)
-    except AgentMeshValueError as exc:
-        raise AgentMeshValueError(f"invalid {what}: {exc.user_message}") from None
-    if units <= 0:
-        raise AgentMeshValueError(f"invalid {what} {text!r}: must be above zero")
-    if units >= 2**128:
-        raise AgentMeshValueError(f"invalid {what} {text!r}: too large")
-    return units
-
-
-def _tx(receipt: Any) -> str:
-    return "0x" + bytes(receipt["transactionHash"]).hex()
 
 
 def _finish(done: dict[str, Any], json_out: bool) -> None:
@@ -299,7 +281,7 @@ def open_(
 
     app_state = state(ctx)
     owner = owner_of(app_state, wallet, agent)
-    units = _amount(deposit, "--deposit")
+    units = musd_amount(deposit, "--deposit")
     payee_address = _resolve_address(app_state, payee)
     if int(payee_address, 16) == 0:
         raise AgentMeshValueError("invalid payee: the zero address")
@@ -314,7 +296,7 @@ def open_(
             token = s.chain.token_address
             with console.status("opening the channel..."):
                 channel_id, receipt = await s.client.open(payee_address, token, units)
-            row = PayerChannel(channel_id, payee_address, token, units, open_tx=_tx(receipt))
+            row = PayerChannel(channel_id, payee_address, token, units, open_tx=tx_hash(receipt))
             with open_store(owner, create=True) as store:
                 assert store is not None
                 store.save_payer(row)
@@ -347,7 +329,7 @@ def topup(
     json_out: JsonOption = False,
 ) -> None:
     """Payer: add mUSD to a channel (not once a close was requested)."""
-    units = _amount(amount, "amount")
+    units = musd_amount(amount, "amount")
 
     async def body() -> dict[str, Any]:
         async with acting(ctx, channel, wallet, agent) as a:

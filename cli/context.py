@@ -102,3 +102,25 @@ def write_ready_file(path: Path, info: dict[str, Any]) -> None:
 def print_json(data: Any) -> None:
     """Machine-readable output for ``--json``: plain JSON on stdout, nothing else."""
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def musd_amount(text: str, what: str) -> int:
+    """An mUSD amount typed on the command line (``"5"``, ``"0.5 mUSD"``) in base units:
+    above zero and within uint128, or an error naming ``what`` was wrong."""
+    from agentmesh.agents.service import parse_price
+    from agentmesh.errors import AgentMeshValueError
+
+    try:
+        units = parse_price(text)
+    except AgentMeshValueError as exc:
+        raise AgentMeshValueError(f"invalid {what}: {exc.user_message}") from None
+    if units <= 0:
+        raise AgentMeshValueError(f"invalid {what} {text!r}: must be above zero")
+    if units >= 2**128:
+        raise AgentMeshValueError(f"invalid {what} {text!r}: too large")
+    return units
+
+
+def tx_hash(receipt: Any) -> str:
+    """A receipt's transaction hash as 0x-hex."""
+    return "0x" + bytes(receipt["transactionHash"]).hex()

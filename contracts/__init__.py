@@ -21,6 +21,8 @@ CONTRACT_NAMES = (
     "DevToken",
     "TwapOracle",
     "PaymentChannel",
+    "Staking",
+    "Consensus",
 )
 
 

@@ -330,6 +330,12 @@ async def fund(deployer: Wallet, token: TokenClient, address: str, musd: int = 1
         await token.mint(address, musd * ONE_MUSD)
 
 
+def conserved(before: list[int], after: list[int]) -> list[int]:
+    """Each holder's change, after checking the holders' total did not change."""
+    assert sum(after) == sum(before), f"{before} -> {after}"
+    return [a - b for a, b in zip(after, before, strict=True)]
+
+
 def new_key() -> bytes:
     return os.urandom(32)
 

@@ -38,6 +38,7 @@ from tests.helpers import (
     advance_time,
     bind_home,
     chain_now,
+    conserved,
     fund,
     with_agent_settings,
 )
@@ -135,11 +136,6 @@ async def p(home: Path, chain: Chain, deployer: Wallet, token: TokenClient) -> P
         await fund(deployer, token, entry.address, musd=musd)
         accounts[name] = keystore.load(name, PASSWORD)
     return Parties(home, chain, config, token, accounts)
-
-
-def conserved(before: list[int], after: list[int]) -> list[int]:
-    assert sum(after) == sum(before), f"{before} -> {after}"
-    return [a - b for a, b in zip(after, before, strict=True)]
 
 
 async def test_open_records_the_channel_then_list_show_and_topup(p: Parties) -> None:

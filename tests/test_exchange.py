@@ -13,6 +13,7 @@ from web3 import AsyncWeb3
 
 from agentmesh.chain.devnet import start_anvil
 from agentmesh.config import DevnetConfig
+from agentmesh.contracts import load_artifact
 from agentmesh.errors import ToolMissingError
 from agentmesh.wallets import exchange as ex
 from agentmesh.wallets.chain import Chain, _deploy_fresh, connect, ensure_deployment
@@ -160,20 +161,26 @@ async def test_a_devnet_deployed_before_the_exchange_gets_one(tmp_path: Any) -> 
                 update={"exchange": upgraded.exchange.model_copy(update={"oracle": None})}
             )
             without.save(path)
-            # And one recorded before payment channels gets the contract alone.
+            # And one recorded before payment channels and staking gets those contracts.
+            later = ("PaymentChannel", "Staking")
             without = without.model_copy(
-                update={
-                    "contracts": {
-                        k: v for k, v in without.contracts.items() if k != "PaymentChannel"
-                    }
-                }
+                update={"contracts": {k: v for k, v in without.contracts.items() if k not in later}}
             )
             without.save(path)
             oracled = await ensure_deployment(w3, anvil.rpc_url, path, 0)
-            channels = oracled.contracts["PaymentChannel"].address
-            assert channels != upgraded.contracts["PaymentChannel"].address
-            code = await w3.eth.get_code(AsyncWeb3.to_checksum_address(channels))
-            assert len(code) > 0
+            for name in later:
+                added = oracled.contracts[name].address
+                assert added != upgraded.contracts[name].address
+                code = await w3.eth.get_code(AsyncWeb3.to_checksum_address(added))
+                assert len(code) > 0
+            staking = w3.eth.contract(
+                address=AsyncWeb3.to_checksum_address(oracled.contracts["Staking"].address),
+                abi=load_artifact("Staking").abi,
+            )
+            assert await staking.functions.token().call() == oracled.address("MeshUSD")
+            assert {k: v for k, v in oracled.contracts.items() if k not in later} == {
+                k: v for k, v in upgraded.contracts.items() if k not in later
+            }
             assert oracled.exchange is not None and oracled.exchange.oracle is not None
             assert oracled.exchange.oracle != upgraded.exchange.oracle
             assert oracled.exchange.model_copy(update={"oracle": None}) == without.exchange
@@ -204,6 +211,7 @@ async def test_without_the_packages_a_devnet_still_serves_the_market(
         "TaskEscrow",
         "AgentRegistry",
         "PaymentChannel",
+        "Staking",
     }
     assert "no Uniswap V2 on this devnet" in caplog.text and "make setup" in caplog.text
 

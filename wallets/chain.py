@@ -31,7 +31,7 @@ from agentmesh.config import Config
 from agentmesh.contracts import load_artifact
 from agentmesh.errors import DevnetError, ToolMissingError
 from agentmesh.wallets.deployer import (
-    deploy_channels,
+    LATER_CONTRACTS,
     deploy_suite,
     dev_deployer,
     fund_dev_accounts,
@@ -154,14 +154,19 @@ async def ensure_deployment(w3: AsyncWeb3[Any], rpc_url: str, path: Path, musd: 
                 # A devnet deployed before the exchange (or its oracle) existed: add it.
                 recorded = await guard_rpc(_upgrade_exchange(w3, recorded, deployer), rpc_url)
                 recorded.save(path)
+            missing = [name for name in LATER_CONTRACTS if name not in recorded.contracts]
             if (
-                "PaymentChannel" not in recorded.contracts
+                missing
                 and recorded.deployer == deployer.address
                 and "anvil" in str(await guard_rpc(w3.client_version, rpc_url)).lower()
             ):
-                # A devnet deployed before payment channels existed: add the contract.
-                name, channels = await guard_rpc(deploy_channels(deployer), rpc_url)
-                contracts = {**recorded.contracts, name: channels}
+                # A devnet deployed before these contracts existed: add them.
+                contracts = dict(recorded.contracts)
+                for later in missing:
+                    name, record = await guard_rpc(
+                        LATER_CONTRACTS[later](deployer, recorded.address("MeshUSD")), rpc_url
+                    )
+                    contracts[name] = record
                 recorded = recorded.model_copy(update={"contracts": contracts})
                 recorded.save(path)
             if recorded.rpc_url != rpc_url:

@@ -145,10 +145,7 @@ class PaymentChannelClient(_Client):
     ) -> tuple[bytes, TxReceipt]:
         """Approve (if needed) and open a channel; (its id, the open receipt)."""
         salt = salt if salt is not None else os.urandom(32)
-        erc20 = TokenClient(self.wallet, token)
-        await erc20.require_balance(amount)
-        if await erc20.allowance(self.wallet.address, self.address) < amount:
-            await erc20.approve(self.address, amount)
+        await TokenClient(self.wallet, token).allow_pull(self.address, amount)
         receipt = await self.wallet.transact(
             self.contract.functions.open(checksum(payee), checksum(token), amount, salt)
         )
@@ -157,10 +154,7 @@ class PaymentChannelClient(_Client):
 
     async def top_up(self, channel_id: bytes, amount: int) -> TxReceipt:
         state = await self.channel(channel_id)
-        erc20 = TokenClient(self.wallet, state.token)
-        await erc20.require_balance(amount)
-        if await erc20.allowance(self.wallet.address, self.address) < amount:
-            await erc20.approve(self.address, amount)
+        await TokenClient(self.wallet, state.token).allow_pull(self.address, amount)
         return await self.wallet.transact(self.contract.functions.topUp(channel_id, amount))
 
     async def claim(self, channel_id: bytes, cumulative: int, signature: bytes) -> TxReceipt:

@@ -125,6 +125,14 @@ class TokenClient(_Client):
                 f", cannot spend {format_amount(amount, self.decimals, self.symbol)}"
             )
 
+    async def allow_pull(self, spender: str, amount: int) -> None:
+        """Before a contract pulls ``amount`` from the wallet: the balance is there
+        (``InsufficientFundsError`` if not) and ``spender`` may take it (approved only
+        when the allowance is short)."""
+        await self.require_balance(amount)
+        if await self.allowance(self.wallet.address, spender) < amount:
+            await self.approve(spender, amount)
+
     async def transfer(self, to: str, amount: int) -> TxReceipt:
         """Send ``amount`` base units; a short balance is ``InsufficientFundsError``.
 

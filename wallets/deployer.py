@@ -30,9 +30,41 @@ async def deploy_channels(deployer: Wallet) -> tuple[str, DeployedContract]:
     return "PaymentChannel", DeployedContract(address=address, artifact_sha256=artifact.sha256)
 
 
+# Staking on the devnet suite: a day to unbond, 10 mUSD to be ranked as a provider,
+# permits for the 8 most-staked of at most 64 validators.
+STAKING_UNBONDING_S = 24 * 3600
+STAKING_MIN_PROVIDER = 10 * 10**MUSD_DECIMALS
+STAKING_PERMITS = 8
+STAKING_MAX_VALIDATORS = 64
+
+
+async def deploy_staking(deployer: Wallet, token: str) -> tuple[str, DeployedContract]:
+    """Deploy the suite's Staking for ``token`` (owned by the deployer); ("Staking", its
+    record)."""
+    artifact = load_artifact("Staking")
+    address, _ = await deployer.deploy(
+        artifact,
+        token,
+        STAKING_UNBONDING_S,
+        STAKING_MIN_PROVIDER,
+        STAKING_PERMITS,
+        STAKING_MAX_VALIDATORS,
+        deployer.address,
+    )
+    return "Staking", DeployedContract(address=address, artifact_sha256=artifact.sha256)
+
+
+# Contracts added to the suite after devnets were first recorded: a recorded anvil
+# devnet without one gets it on its next start (deployer, token) -> (name, record).
+LATER_CONTRACTS = {
+    "PaymentChannel": lambda deployer, token: deploy_channels(deployer),
+    "Staking": deploy_staking,
+}
+
+
 async def deploy_suite(w3: AsyncWeb3[Any], rpc_url: str, deployer: Wallet) -> Deployment:
-    """Deploy MeshUSD, TaskEscrow, AgentRegistry (which trusts that escrow) and
-    PaymentChannel."""
+    """Deploy MeshUSD, TaskEscrow, AgentRegistry (which trusts that escrow),
+    PaymentChannel and Staking."""
     token_art = load_artifact("MeshUSD")
     escrow_art = load_artifact("TaskEscrow")
     registry_art = load_artifact("AgentRegistry")
@@ -40,6 +72,7 @@ async def deploy_suite(w3: AsyncWeb3[Any], rpc_url: str, deployer: Wallet) -> De
     escrow, _ = await deployer.deploy(escrow_art)
     registry, receipt = await deployer.deploy(registry_art, escrow)
     channel_name, channels = await deploy_channels(deployer)
+    staking_name, staking = await deploy_staking(deployer, token)
     return Deployment(
         chain_id=await deployer.chain_id(),
         rpc_url=rpc_url,
@@ -52,6 +85,7 @@ async def deploy_suite(w3: AsyncWeb3[Any], rpc_url: str, deployer: Wallet) -> De
                 address=registry, artifact_sha256=registry_art.sha256
             ),
             channel_name: channels,
+            staking_name: staking,
         },
     )
 
