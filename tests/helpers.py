@@ -25,9 +25,12 @@ from typing import Any, TypeVar, cast
 import zmq
 import zmq.asyncio
 from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from typer.testing import Result
 
 from agentmesh.config import AgentConfig, ChainConfig, Config, MeshConfig, WalletConfig
 from agentmesh.envelope import Envelope, EnvelopeSigner
+from agentmesh.errors import AgentMeshError
 from agentmesh.mesh.card import AgentCard
 from agentmesh.message import Message
 from agentmesh.wallets.chain import Chain
@@ -568,3 +571,40 @@ async def assert_settled_for_good(chain: Chain, job_id: int) -> None:
     """No job may stay open past its deadline plus the review window."""
     job = await escrow_for(chain, Wallet(Account.create(), chain.w3)).get_job(job_id)
     assert job.status.final, f"job {job_id} left {job.status.name}"
+
+
+# ---------------------------------------------------------------------------- CLI in process
+
+
+@dataclass
+class KeystoreCli:
+    """Keystore wallets in an agent home and the CLI run in process against it (typer's
+    runner, in a thread so the test's loop keeps serving the agents)."""
+
+    home: Path
+    accounts: dict[str, LocalAccount]
+    password: str
+
+    def address(self, name: str) -> str:
+        return self.accounts[name].address
+
+    async def run(self, *args: str, password: bool = True) -> Result:
+        from typer.testing import CliRunner
+
+        from agentmesh.cli.app import app
+
+        env = {"AGENTMESH_PASSWORD": self.password} if password else {}
+        argv = ["--home", str(self.home), *args]
+        return await asyncio.to_thread(CliRunner().invoke, app, argv, env=env)
+
+    async def json(self, *args: str, password: bool = True) -> Any:
+        done = await self.run(*args, "--json", password=password)
+        assert done.exit_code == 0, f"{done.output} {done.exception!r}"
+        return json.loads(done.stdout)
+
+    async def refused(self, *args: str) -> str:
+        """The one-line message of a command that must fail (exit 1)."""
+        done = await self.run(*args)
+        assert done.exit_code == 1, done.output
+        assert isinstance(done.exception, AgentMeshError), repr(done.exception)
+        return done.exception.user_message

@@ -7,24 +7,17 @@ across payer, payee and the channel contract."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from eth_account.signers.local import LocalAccount
-from typer.testing import CliRunner, Result
 
 from agentmesh.agents.agent import Agent
 from agentmesh.agents.channel_store import ChannelStore, PayeeChannel
 from agentmesh.agents.service import ServiceContext
-from agentmesh.cli.app import app
 from agentmesh.config import Config
-from agentmesh.errors import AgentMeshError
 from agentmesh.protocols.payment import ChannelPhase
 from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.channel import VoucherDomain
@@ -35,6 +28,7 @@ from agentmesh.wallets.wallet import Wallet
 from tests.helpers import (
     ONE_MUSD,
     TEST_SCRYPT_N,
+    KeystoreCli,
     advance_time,
     bind_home,
     chain_now,
@@ -48,37 +42,13 @@ DELAY = CHANNEL_CHALLENGE_S
 PRICE = 1_000  # 0.001 mUSD a call
 
 
-def cli(home: Path, *args: str) -> Result:
-    return CliRunner().invoke(
-        app, ["--home", str(home), *args], env={"AGENTMESH_PASSWORD": PASSWORD}
-    )
-
-
 @dataclass
-class Parties:
-    home: Path
+class Parties(KeystoreCli):
+    """Keystore wallets payer, payee and stranger, and the chain."""
+
     chain: Chain
     config: Config
     token: TokenClient
-    accounts: dict[str, LocalAccount]  # keystore wallets: payer, payee, stranger
-
-    def address(self, name: str) -> str:
-        return self.accounts[name].address
-
-    async def run(self, *args: str) -> Result:
-        return await asyncio.to_thread(cli, self.home, *args)
-
-    async def json(self, *args: str) -> Any:
-        done = await self.run(*args, "--json")
-        assert done.exit_code == 0, f"{done.output} {done.exception!r}"
-        return json.loads(done.stdout)
-
-    async def refused(self, *args: str) -> str:
-        """The one-line message of a command that must fail (exit 1)."""
-        done = await self.run(*args)
-        assert done.exit_code == 1, done.output
-        assert isinstance(done.exception, AgentMeshError), repr(done.exception)
-        return done.exception.user_message
 
     async def open(self, deposit: str = "5") -> str:
         opened = await self.json(
@@ -135,7 +105,7 @@ async def p(home: Path, chain: Chain, deployer: Wallet, token: TokenClient) -> P
         entry = keystore.create(name, PASSWORD)
         await fund(deployer, token, entry.address, musd=musd)
         accounts[name] = keystore.load(name, PASSWORD)
-    return Parties(home, chain, config, token, accounts)
+    return Parties(home, accounts, PASSWORD, chain, config, token)
 
 
 async def test_open_records_the_channel_then_list_show_and_topup(p: Parties) -> None:

@@ -7,19 +7,13 @@ it is conserved across the staker and the Staking contract."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from eth_account.signers.local import LocalAccount
-from typer.testing import CliRunner, Result
 
-from agentmesh.cli.app import app
-from agentmesh.errors import AgentMeshError
 from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import TokenClient
 from agentmesh.wallets.deployer import (
@@ -34,6 +28,7 @@ from agentmesh.wallets.wallet import Wallet
 from tests.helpers import (
     ONE_MUSD,
     TEST_SCRYPT_N,
+    KeystoreCli,
     advance_time,
     bind_home,
     chain_now,
@@ -45,40 +40,17 @@ PASSWORD = "stake cli password"
 DELAY = STAKING_UNBONDING_S
 
 
-def cli(home: Path, *args: str, password: bool = True) -> Result:
-    env = {"AGENTMESH_PASSWORD": PASSWORD} if password else {}
-    return CliRunner().invoke(app, ["--home", str(home), *args], env=env)
-
-
 @dataclass
-class Stakers:
-    home: Path
+class Stakers(KeystoreCli):
+    """Keystore wallets requester (the default), alice and poor, and the chain."""
+
     chain: Chain
     token: TokenClient
     deployer: Wallet
-    accounts: dict[str, LocalAccount]  # keystore wallets: requester (the default), alice, poor
 
     @property
     def staking(self) -> str:
         return self.chain.deployment.address("Staking")
-
-    def address(self, name: str) -> str:
-        return self.accounts[name].address
-
-    async def run(self, *args: str, password: bool = True) -> Result:
-        return await asyncio.to_thread(cli, self.home, *args, password=password)
-
-    async def json(self, *args: str, password: bool = True) -> Any:
-        done = await self.run(*args, "--json", password=password)
-        assert done.exit_code == 0, f"{done.output} {done.exception!r}"
-        return json.loads(done.stdout)
-
-    async def refused(self, *args: str) -> str:
-        """The one-line message of a command that must fail (exit 1)."""
-        done = await self.run(*args)
-        assert done.exit_code == 1, done.output
-        assert isinstance(done.exception, AgentMeshError), repr(done.exception)
-        return done.exception.user_message
 
     async def balances(self, *names: str) -> list[int]:
         """The stakers (default: requester), then the Staking contract."""
@@ -98,7 +70,7 @@ async def s(home: Path, chain: Chain, deployer: Wallet, token: TokenClient) -> S
         entry = keystore.create(name, PASSWORD)
         await fund(deployer, token, entry.address, musd=musd)
         accounts[name] = keystore.load(name, PASSWORD)
-    return Stakers(home, chain, token, deployer, accounts)
+    return Stakers(home, accounts, PASSWORD, chain, token, deployer)
 
 
 def figures(address: str, active: int, **changes: Any) -> dict[str, Any]:
