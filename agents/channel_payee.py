@@ -354,6 +354,8 @@ class PayeeDesk:
         w3 = self.client.wallet.w3
         while True:
             await asyncio.sleep(self.settings.poll_s)
+            if all(ch.phase is ChannelPhase.CLOSED for ch in self.channels.values()):
+                continue  # nothing to follow: no chain reads for an agent without channels
             try:
                 head = await w3.eth.block_number
                 if head < self._next_block:

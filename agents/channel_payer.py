@@ -165,7 +165,7 @@ class PayerDesk:
         with a payee that crashed before storing them: it never worked for them, so
         they are not paid). Only with no other call in flight, whose voucher the payee
         may be about to take. Lowering the count can only cost the payee: a payee that
-        says it holds less than it does is refused its own next vouchers as stale."""
+        says it holds less than it does is sent vouchers below what it holds."""
         async with ch.lock:
             if not ch.unsure or ch.in_flight:
                 return
