@@ -7,6 +7,7 @@ Every test that moves money checks it is conserved across payer, payee and contr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 from collections.abc import AsyncIterator
@@ -107,9 +108,24 @@ class Pair:
 async def pair(
     chain: Chain, home: Path, config: Config, deployer: Wallet, token: TokenClient
 ) -> AsyncIterator[Pair]:
+    async with running_pair(chain, home, config, deployer, token) as started:
+        yield started
+
+
+async def funded_keys(deployer: Wallet, token: TokenClient) -> tuple[bytes, bytes]:
+    """Keys of a provider (gas only) and a requester (gas and 10 mUSD)."""
     provider_key, requester_key = new_key(), new_key()
     await fund(deployer, token, Account.from_key(provider_key).address, musd=0)
     await fund(deployer, token, Account.from_key(requester_key).address, musd=10)
+    return provider_key, requester_key
+
+
+@contextlib.asynccontextmanager
+async def running_pair(
+    chain: Chain, home: Path, config: Config, deployer: Wallet, token: TokenClient
+) -> AsyncIterator[Pair]:
+    """A provider and a requester that has found it, both running with ``config``."""
+    provider_key, requester_key = await funded_keys(deployer, token)
     work = Work()
     provider = make_provider(home, config, provider_key, work)
     requester = Agent("requester", wallet=requester_key, home=home, config=config)
@@ -357,13 +373,8 @@ async def test_the_payee_claims_past_its_threshold(
     chain: Chain, home: Path, config: Config, deployer: Wallet, token: TokenClient
 ) -> None:
     config = with_agent_settings(config, channel_claim_threshold="0.005")  # 5 calls
-    provider_key, requester_key = new_key(), new_key()
-    await fund(deployer, token, Account.from_key(provider_key).address, musd=0)
-    await fund(deployer, token, Account.from_key(requester_key).address, musd=10)
-    provider = make_provider(home, config, provider_key, Work())
-    requester = Agent("requester", wallet=requester_key, home=home, config=config)
-    async with provider, requester:
-        await requester.wait_for_providers("double", timeout=20)
+    async with running_pair(chain, home, config, deployer, token) as p:
+        provider, requester = p.provider, p.requester
         for n in range(12):
             await requester.call(provider.address, "double", n=n)
         (ch,) = provider.payee.channels.values()
@@ -400,9 +411,7 @@ async def test_prices_are_fixed_once_and_never_raised_or_under_the_floor(pair: P
 async def test_a_voucher_that_never_reached_the_payee_is_not_paid(
     chain: Chain, home: Path, config: Config, deployer: Wallet, token: TokenClient
 ) -> None:
-    provider_key, requester_key = new_key(), new_key()
-    await fund(deployer, token, Account.from_key(provider_key).address, musd=0)
-    await fund(deployer, token, Account.from_key(requester_key).address, musd=10)
+    provider_key, requester_key = await funded_keys(deployer, token)
     work = Work()
     impatient = config.model_copy(
         update={
@@ -526,13 +535,8 @@ async def test_claims_go_on_while_the_threshold_is_unclaimed(
     chain: Chain, home: Path, config: Config, deployer: Wallet, token: TokenClient
 ) -> None:
     config = with_agent_settings(config, channel_claim_threshold="0.005")  # 5 calls
-    provider_key, requester_key = new_key(), new_key()
-    await fund(deployer, token, Account.from_key(provider_key).address, musd=0)
-    await fund(deployer, token, Account.from_key(requester_key).address, musd=10)
-    provider = make_provider(home, config, provider_key, Work())
-    requester = Agent("requester", wallet=requester_key, home=home, config=config)
-    async with provider, requester:
-        await requester.wait_for_providers("double", timeout=20)
+    async with running_pair(chain, home, config, deployer, token) as p:
+        provider, requester = p.provider, p.requester
         desk = provider.payee
         original = desk.client.claim
         sent: list[int] = []
