@@ -35,7 +35,6 @@ from eth_account.signers.local import LocalAccount
 from pydantic import BaseModel
 
 from agentmesh.agents.channels import (
-    PEER_GRACE_S,
     buy_by_call,
     channel_offer,
     close_channel,
@@ -616,19 +615,14 @@ class Agent:
 
     async def wait_for_providers(self, service: str, count: int = 1, timeout: float = 30.0) -> int:
         """Wait until ``count`` live peers offer ``service``; ``PeerUnreachable`` if not."""
-        from agentmesh.errors import PeerUnreachable
-
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        while (found := len(self.node.find(service))) < count:
-            if loop.time() >= start + timeout:
-                raise PeerUnreachable(
-                    f"found {found} of {count} providers of {service!r} within {timeout:g}s"
-                )
-            if loop.time() >= start + PEER_GRACE_S:
-                await self.discovery.refresh()  # a provider may have restarted elsewhere
-            await asyncio.sleep(0.1)
-        return found
+        return await self.discovery.wait_for(
+            lambda: found if (found := len(self.node.find(service))) >= count else None,
+            timeout,
+            lambda: (
+                f"found {len(self.node.find(service))} of {count} providers of "
+                f"{service!r} within {timeout:g}s"
+            ),
+        )
 
 
 def _input_text(input: dict[str, Any] | BaseModel | None, fields: dict[str, Any]) -> str:

@@ -8,20 +8,17 @@ whose price per call is at most ``channel_max_price`` and within the budget.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from typing import TYPE_CHECKING, Any
 
-from agentmesh.errors import AgentMeshValueError, PeerUnreachable
+from agentmesh.errors import AgentMeshValueError
 
 from .channel_payee import PayeeDesk, PayeeSettings
 from .channel_payer import PayerDesk, PayerSettings
 from .channel_store import ChannelStore
 from .outcome import TaskFailed, TaskOutcome
 from .service import CheckFn, check_result, parse_price
-
-PEER_GRACE_S = 0.5  # discovery's own gossip may bring a peer this soon
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
@@ -87,20 +84,12 @@ def find_peer(node: MeshNode, provider: str, service: str) -> AgentCard | None:
 
 
 async def wait_for_peer(agent: Agent, provider: str, service: str, timeout: float) -> AgentCard:
-    """The live peer ``provider`` selling ``service``; after a moment without it, the
-    registry is read again (it may have restarted on a new endpoint)."""
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    while (card := find_peer(agent.node, provider, service)) is None:
-        now = loop.time()
-        if now >= start + timeout:
-            raise PeerUnreachable(
-                f"no live peer {provider} selling {service!r} found within {timeout:g}s"
-            )
-        if now >= start + PEER_GRACE_S:
-            await agent.discovery.refresh()
-        await asyncio.sleep(0.05)
-    return card
+    """The live peer ``provider`` selling ``service`` (see ``Discovery.wait_for``)."""
+    return await agent.discovery.wait_for(
+        lambda: find_peer(agent.node, provider, service),
+        timeout,
+        lambda: f"no live peer {provider} selling {service!r} found within {timeout:g}s",
+    )
 
 
 async def paid_call(

@@ -25,12 +25,13 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 
 import zmq
 from pydantic import Field
 
 from agentmesh.envelope import Envelope, now_ms
-from agentmesh.errors import AgentMeshError, ProtocolError, SignatureError
+from agentmesh.errors import AgentMeshError, PeerUnreachable, ProtocolError, SignatureError
 from agentmesh.mesh.card import AgentCard
 from agentmesh.mesh.guard import Rejected
 from agentmesh.mesh.node import MeshNode
@@ -39,10 +40,12 @@ from agentmesh.mesh.routes import MESH_PROTOCOL, MESH_VERSION, HandlerContext
 from agentmesh.message import Message
 
 log = logging.getLogger("agentmesh.mesh.discovery")
+T = TypeVar("T")
 
 MAX_CARDS = 256
 GOSSIP_FANOUT = 3
 GOODBYE_FLUSH_S = 0.05
+REFRESH_GRACE_S = 0.5  # gossip may bring a peer this soon; then read the sources again
 BOOTSTRAP_ATTEMPTS = 5  # a configured bootstrap address: it is expected to be up
 
 
@@ -256,6 +259,24 @@ class Discovery:
             *(self.join(address, "registry") for address in addresses), return_exceptions=True
         )
         return sum(1 for result in joined if not isinstance(result, BaseException))
+
+    async def wait_for(
+        self, probe: Callable[[], T | None], timeout: float, failure: Callable[[], str]
+    ) -> T:
+        """Poll ``probe`` (a lookup in the peer table) until it returns something; after
+        ``REFRESH_GRACE_S`` without it, the sources are read again (``refresh``): the
+        peer may have restarted on a new endpoint. ``PeerUnreachable`` with
+        ``failure()`` after ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while (found := probe()) is None:
+            now = loop.time()
+            if now >= start + timeout:
+                raise PeerUnreachable(failure())
+            if now >= start + REFRESH_GRACE_S:
+                await self.refresh()
+            await asyncio.sleep(0.05)
+        return found
 
     async def _join_with_retries(self, address: str, label: str) -> None:
         attempts = BOOTSTRAP_ATTEMPTS if label == "bootstrap" else 1
