@@ -46,6 +46,7 @@ demo: setup
 	$(VENV)/bin/agentmesh demo
 	$(VENV)/bin/agentmesh demo defi
 	$(VENV)/bin/agentmesh demo channels
+	$(VENV)/bin/agentmesh demo validation
 
 test: setup
 	$(PY) -m pytest

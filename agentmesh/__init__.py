@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
     from agentmesh.agents.defi_client import DefiClient as DefiClient
     from agentmesh.agents.defi_client import sign_intent as sign_intent
     from agentmesh.agents.defi_desk import DefiDesk as DefiDesk
+    from agentmesh.agents.jury_duty import Judge as Judge
     from agentmesh.agents.outcome import TaskFailed as TaskFailed
     from agentmesh.agents.outcome import TaskOutcome as TaskOutcome
     from agentmesh.agents.project import Project as Project
@@ -38,6 +39,8 @@ if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
     from agentmesh.agents.service import ServiceContext as ServiceContext
     from agentmesh.agents.testing import LocalMarket as LocalMarket
     from agentmesh.agents.testing import local_market as local_market
+    from agentmesh.agents.validator import Validator as Validator
+    from agentmesh.agents.validator import ValidatorSettings as ValidatorSettings
     from agentmesh.chat_model import ChatMessage as ChatMessage
     from agentmesh.chat_model import ChatModel as ChatModel
     from agentmesh.config import Config as Config
@@ -81,8 +84,13 @@ if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
     from agentmesh.wallets.agent_wallet import AgentWalletClient as AgentWalletClient
     from agentmesh.wallets.agent_wallet import CapMode as CapMode
     from agentmesh.wallets.agent_wallet import SwapPolicy as SwapPolicy
+    from agentmesh.wallets.consensus import ConsensusClient as ConsensusClient
     from agentmesh.wallets.delegation import DelegationTerms as DelegationTerms
     from agentmesh.wallets.delegation import create_delegation as create_delegation
+    from agentmesh.wallets.jury import JuryClient as JuryClient
+    from agentmesh.wallets.jury import Verdict as Verdict
+    from agentmesh.wallets.jury import Vote as Vote
+    from agentmesh.wallets.staking import StakingClient as StakingClient
     from agentmesh.wallets.wallet import Wallet as Wallet
 
     __version__: str
@@ -104,6 +112,15 @@ _EXPORTS: dict[str, str] = {
     "PaidCallRefused": "agentmesh.agents.channel_payer",
     "ChannelPhase": "agentmesh.protocols.payment",
     "Refusal": "agentmesh.protocols.payment",
+    # validation: the validator role, what jurors judge with, the on-chain clients
+    "Validator": "agentmesh.agents.validator",
+    "ValidatorSettings": "agentmesh.agents.validator",
+    "Judge": "agentmesh.agents.jury_duty",
+    "StakingClient": "agentmesh.wallets.staking",
+    "ConsensusClient": "agentmesh.wallets.consensus",
+    "JuryClient": "agentmesh.wallets.jury",
+    "Verdict": "agentmesh.wallets.jury",
+    "Vote": "agentmesh.wallets.jury",
     # models
     "ChatModel": "agentmesh.chat_model",
     "ChatMessage": "agentmesh.chat_model",
@@ -164,6 +181,14 @@ __all__ = [
     "PaidCallRefused",
     "ChannelPhase",
     "Refusal",
+    "Validator",
+    "ValidatorSettings",
+    "Judge",
+    "StakingClient",
+    "ConsensusClient",
+    "JuryClient",
+    "Verdict",
+    "Vote",
     "AgentMeshError",
     "AgentMeshValueError",
     "AgentWalletClient",

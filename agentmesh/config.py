@@ -150,11 +150,19 @@ class AgentConfig(_Section):
     wallet_agent_idle_s: Annotated[float, Field(gt=0)] = 60.0
     counter_ratio: Annotated[float, Field(gt=0, le=1)] | None = None  # counter at this share
     # Ranking of proposals: lower score wins. Price in budget shares, latency in seconds,
-    # reputation as the provider's average score out of 100 (unrated: 50).
+    # reputation as the provider's average score out of 100 (unrated: 50), consensus as
+    # the share of a perfect score the validators gave it.
     weight_price: Annotated[float, Field(ge=0)] = 1.0
     weight_reputation: Annotated[float, Field(ge=0)] = 0.2
     weight_latency: Annotated[float, Field(ge=0)] = 0.05
+    # The validators' consensus score (last finalized epoch; unscored: 5,000 of 10,000).
+    weight_consensus: Annotated[float, Field(ge=0)] = 0.5
     faucet: bool = True  # on an anvil devnet, top up an empty agent wallet from dev funds
+    # Who decides this agent's disputed escrow jobs: "jury" (the suite's Jury contract:
+    # staked validators drawn by stake), "deployer" (the devnet deployer's key, the
+    # way agentmesh did before the jury), or an address. A provider accepts only jobs
+    # naming its own arbiter.
+    arbiter: Annotated[str, Field(pattern=r"^(jury|deployer|0x[0-9a-fA-F]{40})$")] = "deployer"
     # Payment channels (`Agent.call`): mUSD a new channel is opened (and topped up) with;
     # a payee claims once it holds this much unclaimed; `Agent.buy` pays through an open
     # channel instead of an escrow when the price per call is at most channel_max_price.

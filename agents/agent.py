@@ -44,13 +44,15 @@ from agentmesh.agents.channels import (
 from agentmesh.agents.checkpoints import open_checkpoints
 from agentmesh.agents.context import TaskContext
 from agentmesh.agents.control import parse_budget
+from agentmesh.agents.dispute_watch import DISPUTE_CHECK_S
+from agentmesh.agents.jury_duty import JuryDuty, arbiter_address
 from agentmesh.agents.messenger import MeshMessenger
 from agentmesh.agents.negotiation_handlers import NegotiationHandlers
 from agentmesh.agents.outcome import TaskFailed, TaskOutcome
 from agentmesh.agents.pricing import PricingPacer, warm_up_pricing
 from agentmesh.agents.provider_graph import build_provider_graph
 from agentmesh.agents.records import AgentRecords
-from agentmesh.agents.reputation import CachedReputation
+from agentmesh.agents.reputation import CachedReputation, ChainConsensusScores
 from agentmesh.agents.requester_graph import build_requester_graph
 from agentmesh.agents.service import CheckFn, Service, ServiceFn, parse_price
 from agentmesh.agents.task_runner import TaskRunner
@@ -132,6 +134,7 @@ class Agent:
         self._stack: contextlib.AsyncExitStack | None = None
         self._main: Callable[[Agent], Awaitable[Any]] | None = None
         self.started = False
+        self.jury_duty: JuryDuty | None = None
 
     def __repr__(self) -> str:
         return f"Agent({self.name!r})"
@@ -289,7 +292,7 @@ class Agent:
         )
         self.registry = RegistryClient(self.wallet, self.chain.deployment.address("AgentRegistry"))
         self.clock = ChainClock(self.chain.w3)
-        self.arbiter = self.chain.deployment.deployer
+        self.arbiter = arbiter_address(self.settings.arbiter, self.chain.deployment)
         if self.settings.faucet:
             await top_up(self.chain, self.wallet)
 
@@ -369,7 +372,18 @@ class Agent:
             buyer_checks=self._checks,
             spawn=self.spawn,
             pricing=PricingPacer(self.settings.decision_timeout_s),
+            consensus=self._consensus_scores(),
         )
+
+    def _consensus_scores(self) -> ChainConsensusScores | None:
+        """The validators' scores for ranking, on a chain with a Consensus contract."""
+        from agentmesh.wallets.consensus import ConsensusClient
+
+        deployment = self.chain.deployment
+        if "Consensus" not in deployment.contracts:
+            return None
+        client = ConsensusClient(self.wallet, deployment.address("Consensus"))
+        return ChainConsensusScores(client, deployment.block_number)
 
     async def start(self) -> None:
         """Connect to the chain, join the mesh, resume unfinished tasks."""
@@ -402,11 +416,21 @@ class Agent:
             self.spawn(self.runner.approval_loop())
             self.spawn(self.runner.timer_loop())
             await self.payee.start()
+            if "Jury" in self.chain.deployment.contracts:
+                self.jury_duty = JuryDuty(self)
+                self.spawn(self._jury_loop(self.jury_duty))
             for hook in self._start_hooks:
                 await hook(self, stack)
         except BaseException:
             await stack.aclose()
             raise
+
+    async def _jury_loop(self, duty: JuryDuty) -> None:
+        """This agent's cases before the jury: its disputed purchases, cases against it
+        (and, as a validator's juror, its votes), every ``DISPUTE_CHECK_S``."""
+        while True:
+            await duty.tick()
+            await asyncio.sleep(DISPUTE_CHECK_S)
 
     async def stop(self) -> None:
         """Stop background work and leave the mesh; unfinished tasks resume next start."""

@@ -119,6 +119,13 @@ class Escrow(Protocol):
     async def expire_dispute(self, job_id: int) -> Any: ...
 
 
+class ConsensusScores(Protocol):
+    """The validators' consensus score of a provider (``Consensus``, last finalized
+    epoch): 0..10,000, or None when it was not scored."""
+
+    async def score(self, provider: str) -> int | None: ...
+
+
 class Registry(Protocol):
     """The ``AgentRegistry`` reputation a trade reads and writes."""
 
@@ -151,6 +158,8 @@ class TaskContext:
     spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
     # The measured cost of a pricing call: how long a decision may wait for the model.
     pricing: PricingPacer
+    # The validators' scores of providers, for ranking proposals (None: no Consensus).
+    consensus: ConsensusScores | None = None
 
     @property
     def model_sha256(self) -> str:

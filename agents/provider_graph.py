@@ -311,7 +311,8 @@ async def submit(state: ProviderState, runtime: Ctx) -> Update:
         txs["submit"] = tx_hex(await ctx.escrow.submit(state["job_id"], digest))
         job = await ctx.escrow.get_job(state["job_id"])
     if job.status == JobStatus.SUBMITTED and job.result_hash == digest:
-        # submitted now, or before a restart
+        # submitted now, or before a restart; kept to show a jury if it comes to that
+        ctx.records.keep_evidence(state["job_id"], ctx.escrow.address, result=state["result"])
         claim_after = job.submitted_at + job.review_window + 1
         return {"phase": Phase.SUBMITTED, "txs": txs, "claim_after": claim_after}
     return {"phase": Phase.LOST, "error": f"cannot submit: the job is {job.status.name}"}

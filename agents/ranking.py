@@ -1,4 +1,5 @@
-"""How a requester ranks proposals: price, reputation and latency, deterministically."""
+"""How a requester ranks proposals: price, reputation, the validators' consensus score
+and latency, deterministically."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 UNRATED = 50  # the reputation assumed for a provider nobody has rated yet
+UNSCORED = 5_000  # the consensus score assumed for a provider no validator scored
+MAX_CONSENSUS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,14 +18,18 @@ class Weights:
     price: float = 1.0  # per budget share
     reputation: float = 0.2  # per missing share of a perfect average score
     latency: float = 0.05  # per second of measured proposal latency
+    consensus: float = 0.5  # per missing share of a perfect consensus score
 
 
 def score(proposal: dict[str, Any], budget: int, weights: Weights) -> float:
     reputation = proposal.get("reputation")
     average = UNRATED if reputation is None else reputation
+    consensus = proposal.get("consensus")
+    validated = UNSCORED if consensus is None else consensus
     return float(
         weights.price * proposal["price"] / budget
         + weights.reputation * (1 - average / 100)
+        + weights.consensus * (1 - validated / MAX_CONSENSUS)
         + weights.latency * proposal["latency_ms"] / 1000
     )
 

@@ -76,6 +76,21 @@ class ApprovalRow(SQLModel, table=True):
     decided_ms: int | None = None
 
 
+class EvidenceRow(SQLModel, table=True):
+    """What this agent can show a jury about an escrow job: the client keeps the agreed
+    terms and the input, the provider the result it delivered (their hashes are on
+    chain)."""
+
+    __tablename__ = "evidence"
+
+    job_id: int = Field(primary_key=True)
+    escrow: str
+    terms: str = ""
+    input: str = ""
+    result: str = ""
+    updated_ms: int = Field(default_factory=_now_ms)
+
+
 # What update_task may set (the column names it writes into its statement).
 _UPDATABLE = frozenset(TaskRow.model_fields) - {"conversation", "created_ms"}
 
@@ -94,7 +109,11 @@ class AgentRecords:
         self.engine = sqlite_engine(path)  # WAL, like the mesh store
         SQLModel.metadata.create_all(
             self.engine,
-            tables=[TaskRow.__table__, ApprovalRow.__table__],  # type: ignore[attr-defined]
+            tables=[
+                TaskRow.__table__,  # type: ignore[attr-defined]
+                ApprovalRow.__table__,  # type: ignore[attr-defined]
+                EvidenceRow.__table__,  # type: ignore[attr-defined]
+            ],
         )
         self._add_missing_columns()
         # The hot path (update_task, count_attempt) writes through one DBAPI connection.
@@ -118,6 +137,25 @@ class AgentRecords:
     def close(self) -> None:
         self._raw.close()
         self.engine.dispose()
+
+    # ------------------------------------------------------------------ evidence
+
+    def keep_evidence(self, job_id: int, escrow: str, **fields: str) -> None:
+        """Record (or add to) what this agent can show a jury about ``job_id``."""
+        unknown = set(fields) - {"terms", "input", "result"}
+        if unknown:
+            raise AgentMeshValueError(f"unknown evidence fields: {', '.join(sorted(unknown))}")
+        with Session(self.engine) as session:
+            row = session.get(EvidenceRow, job_id) or EvidenceRow(job_id=job_id, escrow=escrow)
+            for name, value in fields.items():
+                setattr(row, name, value)
+            row.updated_ms = _now_ms()
+            session.add(row)
+            session.commit()
+
+    def evidence(self, job_id: int) -> EvidenceRow | None:
+        with Session(self.engine) as session:
+            return session.get(EvidenceRow, job_id)
 
     # ------------------------------------------------------------------ tasks
 

@@ -41,3 +41,41 @@ class CachedReputation:
     async def give_feedback(self, job_id: int, score: int, comment_hash: bytes) -> Any:
         self._cache.clear()  # the rated provider is not named here: start afresh
         return await self.registry.give_feedback(job_id, score, comment_hash)
+
+
+class ChainConsensusScores:
+    """Consensus scores from the suite's ``Consensus`` contract: each provider's score in
+    the last finalized epoch, cached for ``ttl_s`` (an epoch lasts minutes)."""
+
+    def __init__(self, consensus: Any, from_block: int, ttl_s: float = 30.0) -> None:
+        self.consensus = consensus  # a ConsensusClient
+        self.from_block = from_block
+        self.ttl_s = ttl_s
+        self._epoch: tuple[float, int | None] | None = None
+        self._scores: dict[tuple[int, str], int | None] = {}
+
+    async def last_finalized(self) -> int | None:
+        now = time.monotonic()
+        if self._epoch is not None and now - self._epoch[0] < self.ttl_s:
+            return self._epoch[1]
+        events = await self.consensus.contract.events.Finalized().get_logs(
+            from_block=self.from_block
+        )
+        epoch = max((int(e["args"]["epoch"]) for e in events), default=None)
+        self._epoch = (now, epoch)
+        return epoch
+
+    async def score(self, provider: str) -> int | None:
+        epoch = await self.last_finalized()
+        if epoch is None:
+            return None
+        key = (epoch, provider.lower())
+        if key not in self._scores:
+            if len(self._scores) > 4096:
+                self._scores.clear()
+            providers = {p.lower() for p in await self.consensus.providers_of(epoch)}
+            scored = provider.lower() in providers
+            self._scores[key] = (
+                await self.consensus.consensus_of(epoch, provider) if scored else None
+            )
+        return self._scores[key]

@@ -56,6 +56,7 @@ from agentmesh.protocols.negotiation import (
     Settled,
     Timeout,
     terms_hash,
+    terms_text,
 )
 from agentmesh.wallets.clients import EscrowJob, JobStatus
 from agentmesh.wallets.units import MUSD_DECIMALS, format_amount
@@ -174,6 +175,8 @@ async def solicit(state: RequesterState, runtime: Ctx) -> Update:
     for proposal in proposals:  # the chain's word on reputation, not the proposal's
         count, total = await ctx.registry.reputation(proposal["provider"])
         proposal["reputation"] = total / count if count else None
+        if ctx.consensus is not None:  # and the validators' score, where there are any
+            proposal["consensus"] = await ctx.consensus.score(proposal["provider"])
     declines = [a for a in answers if "why" in a]
     return {"phase": Phase.SOLICITED, "proposals": proposals, "declines": declines}
 
@@ -181,7 +184,12 @@ async def solicit(state: RequesterState, runtime: Ctx) -> Update:
 async def choose(state: RequesterState, runtime: Ctx) -> Update:
     ctx = runtime.context
     settings = ctx.settings
-    weights = Weights(settings.weight_price, settings.weight_reputation, settings.weight_latency)
+    weights = Weights(
+        settings.weight_price,
+        settings.weight_reputation,
+        settings.weight_latency,
+        settings.weight_consensus,
+    )
     excluded = set(state.get("excluded") or [])
     candidates = [p for p in state.get("proposals", []) if p["provider"] not in excluded]
     ranked = rank(candidates, state["budget"], weights)
@@ -318,6 +326,13 @@ def agreed_terms_hash(state: RequesterState) -> bytes:
     return terms_hash(conversation, state["service"], state["input_sha256"], state["price"])
 
 
+def keep_evidence(ctx: TaskContext, state: RequesterState, job_id: int) -> None:
+    """What this buyer would show a jury: the terms the job commits to and the input."""
+    conversation = bytes.fromhex(state["conversation"])
+    terms = terms_text(conversation, state["service"], state["input_sha256"], state["price"])
+    ctx.records.keep_evidence(job_id, ctx.escrow.address, terms=terms, input=state["input"])
+
+
 async def found_job(ctx: TaskContext, state: RequesterState, terms: bytes) -> Update | None:
     """The update for a job we opened already (before a restart, or whose receipt was
     lost), or None if there is none."""
@@ -327,6 +342,7 @@ async def found_job(ctx: TaskContext, state: RequesterState, terms: bytes) -> Up
     if job_id is None:
         return None
     job = await ctx.escrow.get_job(job_id)
+    keep_evidence(ctx, state, job_id)
     return {"phase": Phase.FUNDED, "job_id": job_id, "delivery_until": job.deadline + 1}
 
 
@@ -358,6 +374,7 @@ async def fund(state: RequesterState, runtime: Ctx) -> Update:
             return {"phase": Phase.FAILED, "error": f"could not fund the job: {exc.user_message}"}
         log.warning("opening job %s reported %s, but it is open", found["job_id"], exc)
         return found
+    keep_evidence(ctx, state, job_id)
     txs = {"open": tx_hex(receipts[-1])}
     if len(receipts) > 1:
         txs["approve"] = tx_hex(receipts[0])

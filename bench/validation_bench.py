@@ -1,14 +1,24 @@
-"""Validation benchmark (consensus so far): gas of finalizing one epoch.
+"""Validation benchmark: gas of finalizing one epoch, gas of one jury dispute, and a
+validator's time per provider per epoch.
 
-    .venv/bin/python bench/validation_bench.py [--sizes 3x10 10x50]
+    .venv/bin/python bench/validation_bench.py [--sizes 3x10 10x50] [--no-agents]
 
-For each size VxP on a throw-away anvil: V validators with permits (stakes 10..V*10 mUSD)
-commit and reveal random scores (0..10,000) for every one of P ranked providers, and one
-`finalize` computes the stake-weighted medians, clipping, incentives and dividends and
-pays a funded pool out. Prints the finalize gas, the gas of one commit and of one reveal
-of P scores, next to the baseline measured in the same run: the gas of one plain escrow
-task (open, accept, submit, release, feedback), which is what a validator's probe of a
-provider costs when it buys through the market.
+- **Epoch.** For each size VxP on a throw-away anvil: V validators with permits (stakes
+  10..V*10 mUSD) commit and reveal random scores (0..10,000) for every one of P ranked
+  providers, and one `finalize` computes the stake-weighted medians, clipping,
+  incentives and dividends and pays a funded pool out. Prints the finalize gas, the gas
+  of one commit and of one reveal of P scores.
+- **Jury.** One disputed job of the suite's escrow decided by the suite's jury of three:
+  open (fee), draw, both parties' evidence, three commits, three reveals, settle (with
+  the slash): the gas of each step and in all.
+- **Validator time.** Three providers of ``embed`` on the real model (honest, garbage,
+  impostor) and one validator: the wall time of one epoch's probing and commit (fresh
+  buyer identity funded and emptied, canaries, re-executions on its own model) per
+  provider, next to an ordinary buyer's time for the same number of paid calls to the
+  same providers.
+
+The gas baseline, measured in the same run: one plain escrow task (open, accept, submit,
+release, feedback).
 """
 
 from __future__ import annotations
@@ -118,15 +128,136 @@ async def epoch_gas(
     }
 
 
-async def run(sizes: list[tuple[int, int]]) -> dict[str, Any]:
+async def jury_gas(chain: Chain, faucet: Wallet) -> dict[str, int]:
+    """Gas of each step of one dispute decided by the suite's jury of three."""
+    import hashlib
+
+    from agentmesh.canonical import canonical_bytes
+    from agentmesh.wallets.clients import EscrowClient
+    from agentmesh.wallets.jury import JuryClient, Vote, ballot
+
+    staking = StakingClient(faucet, chain.deployment.address("Staking"))
+    provider, client = await funded(chain, faucet, 100), await funded(chain, faucet, 100)
+    await staking.as_wallet(provider).stake(20 * MUSD)
+    jurors = [await funded(chain, faucet, 100) for _ in range(3)]
+    for wallet in jurors:
+        await staking.as_wallet(wallet).stake(30 * MUSD)
+        await staking.as_wallet(wallet).register_validator()
+    task_input = canonical_bytes({"text": "a ticket"})
+    terms = canonical_bytes({"input_sha256": hashlib.sha256(task_input).hexdigest()})
+    escrow = EscrowClient(client, chain.deployment.address("TaskEscrow"))
+    now = int((await chain.w3.eth.get_block("latest"))["timestamp"])
+    job_id, _ = await escrow.open(
+        provider=provider.address, token=TokenClient(client, chain.token_address),
+        amount=MUSD, deadline=now + 3600, review_window=600,
+        arbiter=chain.deployment.address("Jury"), terms_hash=hashlib.sha256(terms).digest(),
+    )  # fmt: skip
+    await EscrowClient(provider, escrow.address).accept(job_id)
+    await EscrowClient(provider, escrow.address).submit(job_id, hashlib.sha256(b"[0]").digest())
+    await escrow.dispute(job_id, bytes(32))
+    jury = JuryClient(client, chain.deployment.address("Jury"))
+    gas: dict[str, int] = {}
+    gas["open"] = int((await jury.open(job_id))["gasUsed"])  # after its fee's approve
+    gas["draw"] = int((await jury.draw(job_id))["gasUsed"])
+    gas["show_input"] = int((await jury.show_input(job_id, terms, task_input))["gasUsed"])
+    shown = await jury.as_wallet(provider).show_result(job_id, b"[0]")
+    gas["show_result"] = int(shown["gasUsed"])
+    votes = [ballot(job_id, Vote.REFUND) for _ in jurors]
+    gas["commits"] = sum(
+        [
+            int((await jury.as_wallet(w).commit_vote(b))["gasUsed"])
+            for w, b in zip(jurors, votes, strict=True)
+        ]
+    )
+    gas["reveals"] = sum(
+        [
+            int((await jury.as_wallet(w).reveal_vote(b))["gasUsed"])
+            for w, b in zip(jurors, votes, strict=True)
+        ]
+    )
+    gas["settle"] = int((await jury.settle(job_id))["gasUsed"])
+    gas["total"] = sum(gas.values())
+    return gas
+
+
+async def validator_time(chain: Chain, faucet: Wallet) -> dict[str, float]:
+    """Seconds one validator spends on an epoch per provider, and an ordinary buyer's
+    seconds for the same calls."""
+    import tempfile
+    from pathlib import Path
+
+    from agentmesh.agents.agent import Agent
+    from agentmesh.agents.validation_cast import (
+        garbage_embedder,
+        honest_embedder,
+        impostor_embedder,
+    )
+    from agentmesh.agents.validator import Validator, ValidatorSettings
+    from agentmesh.config import AgentConfig, ChainConfig, Config, MeshConfig
+    from agentmesh.llm import LocalModel
+
+    settings = ValidatorSettings(canaries=2, reexec=2)
+    calls = settings.canaries * 4 + settings.reexec
+    staking = StakingClient(faucet, chain.deployment.address("Staking"))
+    model = LocalModel.default()
+    with tempfile.TemporaryDirectory(prefix="agentmesh-bench-") as tmp:
+        home = Path(tmp)
+        (home / "deployments").mkdir()
+        chain.deployment.save(home / "deployments" / f"{chain.deployment.chain_id}.json")
+        config = Config(
+            chain=ChainConfig(rpc_url=chain.rpc_url),
+            agent=AgentConfig(faucet=False),
+            mesh=MeshConfig(heartbeat_s=0.5),
+        )
+        cast = [
+            honest_embedder("honest", model=model),
+            garbage_embedder("garbage"),
+            impostor_embedder("impostor", model=model),
+        ]
+        validator, buyer = Agent("validator", model=model), Agent("buyer")
+        for agent in (*cast, validator, buyer):
+            wallet = await funded(chain, faucet, 100)
+            await staking.as_wallet(wallet).stake(20 * MUSD)
+            if agent is validator:
+                await staking.as_wallet(wallet).register_validator()
+            agent.bind(home=home, config=config, wallet=wallet.account)
+        try:
+            for agent in (*cast, validator, buyer):
+                await agent.start()
+            await buyer.wait_for_providers("embed", count=3, timeout=60)
+            role = Validator(validator, settings)
+            consensus = ConsensusClient(faucet, chain.deployment.address("Consensus"))
+            record = await role.score_and_commit(await consensus.current_epoch())
+            role.close()
+            started = time.perf_counter()
+            for card in buyer.node.find("embed"):
+                for n in range(calls):
+                    await buyer.call(card, "embed", text=f"an ordinary request #{n}")
+            ordinary = time.perf_counter() - started
+        finally:
+            for agent in (buyer, validator, *cast):
+                if agent.started:
+                    await agent.stop()
+            model.close()
+    return {
+        "validator_s_per_provider": round(record.seconds / len(cast), 3),
+        "ordinary_buyer_s_per_provider": round(ordinary / len(cast), 3),
+        "calls_per_provider": calls,
+    }
+
+
+async def run(sizes: list[tuple[int, int]], agents: bool) -> dict[str, Any]:
     with start_anvil(DevnetConfig()) as anvil:
         w3 = connect(anvil.rpc_url)
         deployment = await _deploy_fresh(w3, anvil.rpc_url, 0)
         chain = Chain(w3, anvil.rpc_url, deployment, "embedded", anvil)
         faucet = dev_deployer(w3)
         figures: dict[str, Any] = {"escrow_task_gas": await escrow_gas(chain, faucet)}
+        figures["jury"] = await jury_gas(chain, faucet)
         for v, p in sizes:
             figures[f"{v}x{p}"] = await epoch_gas(chain, faucet, v, p)
+        if agents:
+            figures["validator"] = await validator_time(chain, faucet)
         await w3.provider.disconnect()
     return figures
 
@@ -134,6 +265,7 @@ async def run(sizes: list[tuple[int, int]]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["3x10", "10x50"])
+    parser.add_argument("--no-agents", action="store_true", help="skip the validator timing")
     args = parser.parse_args()
     sizes = []
     for text in args.sizes:
@@ -141,7 +273,7 @@ def main() -> None:
         if not (v.isdigit() and p.isdigit()) or not (1 <= int(v) <= 32 and 1 <= int(p) <= 64):
             raise SystemExit(f"error: size {text!r}: VxP with 1..32 validators, 1..64 providers")
         sizes.append((int(v), int(p)))
-    figures = asyncio.run(run(sizes))
+    figures = asyncio.run(run(sizes, not args.no_agents))
     base = figures["escrow_task_gas"]
     table = Table(title="gas of one epoch's consensus (anvil)")
     for column in ("validators x providers", "finalize", "per score", "commit", "reveal (all P)",
@@ -154,7 +286,26 @@ def main() -> None:
             f"{f['commit']:,}", f"{f['reveal']:,}", f"{f['finalize'] / base:.1f}x",
         )  # fmt: skip
     console.print(table)
+    jury = figures["jury"]
+    steps = Table(title="gas of one dispute decided by a jury of three (anvil)")
+    for column in ("open", "draw", "show input", "show result", "3 commits", "3 reveals",
+                   "settle", "total", "total / escrow task"):  # fmt: skip
+        steps.add_column(column, justify="right")
+    steps.add_row(
+        *(f"{jury[k]:,}" for k in ("open", "draw", "show_input", "show_result", "commits",
+                                   "reveals", "settle", "total")),
+        f"{jury['total'] / base:.1f}x",
+    )  # fmt: skip
+    console.print(steps)
     console.print(f"baseline, same run: one plain escrow task = {base:,} gas")
+    if "validator" in figures:
+        t = figures["validator"]
+        console.print(
+            f"validator time per provider per epoch (probes, {t['calls_per_provider']} paid "
+            f"calls, re-execution, fresh identity): {t['validator_s_per_provider']} s; "
+            f"an ordinary buyer's same calls: {t['ordinary_buyer_s_per_provider']} s "
+            f"({t['validator_s_per_provider'] / t['ordinary_buyer_s_per_provider']:.1f}x)"
+        )
     console.print(json.dumps(figures))
 
 

@@ -21,6 +21,7 @@ from agentmesh.cli import model as model_cmd
 from agentmesh.cli import new as new_cmd
 from agentmesh.cli import stake as stake_cmd
 from agentmesh.cli import task as task_cmd
+from agentmesh.cli import validation as validation_cmd
 from agentmesh.cli import wallet as wallet_cmd
 from agentmesh.cli.context import AppState, err_console
 from agentmesh.errors import AgentMeshError
@@ -41,6 +42,9 @@ app.add_typer(delegate_cmd.app, name="delegate")
 app.add_typer(defi_cmd.app, name="defi")
 app.add_typer(channel_cmd.app, name="channel")
 app.add_typer(stake_cmd.app, name="stake")
+app.command("validators")(validation_cmd.validators)
+app.add_typer(validation_cmd.epoch_app, name="epoch")
+app.add_typer(validation_cmd.dispute_app, name="dispute")
 app.command("new")(new_cmd.new)
 app.command("doctor")(doctor_cmd.doctor)
 app.add_typer(demo_cmd.app, name="demo")

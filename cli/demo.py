@@ -5,8 +5,8 @@ two summarizer providers with different prices and funds them; runs each agent a
 own ``agentmesh run`` process (all on the local model); the requester buys N
 summaries. Progress is shown live; at the end a table lists each task's winner, price,
 transactions, gas and time, then every agent's balance before and after, and the
-conservation check (balances + escrow + exchange pools = minted). Exits non-zero if a task did not
-settle or the check fails.
+conservation check (balances + escrow + reward pool + exchange pools = minted). Exits
+non-zero if a task did not settle or the check fails.
 """
 
 from __future__ import annotations
@@ -274,6 +274,9 @@ async def _report(
         for name, address in addresses.items()
     ]
     in_escrow = await token.balance_of(escrow)
+    # The protocol fee on each release goes to the validators' reward pool.
+    reward_pool = chain.deployment.address("Consensus")
+    in_reward_pool = await token.balance_of(reward_pool)
     # The devnet's Uniswap pools hold mUSD too (seeded by the deployer): every holder
     # counts.
     exchange = chain.deployment.exchange
@@ -290,14 +293,16 @@ async def _report(
         "settled": sum(t["status"] == TaskStatus.DONE for t in task_rows),
         "balances": balances,
         "escrow": {"address": escrow, "balance": in_escrow},
+        "reward_pool": {"address": reward_pool, "balance": in_reward_pool},
         "pools": pools,
         "conservation": {
             "agents": agents_total,
             "escrow": in_escrow,
+            "reward_pool": in_reward_pool,
             "pools": in_pools,
-            "total": agents_total + in_escrow + in_pools,
+            "total": agents_total + in_escrow + in_reward_pool + in_pools,
             "minted": minted,
-            "ok": agents_total + in_escrow + in_pools == minted,
+            "ok": agents_total + in_escrow + in_reward_pool + in_pools == minted,
         },
     }
 
@@ -334,6 +339,8 @@ def _print_report(report: dict[str, Any]) -> None:
         )
     escrow = report["escrow"]
     balances.add_row("escrow", escrow["address"], "", _musd(escrow["balance"]), "")
+    fees = report["reward_pool"]
+    balances.add_row("reward pool", fees["address"], "", _musd(fees["balance"]), "")
     for name, held in report["pools"].items():
         balances.add_row(f"pool {name}", "", "", _musd(held), "")
     console.print(balances)
@@ -341,7 +348,8 @@ def _print_report(report: dict[str, Any]) -> None:
     mark = "[green]✓[/]" if check["ok"] else "[red]✗[/]"
     console.print(
         f"conservation: agents {_musd(check['agents'])} + escrow {_musd(check['escrow'])} "
-        f"+ pools {_musd(check['pools'])} = {_musd(check['total'])}; "
+        f"+ reward pool {_musd(check['reward_pool'])} + pools {_musd(check['pools'])} "
+        f"= {_musd(check['total'])}; "
         f"minted {_musd(check['minted'])}  {mark}"
     )
 
@@ -416,3 +424,21 @@ def channels(
 
     state(ctx)
     run_demo(calls, timeout, json_out)
+
+
+@app.command("validation")
+def validation(
+    ctx: typer.Context,
+    epochs: Annotated[int, typer.Option(help="epochs to run (at least 2)", min=2, max=10)] = 2,
+    json_out: JsonOption = False,
+) -> None:
+    """Three validators score three providers of embeddings (honest, garbage, an impostor
+    of its declared model) over epochs, and a jury of them decides a disputed purchase.
+
+    With --json, stdout is one JSON object: epochs (each with per-provider score and
+    incentive, and the rewards), disputes (each with verdict and slashed) and
+    conservation (with ok); exit 1 if a check fails."""
+    from .demo_validation import run_demo
+
+    state(ctx)
+    run_demo(epochs, json_out)

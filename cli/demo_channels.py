@@ -108,7 +108,12 @@ async def _demo(calls: int, timeout: float, json_out: bool) -> dict[str, Any]:
             for address in addresses.values():
                 await faucet.send({"to": address, "value": Wei(10**19)})
             await token.mint(addresses[CALLER], CALLER_MUSD * 10**MUSD_DECIMALS)
-            holders = {**addresses, "PaymentChannel": chain.deployment.address("PaymentChannel")}
+            holders = {
+                **addresses,
+                "PaymentChannel": chain.deployment.address("PaymentChannel"),
+                # The protocol fee on each claim goes to the validators' reward pool.
+                "reward pool": chain.deployment.address("Consensus"),
+            }
             before = {n: await token.balance_of(a) for n, a in holders.items()}
             out.print(
                 f"[green]✓[/] wallets for {', '.join(addresses)}; {CALLER_MUSD} mUSD to {CALLER}"
@@ -168,6 +173,7 @@ async def _demo(calls: int, timeout: float, json_out: bool) -> dict[str, Any]:
             gas, txs = await channel_gas(chain, ch.id, ch.open_tx)
             after = {n: await token.balance_of(a) for n, a in holders.items()}
             paid = ch.signed
+            fee = after["reward pool"] - before["reward pool"]
             report: dict[str, Any] = {
                 "calls": counter["done"],
                 "requested": calls,
@@ -177,6 +183,7 @@ async def _demo(calls: int, timeout: float, json_out: bool) -> dict[str, Any]:
                 "claimed": state.claimed,
                 "claimed_before_close": claimed_before_close,
                 "refunded": state.deposit - state.claimed,
+                "protocol_fee": fee,
                 "closed": closed == "closed" and state.closed,
                 "channel": "0x" + ch.id.hex(),
                 "transactions": txs,
@@ -187,8 +194,10 @@ async def _demo(calls: int, timeout: float, json_out: bool) -> dict[str, Any]:
                 "conservation": {
                     "before": sum(before.values()),
                     "after": sum(after.values()),
+                    # What the payer signed was paid: to the provider, less the protocol
+                    # fee to the reward pool.
                     "ok": sum(before.values()) == sum(after.values())
-                    and after[PROVIDER] - before[PROVIDER] == paid == state.claimed,
+                    and after[PROVIDER] - before[PROVIDER] + fee == paid == state.claimed,
                 },
                 "seconds": round(time.monotonic() - started, 1),
             }

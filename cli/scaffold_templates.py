@@ -164,22 +164,24 @@ from agentmesh import TaskOutcome, local_market
 TEXT = "Agents trade services and settle on chain."
 
 
-async def sell_once(root: Path) -> tuple[TaskOutcome, int]:
-    """Start the agent, buy one summary from it; the outcome and what it earned."""
+async def sell_once(root: Path) -> tuple[TaskOutcome, int, int]:
+    """Start the agent, buy one summary from it; the outcome, what it earned and the
+    protocol fee taken on the way (it funds the validators' reward pool)."""
     async with local_market(root) as market:
         async with market.adopt(agent), market.buyer() as buyer:
             before = await agent.token.balance_of(agent.address)
             await buyer.wait_for_providers("summarize", timeout=30)
             outcome = await buyer.buy("summarize", text=TEXT, budget="1")
             earned = await agent.token.balance_of(agent.address) - before
-    return outcome, earned
+            fee = await agent.escrow.fee_on(agent.token_address, outcome.price)
+    return outcome, earned, fee
 
 
 def test_sells_a_summary(tmp_path: Path) -> None:
-    outcome, earned = asyncio.run(sell_once(tmp_path))
+    outcome, earned, fee = asyncio.run(sell_once(tmp_path))
     assert outcome.settled and outcome.provider == agent.address
     assert isinstance(outcome.result, str) and outcome.result.strip()
-    assert earned == outcome.price > 0  # paid on chain through the escrow
+    assert earned == outcome.price - fee > 0  # paid on chain through the escrow
 ''',
     "requester": '''"""It buys once from a seller on a throw-away devnet (real chain and mesh).
 

@@ -23,6 +23,7 @@ CONTRACT_NAMES = (
     "PaymentChannel",
     "Staking",
     "Consensus",
+    "Jury",
 )
 
 

@@ -181,9 +181,10 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
 )
 
 
-def terms_hash(conversation: bytes, service: str, input_sha256: str, price: int) -> bytes:
-    """What the escrow job commits to: this conversation, service, input and price."""
-    body = canonical_json(
+def terms_text(conversation: bytes, service: str, input_sha256: str, price: int) -> str:
+    """The agreed terms as canonical JSON: what the escrow job's terms hash is the
+    sha256 of, and what a client shows a jury (which finds ``input_sha256`` in it)."""
+    return canonical_json(
         {
             "conversation": conversation.hex(),
             "service": service,
@@ -191,6 +192,11 @@ def terms_hash(conversation: bytes, service: str, input_sha256: str, price: int)
             "price": price,
         }
     )
+
+
+def terms_hash(conversation: bytes, service: str, input_sha256: str, price: int) -> bytes:
+    """What the escrow job commits to: this conversation, service, input and price."""
+    body = terms_text(conversation, service, input_sha256, price)
     return hashlib.sha256(body.encode()).digest()
 
 

@@ -35,6 +35,7 @@ from agentmesh.mesh.card import AgentCard
 from agentmesh.message import Message
 from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import EscrowClient, JobStatus, RegistryClient, TokenClient
+from agentmesh.wallets.deployer import PROTOCOL_FEE_BPS
 from agentmesh.wallets.exchange import ORACLE_PERIOD
 from agentmesh.wallets.oracle import TwapOracleClient
 from agentmesh.wallets.wallet import Wallet
@@ -125,6 +126,29 @@ async def rpc(chain: Chain, method: str, *params: Any) -> Any:
     """Raw JSON-RPC call (anvil cheat codes such as evm_increaseTime)."""
     reply = await chain.w3.provider.make_request(method, list(params))  # type: ignore[arg-type]
     return reply.get("result")
+
+
+def fee_of(amount: int) -> int:
+    """The protocol fee on a provider payout of ``amount`` mUSD (escrow or channel)."""
+    return amount * PROTOCOL_FEE_BPS // 10_000
+
+
+def net(amount: int) -> int:
+    """What a provider receives of one payout of ``amount`` mUSD."""
+    return amount - fee_of(amount)
+
+
+async def send_as(chain: Chain, sender: str, call: Any) -> None:
+    """Send contract call ``call`` from ``sender`` (a contract, say), impersonated on
+    anvil; raises if it reverts."""
+    await rpc(chain, "anvil_setBalance", sender, hex(10**18))
+    await rpc(chain, "anvil_impersonateAccount", sender)
+    try:
+        tx_hash = await call.transact({"from": sender})
+        receipt = await chain.w3.eth.wait_for_transaction_receipt(tx_hash)
+        assert receipt["status"] == 1, f"{call.fn_name} as {sender} reverted"
+    finally:
+        await rpc(chain, "anvil_stopImpersonatingAccount", sender)
 
 
 async def chain_now(chain: Chain) -> int:
@@ -546,22 +570,38 @@ def stop_agent(process: subprocess.Popen[bytes]) -> None:
 
 
 class Ledger:
-    """Balances of the parties and the escrow, to check nothing is lost or created."""
+    """Balances of the parties, the escrow (or channel contract) and the reward pool its
+    protocol fee goes to, to check nothing is lost or created."""
 
     def __init__(self, token: TokenClient, escrow: str, *parties: str) -> None:
         self.token, self.escrow, self.parties = token, escrow, parties
+        self.pool = ""
         self.start: list[int] = []
 
     async def read(self) -> list[int]:
-        return [await self.token.balance_of(a) for a in (*self.parties, self.escrow)]
+        holders = (*self.parties, self.escrow, self.pool)
+        return [await self.token.balance_of(a) for a in holders]
 
     async def open(self) -> Ledger:
+        contract = self.token.wallet.w3.eth.contract(
+            address=self.token.wallet.w3.to_checksum_address(self.escrow),
+            abi=[
+                {
+                    "type": "function",
+                    "name": "feeSink",
+                    "inputs": [],
+                    "outputs": [{"type": "address", "name": ""}],
+                    "stateMutability": "view",
+                }
+            ],
+        )
+        self.pool = await contract.functions.feeSink().call()
         self.start = await self.read()
         return self
 
     async def conserved(self) -> list[int]:
-        """Each balance's change since :meth:`open` (parties, then the escrow); fails if
-        the total moved."""
+        """Each balance's change since :meth:`open` (parties, the escrow, the reward
+        pool); fails if the total moved."""
         now = await self.read()
         assert sum(now) == sum(self.start), f"{self.start} -> {now}"
         return [n - s for n, s in zip(now, self.start, strict=True)]

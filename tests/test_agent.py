@@ -41,6 +41,7 @@ from tests.helpers import (
     escrow_for,
     eventually,
     fund,
+    net,
     new_key,
     registry_for,
 )
@@ -120,7 +121,10 @@ async def test_requester_buys_a_summary_through_both_graphs(
     assert outcome.settled and outcome.provider == provider.address
     assert isinstance(outcome.result, str) and outcome.result.strip()
     assert outcome.price == PRICE  # the model proposed the list price, within the rules
-    assert await balances(token, provider, requester) == [before[0] + PRICE, before[1] - PRICE]
+    assert await balances(token, provider, requester) == [
+        before[0] + net(PRICE),  # less the protocol fee
+        before[1] - PRICE,
+    ]
     job = await escrow_for(chain, provider.wallet).get_job(outcome.job_id or 0)
     assert job.status == JobStatus.RELEASED and job.amount == PRICE
     assert await registry_for(chain, provider.wallet).reputation(provider.address) == (1, 100)
@@ -238,7 +242,7 @@ async def test_a_spend_above_the_threshold_waits_for_approve(
     outcome = await asyncio.wait_for(buying, 60)
     assert outcome.settled and outcome.price == 200_000
     assert await balances(token, provider, requester) == [
-        before[0] + 200_000,
+        before[0] + net(200_000),
         before[1] - 200_000,
     ]
     listing = CliRunner().invoke(app, ["--home", str(home), "approvals", "--json"])

@@ -22,6 +22,7 @@ from tests.helpers import (
     escrow_for,
     free_port,
     fund,
+    net,
     new_key,
     start_provider,
     stop_agent,
@@ -63,7 +64,7 @@ async def test_provider_killed_after_accepting_finishes_from_its_checkpoint(
             assert isinstance(outcome.result, str) and outcome.result.strip()
             job = await escrow.get_job(job_id)
             assert job.status == JobStatus.RELEASED
-            assert await token.balance_of(info["address"]) == 50_000
+            assert await token.balance_of(info["address"]) == net(50_000)
             # Killed in `execute` (or, if the kill beat the checkpoint write, just after
             # the accept transaction: then the re-run `verify_accept` finds it done).
             resumed = re.search(

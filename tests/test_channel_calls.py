@@ -40,6 +40,7 @@ from tests.helpers import (
     bind_home,
     eventually,
     fund,
+    net,
     new_key,
     with_agent_settings,
 )
@@ -100,6 +101,7 @@ class Pair:
             self.provider.address,
             self.requester.address,
             self.chain.deployment.address("PaymentChannel"),
+            self.chain.deployment.address("Consensus"),  # the protocol fee on claims
         )
         return sum([await self.token.balance_of(h) for h in holders])
 
@@ -167,7 +169,7 @@ async def test_calls_share_one_channel_and_a_cooperative_close_settles(pair: Pai
     assert await pair.requester.close_channel("provider") == "closed"
     state = await pair.provider.payee.client.channel(ch.id)
     assert state.closed and state.claimed == 20 * PRICE
-    assert await pair.token.balance_of(pair.provider.address) == 20 * PRICE
+    assert await pair.token.balance_of(pair.provider.address) == net(20 * PRICE)
     refund = payer_ch.deposit - 20 * PRICE
     assert await pair.token.balance_of(pair.requester.address) == payer_start + refund
     assert payer_ch.phase is ChannelPhase.CLOSED and ch.phase is ChannelPhase.CLOSED
@@ -196,7 +198,7 @@ async def test_64_concurrent_calls_pay_distinct_amounts_and_the_claim_is_their_s
     assert tx is not None
     state = await pair.provider.payee.client.channel(ch.id)
     assert state.claimed == answered * PRICE
-    assert await pair.token.balance_of(pair.provider.address) == answered * PRICE
+    assert await pair.token.balance_of(pair.provider.address) == net(answered * PRICE)
     assert await pair.total() == before
 
 
@@ -329,7 +331,7 @@ async def test_a_close_request_makes_the_payee_claim_and_the_payer_withdraws_the
     await advance_time(chain, await as_payer.challenge_delay() + 1)
     await as_payer.withdraw(payer_ch.id)
     assert (await as_payer.channel(payer_ch.id)).closed
-    assert await pair.token.balance_of(pair.provider.address) == 10 * PRICE
+    assert await pair.token.balance_of(pair.provider.address) == net(10 * PRICE)
     assert await pair.total() == before
 
 
@@ -354,7 +356,7 @@ async def test_a_payee_down_during_the_delay_claims_when_it_is_back(
         assert ch.phase is ChannelPhase.CLOSING and ch.claimed == 12 * PRICE
     await advance_time(chain, await as_payer.challenge_delay())
     await as_payer.withdraw(payer_ch.id)
-    assert await pair.token.balance_of(pair.provider.address) == 12 * PRICE
+    assert await pair.token.balance_of(pair.provider.address) == net(12 * PRICE)
     assert await pair.total() == before
 
 
@@ -384,7 +386,8 @@ async def test_the_payee_claims_past_its_threshold(
             lambda: client.channel(ch.id),
             lambda s: s.claimed > 0 and 12 * PRICE - s.claimed < 5 * PRICE,
         )
-        assert await token.balance_of(provider.address) == state.claimed == ch.claimed
+        pool = await token.balance_of(chain.deployment.address("Consensus"))
+        assert await token.balance_of(provider.address) + pool == state.claimed == ch.claimed
         assert provider.counters["channel.claims"] >= 2
 
 

@@ -33,7 +33,9 @@ from tests.helpers import (
     bind_home,
     chain_now,
     conserved,
+    fee_of,
     fund,
+    net,
     with_agent_settings,
 )
 
@@ -57,11 +59,12 @@ class Parties(KeystoreCli):
         return str(opened["channel"])
 
     async def balances(self) -> list[int]:
-        """payer, payee, the channel contract."""
+        """payer, payee, the channel contract, the reward pool (the protocol fee)."""
         holders = (
             self.address("payer"),
             self.address("payee"),
             self.chain.deployment.address("PaymentChannel"),
+            self.chain.deployment.address("Consensus"),
         )
         return [await self.token.balance_of(h) for h in holders]
 
@@ -162,7 +165,7 @@ async def test_open_records_the_channel_then_list_show_and_topup(p: Parties) -> 
         assert [r.deposit for r in store.payer_channels()] == [7_500_000]
     table = (await p.run("channel", "list", "--wallet", "payer")).stdout
     assert channel[:10] in table and "7.5 mUSD" in table and "open" in table
-    assert conserved(before, await p.balances()) == [-7_500_000, 0, 7_500_000]
+    assert conserved(before, await p.balances()) == [-7_500_000, 0, 7_500_000, 0]
 
 
 async def test_the_payee_claims_and_closes_with_the_voucher_its_store_holds(p: Parties) -> None:
@@ -171,7 +174,12 @@ async def test_the_payee_claims_and_closes_with_the_voucher_its_store_holds(p: P
     p.hold_voucher(channel, 3 * ONE_MUSD, calls=3)
     claimed = await p.json("channel", "claim", channel, "--wallet", "payee")
     assert (claimed["claimed"], claimed["cumulative"]) == (3 * ONE_MUSD, 3 * ONE_MUSD)
-    assert conserved(before, await p.balances()) == [0, 3 * ONE_MUSD, -3 * ONE_MUSD]
+    assert conserved(before, await p.balances()) == [
+        0,
+        net(3 * ONE_MUSD),
+        -3 * ONE_MUSD,
+        fee_of(3 * ONE_MUSD),
+    ]
     (payee_row,) = await p.json("channel", "list", "--wallet", "payee")
     assert payee_row["side"] == "payee" and payee_row["peer"] == p.address("payer")
     assert [payee_row[k] for k in ("deposit", "paid", "claimed", "unclaimed")] == [
@@ -201,7 +209,12 @@ async def test_the_payee_claims_and_closes_with_the_voucher_its_store_holds(p: P
         ONE_MUSD,
         ONE_MUSD,
     )
-    assert conserved(before, await p.balances()) == [ONE_MUSD, 4 * ONE_MUSD, -5 * ONE_MUSD]
+    assert conserved(before, await p.balances()) == [
+        ONE_MUSD,
+        net(3 * ONE_MUSD) + net(ONE_MUSD),
+        -5 * ONE_MUSD,
+        fee_of(3 * ONE_MUSD) + fee_of(ONE_MUSD),
+    ]
     with p.store("payee") as store:
         (row,) = store.payee_channels()
     assert (row.phase, row.claimed, row.latest) == (ChannelPhase.CLOSED, 4 * ONE_MUSD, 4 * ONE_MUSD)
@@ -235,7 +248,7 @@ async def test_the_payer_closes_through_the_challenge_delay(p: Parties) -> None:
 
     withdrawn = await p.json("channel", "close", channel, "--wallet", "payer")
     assert (withdrawn["action"], withdrawn["refunded"]) == ("withdrawn", 5 * ONE_MUSD)
-    assert conserved(before, await p.balances()) == [5 * ONE_MUSD, 0, -5 * ONE_MUSD]
+    assert conserved(before, await p.balances()) == [5 * ONE_MUSD, 0, -5 * ONE_MUSD, 0]
     with p.store("payer") as store:
         assert [r.phase for r in store.payer_channels()] == [ChannelPhase.CLOSED]
     again = await p.json("channel", "close", channel, "--wallet", "payer")
@@ -263,7 +276,12 @@ async def test_an_agent_pays_its_calls_through_the_channel_the_cli_opened(p: Par
     assert (shown["paid"], shown["calls"], shown["prices"]) == (2 * PRICE, 2, {"double": PRICE})
     claimed = await p.json("channel", "claim", channel, "--wallet", "payee")
     assert claimed["claimed"] == 2 * PRICE
-    assert conserved(before, await p.balances()) == [0, 2 * PRICE, -2 * PRICE]
+    assert conserved(before, await p.balances()) == [
+        0,
+        net(2 * PRICE),
+        -2 * PRICE,
+        fee_of(2 * PRICE),
+    ]
 
 
 async def test_every_bad_input_gets_a_clear_error_and_moves_nothing(p: Parties) -> None:

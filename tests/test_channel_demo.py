@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from agentmesh.agents.service import ServiceContext
+from tests.helpers import fee_of
 
 
 def test_demo_channels_pays_every_call_claims_closes_and_conserves(tmp_path: Path) -> None:
@@ -39,7 +40,11 @@ def test_demo_channels_pays_every_call_claims_closes_and_conserves(tmp_path: Pat
     assert report["gas_per_call"] == pytest.approx(report["gas"] / 450, abs=0.1)
     assert report["gas"] > 200_000
     balances = report["balances"]
-    assert balances["embedder"]["after"] - balances["embedder"]["before"] == report["paid"]
+    # Two payouts (the threshold's claim and the close), each less the protocol fee.
+    fee = fee_of(400 * price) + fee_of(50 * price)
+    assert report["protocol_fee"] == fee > 0
+    assert balances["reward pool"]["after"] - balances["reward pool"]["before"] == fee
+    assert balances["embedder"]["after"] - balances["embedder"]["before"] == report["paid"] - fee
     assert balances["caller"]["before"] - balances["caller"]["after"] == report["paid"]
     assert balances["PaymentChannel"]["after"] == 0
     assert report["conservation"]["ok"] is True

@@ -42,8 +42,10 @@ from tests.helpers import (
     bind_home,
     chain_now,
     eventually,
+    fee_of,
     free_port,
     fund,
+    net,
     new_key,
     wait_gone,
     with_agent_settings,
@@ -257,7 +259,7 @@ async def test_provider_killed_mid_stream_claims_what_it_stored_on_restart(
         client = requester.payer.client
         state = await eventually(lambda: client.channel(stored.channel), lambda s: s.claimed > 0)
         assert state.claimed == stored.calls * PRICE
-        assert await token.balance_of(seller) == stored.calls * PRICE
+        assert await token.balance_of(seller) == net(stored.calls * PRICE)
         restarted = held(home)
         assert restarted is not None and restarted.claimed == stored.calls * PRICE
 
@@ -273,7 +275,12 @@ async def test_provider_killed_mid_stream_claims_what_it_stored_on_restart(
         # went on from its own count, which the provider's voucher matched.
         assert state.closed and state.claimed == channel.signed == (stored.calls + 5) * PRICE
         assert worked(work)[len(done) :] == list(range(1000, 1005))
-        assert await ledger.conserved() == [state.claimed, -state.claimed, 0]
+        assert await ledger.conserved() == [
+            net(state.claimed),
+            -state.claimed,
+            0,
+            fee_of(state.claimed),  # exact: every claim is a multiple of 100 base units
+        ]
     assert provider.poll() is None, processes.log(PROVIDER)
 
 
@@ -334,7 +341,7 @@ async def test_requester_killed_mid_stream_provider_is_paid_for_every_call_it_an
     assert state.claimed == len(done) * PRICE == stored.calls * PRICE
     assert set(seen) <= set(done) and len(done) == len(set(done))
     assert len(seen) <= len(done) <= len(seen) + 4
-    assert await token.balance_of(seller) == state.claimed
+    assert await token.balance_of(seller) == net(state.claimed)
     assert await chain_now(chain) < state.close_requested_at + await as_payer.challenge_delay()
     # The payer has the rest back after the challenge delay; nothing more was worked.
     await advance_time(chain, await as_payer.challenge_delay() + 1)
@@ -342,7 +349,12 @@ async def test_requester_killed_mid_stream_provider_is_paid_for_every_call_it_an
     state = await as_payer.channel(stored.channel)
     assert state.closed and state.claimed == len(done) * PRICE
     assert worked(work) == done
-    assert await ledger.conserved() == [state.claimed, -state.claimed, 0]
+    assert await ledger.conserved() == [
+        net(state.claimed),
+        -state.claimed,
+        0,
+        fee_of(state.claimed),  # exact: every claim is a multiple of 100 base units
+    ]
     assert provider.poll() is None, processes.log(PROVIDER)
 
 
@@ -383,7 +395,7 @@ async def test_payer_asks_to_close_right_after_its_last_answer_and_the_payee_cla
     delay = await as_payer.challenge_delay()
     assert await chain_now(chain) < state.close_requested_at + delay
     assert sorted(worked(work)) == list(range(10))
-    assert await token.balance_of(seller) == 10 * PRICE
+    assert await token.balance_of(seller) == net(10 * PRICE)
     # The payer's rest waits for the delay; then it withdraws it.
     with pytest.raises(ContractRevertError):
         await as_payer.withdraw(channel)
@@ -391,7 +403,7 @@ async def test_payer_asks_to_close_right_after_its_last_answer_and_the_payee_cla
     await as_payer.withdraw(channel)
     state = await as_payer.channel(channel)
     assert state.closed and state.claimed == 10 * PRICE
-    assert await ledger.conserved() == [10 * PRICE, -10 * PRICE, 0]
+    assert await ledger.conserved() == [net(10 * PRICE), -10 * PRICE, 0, fee_of(10 * PRICE)]
     # The payee follows the chain: the channel it holds is closed.
     stored = await eventually(lambda: held(home), lambda h: h is not None and h.phase == "closed")
     assert stored is not None and stored.phase == "closed" and stored.claimed == 10 * PRICE

@@ -26,7 +26,7 @@ from eth_account import Account
 
 from agentmesh.chain.rpc import rpc_call
 from agentmesh.wallets.keystore import Keystore
-from tests.helpers import TEST_SCRYPT_N, wait_gone
+from tests.helpers import TEST_SCRYPT_N, fee_of, wait_gone
 
 PASSWORD = "correct horse battery staple"
 CLI = [sys.executable, "-m", "agentmesh.cli.app"]
@@ -758,20 +758,24 @@ def test_demo_settles_every_task_and_conserves_funds(tmp_path: Path) -> None:
     check = report["conservation"]
     ten_musd, pooled = 10 * 10**6, 200_000 * 10**6  # the buyer's, the exchange's seed
     assert report["pools"] == {"WETH/mUSD": pooled}  # untouched by the market
+    # The protocol fee on each release went to the validators' reward pool.
+    fees = sum(fee_of(t["price"]) for t in tasks)
+    assert fees > 0
     assert check == {
-        "agents": ten_musd,
+        "agents": ten_musd - fees,
         "escrow": 0,
+        "reward_pool": fees,
         "pools": pooled,
         "total": ten_musd + pooled,
         "minted": ten_musd + pooled,
         "ok": True,
     }
-    assert report["escrow"]["balance"] == 0
-    # The buyer paid exactly what the providers earned, and the prices of the tasks.
+    assert report["escrow"]["balance"] == 0 and report["reward_pool"]["balance"] == fees
+    # The buyer paid the prices of the tasks: the providers earned them less the fees.
     changes = {row["agent"]: row["change"] for row in report["balances"]}
     assert set(changes) == {"buyer", *providers}
     assert changes["buyer"] == -sum(t["price"] for t in tasks) < 0
-    assert sum(changes.values()) == 0
+    assert sum(changes.values()) == -fees
     for row in report["balances"]:
         assert row["after"] - row["before"] == row["change"]
 

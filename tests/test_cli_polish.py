@@ -148,14 +148,16 @@ def test_demo_prints_the_report_it_would_give_as_json(capsys: pytest.CaptureFixt
         "balances": [
             {"agent": "buyer", "address": "0xB", "before": 10**7, "after": 10**7 - 50_000}
             | {"change": -50_000},
-            {"agent": "summarizer-a", "address": "0xA", "before": 0, "after": 50_000}
-            | {"change": 50_000},
+            {"agent": "summarizer-a", "address": "0xA", "before": 0, "after": 49_500}
+            | {"change": 49_500},
         ],
         "escrow": {"address": "0xE", "balance": 0},
+        "reward_pool": {"address": "0xC", "balance": 500},
         "pools": {"WETH/mUSD": 2 * 10**11},
         "conservation": {
-            "agents": 10**7,
+            "agents": 10**7 - 500,
             "escrow": 0,
+            "reward_pool": 500,
             "pools": 2 * 10**11,
             "total": 10**7 + 2 * 10**11,
             "minted": 10**7 + 2 * 10**11,
@@ -165,9 +167,10 @@ def test_demo_prints_the_report_it_would_give_as_json(capsys: pytest.CaptureFixt
     _print_report(report)
     out = capsys.readouterr().out
     assert (
-        "conservation: agents 10 mUSD + escrow 0 mUSD + pools 200000 mUSD = 200010 mUSD; "
-        "minted 200010 mUSD" in out
+        "conservation: agents 9.9995 mUSD + escrow 0 mUSD + reward pool 0.0005 mUSD + pools "
+        "200000 mUSD = 200010 mUSD; minted 200010 mUSD" in out
     )
+    assert "reward pool" in out and "0xC" in out
     assert "pool WETH/mUSD" in out
     assert "summarizer-a" in out and "400,000" in out and "open 0x11111111…" in out
-    assert "-0.05 mUSD" in out and "+0.05 mUSD" in out
+    assert "-0.05 mUSD" in out and "+0.0495 mUSD" in out

@@ -48,7 +48,9 @@ from tests.helpers import (
     chain_now,
     drive,
     escrow_for,
+    fee_of,
     h32,
+    net,
     rpc,
     token_for,
 )
@@ -82,6 +84,11 @@ async def p(make_wallet: WalletFactory) -> Parties:
 
 def escrow_address(chain: Chain) -> str:
     return str(chain.deployment.address("TaskEscrow"))
+
+
+def pool_address(chain: Chain) -> str:
+    """The validators' reward pool, where the protocol fee on provider payouts goes."""
+    return str(chain.deployment.address("Consensus"))
 
 
 # ---------------------------------------------------------------------------- ledger
@@ -402,10 +409,12 @@ async def test_release_pays_the_provider(chain: Chain, p: Parties) -> None:
     receipt = await client.release(job_id)
     assert events(client, "JobReleased", receipt) == [{"jobId": job_id, "amount": AMOUNT}]
     assert (await client.get_job(job_id)).status == JobStatus.RELEASED
-    assert await balances(chain, chain.token_address, [p.provider.address, client.address]) == (
-        AMOUNT,
-        0,
-    )
+    assert events(client, "FeeTaken", receipt) == [
+        {"token": chain.token_address, "amount": fee_of(AMOUNT)}
+    ]
+    assert await balances(
+        chain, chain.token_address, [p.provider.address, client.address, pool_address(chain)]
+    ) == (net(AMOUNT), 0, fee_of(AMOUNT))
 
 
 async def test_claim_pays_the_provider_after_the_review_window(chain: Chain, p: Parties) -> None:
@@ -415,10 +424,9 @@ async def test_claim_pays_the_provider_after_the_review_window(chain: Chain, p: 
     receipt = await provider.claim(job_id)
     assert events(provider, "JobClaimed", receipt) == [{"jobId": job_id, "amount": AMOUNT}]
     assert (await provider.get_job(job_id)).status == JobStatus.CLAIMED
-    assert await balances(chain, chain.token_address, [p.provider.address, provider.address]) == (
-        AMOUNT,
-        0,
-    )
+    assert await balances(
+        chain, chain.token_address, [p.provider.address, provider.address, pool_address(chain)]
+    ) == (net(AMOUNT), 0, fee_of(AMOUNT))
 
 
 @pytest.mark.parametrize("from_state", ["open", "accepted"])
@@ -460,14 +468,26 @@ async def test_resolve_splits_the_deposit(chain: Chain, p: Parties, provider_amo
         {"jobId": job_id, "providerAmount": provider_amount, "clientAmount": client_amount}
     ]
     transfers = chain.contract("MeshUSD").events.Transfer().process_receipt(receipt, errors=DISCARD)
-    # A zero share is not transferred at all.
-    assert len(transfers) == (provider_amount > 0) + (client_amount > 0)
+    # A zero share is not transferred at all (the provider's comes with the fee's).
+    assert len(transfers) == 2 * (provider_amount > 0) + (client_amount > 0)
     assert (await arbiter.get_job(job_id)).status == JobStatus.RESOLVED
     assert await balances(
         chain,
         chain.token_address,
-        [p.client.address, p.provider.address, p.arbiter.address, arbiter.address],
-    ) == (CLIENT_MUSD * ONE_MUSD - AMOUNT + client_amount, provider_amount, 0, 0)
+        [
+            p.client.address,
+            p.provider.address,
+            p.arbiter.address,
+            arbiter.address,
+            pool_address(chain),
+        ],
+    ) == (
+        CLIENT_MUSD * ONE_MUSD - AMOUNT + client_amount,
+        net(provider_amount),
+        0,
+        0,
+        fee_of(provider_amount),
+    )
 
 
 async def test_an_unresolved_dispute_returns_the_deposit_after_its_timeout(
@@ -616,7 +636,7 @@ async def test_every_path_conserves_funds(
     chain: Chain, p: Parties, state: str, split: int, client_delta: int, provider_delta: int
 ) -> None:
     escrow = escrow_address(chain)
-    holders = [*p.addresses, escrow]
+    holders = [*p.addresses, escrow, pool_address(chain)]
     start = await balances(chain, chain.token_address, holders)
     job_id = await job_in(chain, p, state, split=split)
     end = await balances(chain, chain.token_address, holders)
@@ -624,8 +644,9 @@ async def test_every_path_conserves_funds(
     assert (await escrow_for(chain, p.client).get_job(job_id)).status == STATE_STATUS[state]
     assert sum(end) == sum(start)
     assert end[0] - start[0] == client_delta
-    assert end[1] - start[1] == provider_delta
-    assert end[2:] == start[2:] == (0, 0, 0)  # arbiter, stranger and escrow hold nothing
+    assert end[1] - start[1] == net(provider_delta)
+    assert end[-1] - start[-1] == fee_of(provider_delta)  # the reward pool
+    assert end[2:5] == start[2:5] == (0, 0, 0)  # arbiter, stranger and escrow hold nothing
     await assert_solvent(chain, chain.token_address)
 
 
@@ -634,7 +655,7 @@ async def test_escrow_holds_exactly_the_live_jobs(
 ) -> None:
     second = await make_wallet(musd=CLIENT_MUSD, name="second client")
     musd = chain.token_address
-    holders = [*p.addresses, second.address, escrow_address(chain)]
+    holders = [*p.addresses, second.address, pool_address(chain), escrow_address(chain)]
     start_total = sum(await balances(chain, musd, holders))
 
     async def check(expected_held: int) -> None:
@@ -666,7 +687,7 @@ async def test_escrow_holds_exactly_the_live_jobs(
     await check(2 * AMOUNT)
     await arbiter.resolve(b, AMOUNT // 2)
     await check(0)
-    assert await balances(chain, musd, [p.provider.address]) == (AMOUNT + AMOUNT // 2,)
+    assert await balances(chain, musd, [p.provider.address]) == (net(AMOUNT) + net(AMOUNT // 2),)
 
 
 # ============================================================================ reverts
@@ -1034,7 +1055,7 @@ async def test_review_window_closed(chain: Chain, p: Parties) -> None:
     )
     # ... and the provider's claim is what remains.
     await escrow_for(chain, p.provider).claim(job_id)
-    assert await balances(chain, chain.token_address, [p.provider.address]) == (AMOUNT,)
+    assert await balances(chain, chain.token_address, [p.provider.address]) == (net(AMOUNT),)
 
 
 async def test_empty_result(chain: Chain, p: Parties) -> None:
@@ -1395,9 +1416,8 @@ async def test_swallowed_reentry_is_blocked_only_by_the_guard(
     await deployer.transact(
         evil.functions.arm(escrow.address, escrow.encode_abi("claim", args=[attack.inner]), False)
     )
-    totals = [
-        sum(await balances(chain, t, [*attack.holders, escrow.address])) for t in attack.tokens
-    ]
+    holders = [*attack.holders, escrow.address, pool_address(chain)]
+    totals = [sum(await balances(chain, t, holders)) for t in attack.tokens]
 
     await escrow_for(chain, p.provider).claim(attack.outer)
 
@@ -1412,10 +1432,10 @@ async def test_swallowed_reentry_is_blocked_only_by_the_guard(
     assert await balances(chain, chain.token_address, [evil.address]) == (0,)
 
     await as_evil(deployer, evil, escrow, "claim", attack.inner)
-    assert await balances(chain, chain.token_address, [evil.address]) == (AMOUNT,)
-    assert await balances(chain, evil.address, [p.provider.address]) == (AMOUNT,)
+    assert await balances(chain, chain.token_address, [evil.address]) == (net(AMOUNT),)
+    assert await balances(chain, evil.address, [p.provider.address]) == (AMOUNT,)  # no fee
     for token_address, total in zip(attack.tokens, totals, strict=True):
-        assert sum(await balances(chain, token_address, [*attack.holders, escrow.address])) == total
+        assert sum(await balances(chain, token_address, holders)) == total
         await assert_solvent(chain, token_address)
 
 

@@ -161,8 +161,9 @@ async def test_a_devnet_deployed_before_the_exchange_gets_one(tmp_path: Any) -> 
                 update={"exchange": upgraded.exchange.model_copy(update={"oracle": None})}
             )
             without.save(path)
-            # And one recorded before payment channels and staking gets those contracts.
-            later = ("PaymentChannel", "Staking")
+            # And one recorded before payment channels, staking, consensus and the jury
+            # gets those contracts.
+            later = ("PaymentChannel", "Staking", "Consensus", "Jury")
             without = without.model_copy(
                 update={"contracts": {k: v for k, v in without.contracts.items() if k not in later}}
             )
@@ -178,6 +179,7 @@ async def test_a_devnet_deployed_before_the_exchange_gets_one(tmp_path: Any) -> 
                 abi=load_artifact("Staking").abi,
             )
             assert await staking.functions.token().call() == oracled.address("MeshUSD")
+            assert await staking.functions.slasher().call() == oracled.address("Jury")
             assert {k: v for k, v in oracled.contracts.items() if k not in later} == {
                 k: v for k, v in upgraded.contracts.items() if k not in later
             }
@@ -212,6 +214,8 @@ async def test_without_the_packages_a_devnet_still_serves_the_market(
         "AgentRegistry",
         "PaymentChannel",
         "Staking",
+        "Consensus",
+        "Jury",
     }
     assert "no Uniswap V2 on this devnet" in caplog.text and "make setup" in caplog.text
 

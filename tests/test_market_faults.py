@@ -42,8 +42,10 @@ from tests.helpers import (
     bind_home,
     escrow_for,
     eventually,
+    fee_of,
     free_port,
     fund,
+    net,
     new_key,
     raw_dealer,
     start_provider,
@@ -102,7 +104,7 @@ async def test_provider_killed_after_funded_never_back_requester_reclaims(
                 await asyncio.wait_for(buying, 30)
             assert failed.value.outcome.phase == "refunded"
             assert failed.value.outcome.txs.get("refund", "").startswith("0x")
-            assert await ledger.conserved() == [0, 0, 0]  # the deposit came back whole
+            assert await ledger.conserved() == [0, 0, 0, 0]  # the deposit came back whole
             await assert_settled_for_good(chain, job_id)
             assert requester.counters["timeouts"] == 1
     finally:
@@ -145,7 +147,7 @@ async def test_requester_killed_after_delivery_provider_claims_after_review(
             await advance_time(chain, REVIEW_S + 1)
             task = await eventually(lambda: seller.records.tasks()[0], lambda t: t.status == "done")
             assert task.state == "claimed" and task.status == "done"
-            assert await ledger.conserved() == [PRICE, -PRICE, 0]
+            assert await ledger.conserved() == [net(PRICE), -PRICE, 0, fee_of(PRICE)]
             await assert_settled_for_good(chain, job_id)
         finally:
             stop_agent(process)
@@ -170,7 +172,7 @@ async def test_garbage_delivery_is_disputed_and_frozen_until_the_arbiter(
                 await requester.buy("summarize", text=TEXT, budget="0.5")
             outcome = failed.value.outcome
             assert outcome.phase == "disputed" and outcome.job_id is not None
-            assert await ledger.conserved() == [0, -PRICE, PRICE]  # frozen in escrow
+            assert await ledger.conserved() == [0, -PRICE, PRICE, 0]  # frozen in escrow
             # The review window passes: the provider may not claim a disputed job.
             await advance_time(chain, REVIEW_S + 1)
             records = AgentRecords(home / "agents" / "garbage-summarizer" / "agent.db")
@@ -183,11 +185,16 @@ async def test_garbage_delivery_is_disputed_and_frozen_until_the_arbiter(
                 records.close()
             job = await requester.escrow.get_job(outcome.job_id)
             assert job.status == JobStatus.DISPUTED
-            assert await ledger.conserved() == [0, -PRICE, PRICE]
+            assert await ledger.conserved() == [0, -PRICE, PRICE, 0]
             # The arbiter decides: most back to the buyer, a little to the provider.
             arbiter = EscrowClient(deployer, escrow)
             await arbiter.resolve(outcome.job_id, PRICE // 5)
-            assert await ledger.conserved() == [PRICE // 5, -(PRICE // 5), 0]
+            assert await ledger.conserved() == [
+                net(PRICE // 5),
+                -(PRICE // 5),
+                0,
+                fee_of(PRICE // 5),
+            ]
             await assert_settled_for_good(chain, outcome.job_id)
     finally:
         stop_agent(process)
@@ -282,7 +289,7 @@ async def test_forged_award_and_replayed_funded_are_ignored_and_counted(
             assert outcome.settled and outcome.job_id == job_id
             job = await requester.escrow.get_job(outcome.job_id or 0)
             assert job.status == JobStatus.RELEASED
-            assert await ledger.conserved() == [PRICE, -PRICE, 0]
+            assert await ledger.conserved() == [net(PRICE), -PRICE, 0, fee_of(PRICE)]
             await assert_settled_for_good(chain, outcome.job_id or 0)
     finally:
         stop_agent(process)

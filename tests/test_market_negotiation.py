@@ -37,6 +37,7 @@ from tests.helpers import (
     escrow_for,
     eventually,
     fund,
+    net,
     new_key,
     with_agent_settings,
 )
@@ -82,7 +83,7 @@ async def test_one_counter_offer_each_way(
         outcome = await buyer.buy("echo", text="hi", budget="1")
         # Asked 0.05, below the floor: the provider's one counter is its floor.
         assert outcome.settled and outcome.price == 60_000
-        assert await token.balance_of(provider.address) == 60_000
+        assert await token.balance_of(provider.address) == net(60_000)  # less the protocol fee
         # A second counter in the same conversation is refused.
         with pytest.raises(RemoteError) as again:
             assert provider.node.card is not None
@@ -130,6 +131,17 @@ def test_weighted_ranking_trades_price_for_reputation() -> None:
     assert weighted[0] is dearer_trusted  # 0.55 + 0 < 0.50 + 0.1
     heavy_price = rank([cheap_unknown, dearer_trusted], budget, Weights(1.0, 0.05, 0.0))
     assert heavy_price[0] is cheap_unknown  # 0.50 + 0.025 < 0.55
+
+
+def test_weighted_ranking_prefers_what_the_validators_scored_well() -> None:
+    cheap_failing = {"provider": "0xA", "price": 50, "latency_ms": 10, "consensus": 0}
+    dearer_validated = {"provider": "0xB", "price": 70, "latency_ms": 10, "consensus": 10_000}
+    unscored = {"provider": "0xC", "price": 60, "latency_ms": 10}
+    offers = [cheap_failing, dearer_validated, unscored]
+    # 0.70 + 0 < 0.60 + 0.25 (unscored: half a perfect score) < 0.50 + 0.5
+    assert rank(offers, 100, Weights()) == [dearer_validated, unscored, cheap_failing]
+    no_weight = Weights(consensus=0.0)  # a requester that ignores the validators
+    assert rank(offers, 100, no_weight)[0] is cheap_failing
 
 
 def test_weighted_ranking_ties_are_deterministic() -> None:

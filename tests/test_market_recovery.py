@@ -30,7 +30,9 @@ from tests.helpers import (
     assert_settled_for_good,
     bind_home,
     eventually,
+    fee_of,
     fund,
+    net,
     new_key,
     wait_for_status,
     with_agent_settings,
@@ -118,7 +120,7 @@ async def test_a_requester_away_when_the_result_came_fetches_it_after_restart(
         assert again.counters["redeliveries"] == 1
         job = await again.escrow.get_job(job_id)
         assert job.status == JobStatus.RELEASED
-        assert await ledger.conserved() == [PRICE, -PRICE, 0]
+        assert await ledger.conserved() == [net(PRICE), -PRICE, 0, fee_of(PRICE)]
         await assert_settled_for_good(chain, job_id)
 
 
@@ -210,7 +212,7 @@ async def test_garbage_delivered_before_its_hash_is_disputed_once_committed(
         assert job.status == JobStatus.DISPUTED  # the seller cannot claim it
         await advance_time(chain, REVIEW_S + 1)
         assert (await buyer.escrow.get_job(outcome.job_id or 0)).status == JobStatus.DISPUTED
-        assert await ledger.conserved() == [0, -PRICE, PRICE]  # frozen for the arbiter
+        assert await ledger.conserved() == [0, -PRICE, PRICE, 0]  # frozen for the arbiter
 
 
 async def test_an_approval_that_outlives_the_offer_expires_and_spends_nothing(
@@ -244,7 +246,7 @@ async def test_an_approval_that_outlives_the_offer_expires_and_spends_nothing(
         late = CliRunner().invoke(app, ["--home", str(home), "approve", pending[0].id])
         assert late.exit_code == 1 and "already expired" in str(late.exception)
         assert await buyer.escrow.contract.functions.jobCount().call() == jobs  # no job
-        assert await ledger.conserved() == [0, 0, 0]
+        assert await ledger.conserved() == [0, 0, 0, 0]
 
 
 async def test_an_approval_given_while_the_buyer_is_down_applies_when_it_starts(
@@ -269,11 +271,11 @@ async def test_an_approval_given_while_the_buyer_is_down_applies_when_it_starts(
     buying.cancel()
     approved = CliRunner().invoke(app, ["--home", str(home), "approve", pending[0].id])
     assert approved.exit_code == 0, approved.output
-    assert await ledger.conserved() == [0, 0, 0]  # nothing paid while it was down
+    assert await ledger.conserved() == [0, 0, 0, 0]  # nothing paid while it was down
     async with Agent("buyer", wallet=buyer_key, home=home, config=buyer_config) as again:
         task = await eventually(
             lambda: again.records.tasks()[0], lambda t: t.status != "active", timeout=60
         )
         assert (task.state, task.status) == ("settled", "done"), task.detail
-        assert await ledger.conserved() == [PRICE, -PRICE, 0]
+        assert await ledger.conserved() == [net(PRICE), -PRICE, 0, fee_of(PRICE)]
         await assert_settled_for_good(chain, task.job_id or 0)

@@ -183,7 +183,7 @@ async def test_a_job_not_matching_the_deal_is_refused_and_the_deposit_comes_back
     assert price == other_price == PRICE
     amount, terms, reason = spoil(conversation, other, price)
     job_id = await buyer.fund(chain, amount, terms)
-    assert await ledger.conserved() == [-amount, 0, amount]  # deposited
+    assert await ledger.conserved() == [-amount, 0, amount, 0]  # deposited
 
     with pytest.raises(RemoteError) as refused:
         await buyer.ask(Funded(job_id=job_id, escrow=buyer.escrow.address), conversation, (Ack,))
@@ -205,4 +205,4 @@ async def test_a_job_not_matching_the_deal_is_refused_and_the_deposit_comes_back
     # The requester takes its deposit back: nothing lost, nothing created.
     await buyer.escrow.cancel(job_id)
     assert (await buyer.escrow.get_job(job_id)).status == JobStatus.CANCELLED
-    assert await ledger.conserved() == [0, 0, 0]
+    assert await ledger.conserved() == [0, 0, 0, 0]

@@ -16,7 +16,15 @@ from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import TokenClient
 from agentmesh.wallets.keystore import Keystore
 from agentmesh.wallets.wallet import Wallet
-from tests.helpers import PASSWORD, TEST_SCRYPT_N, bind_home, free_port, fund, start_provider
+from tests.helpers import (
+    PASSWORD,
+    TEST_SCRYPT_N,
+    bind_home,
+    free_port,
+    fund,
+    net,
+    start_provider,
+)
 
 AGENTS = Path(__file__).resolve().parent.parent / "agents"
 
@@ -56,7 +64,7 @@ async def test_reference_requester_buys_from_reference_provider(
         )
         assert done.returncode == 0, done.stdout + done.stderr
         assert "summary 1 from" in done.stdout and "summary 2 from" in done.stdout
-        assert await token.balance_of(seller.address) == 2 * 50_000
+        assert await token.balance_of(seller.address) == 2 * net(50_000)
         assert await token.balance_of(buyer.address) == 10 * 10**6 - 2 * 50_000
     finally:
         provider.send_signal(signal.SIGTERM)

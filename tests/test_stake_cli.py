@@ -34,6 +34,7 @@ from tests.helpers import (
     chain_now,
     conserved,
     fund,
+    send_as,
 )
 
 PASSWORD = "stake cli password"
@@ -128,7 +129,7 @@ async def test_add_with_and_without_validator_then_show(s: Stakers) -> None:
             "min_provider_stake": STAKING_MIN_PROVIDER,
             "permits": STAKING_PERMITS,
             "max_validators": STAKING_MAX_VALIDATORS,
-            "slasher": None,
+            "slasher": s.chain.deployment.address("Jury"),
         },
         "validators": [  # rank order: most active stake first
             {"address": me, "active": 10_500_000, "permit": True},
@@ -169,15 +170,15 @@ async def test_unbond_then_withdraw_after_the_delay_and_holds(s: Stakers) -> Non
     await advance_time(s.chain, 200)  # the first delay is over, not the second
     assert "unbonding delay runs until" in await s.refused("stake", "withdraw")
 
-    # A dispute holds the stake: the owner makes itself the slasher, as the jury would be.
-    owner = StakingClient(s.deployer, s.staking)
-    await owner.set_slasher(s.deployer.address)
-    await s.deployer.transact(owner.contract.functions.hold(me))
+    # A dispute holds the stake: as the jury (the slasher) does when a case opens.
+    staking = StakingClient(s.deployer, s.staking).contract
+    jury = s.chain.deployment.address("Jury")
+    await send_as(s.chain, jury, staking.functions.hold(me))
     await advance_time(s.chain, DELAY)
     held = await s.refused("stake", "withdraw")
     assert "1 open dispute holds it" in held and "delay" not in held
     assert (await s.json("stake", "show"))["holds"] == 1
-    await s.deployer.transact(owner.contract.functions.release(me))
+    await send_as(s.chain, jury, staking.functions.release(me))
 
     withdrawn = await s.json("stake", "withdraw")
     assert withdrawn["action"] == "withdrawn" and withdrawn["amount"] == 4 * ONE_MUSD

@@ -17,7 +17,7 @@ from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import TokenClient
 from agentmesh.wallets.keystore import Keystore
 from agentmesh.wallets.wallet import Wallet
-from tests.helpers import TEST_SCRYPT_N, bind_home, eventually, fund, new_key
+from tests.helpers import TEST_SCRYPT_N, bind_home, eventually, fund, net, new_key
 
 PASSWORD = "task cli password"
 
@@ -50,7 +50,7 @@ async def test_request_list_and_show_a_task(
         bought = json.loads(done.output)
         assert bought["phase"] == "settled" and bought["result"] == "HELLO"
         assert bought["price"] == 30_000 and bought["provider"] == seller.address
-        assert await token.balance_of(seller.address) == 30_000
+        assert await token.balance_of(seller.address) == net(30_000)  # less the protocol fee
         # The seller records the release once Settled arrives.
         await eventually(lambda: seller.records.tasks()[0], lambda t: t.status == "done")
 

@@ -38,8 +38,10 @@ from tests.helpers import (
     cli_process_async,
     escrow_for,
     eventually,
+    fee_of,
     free_port,
     fund,
+    net,
     new_key,
     start_provider,
     stop_agent,
@@ -102,7 +104,7 @@ async def test_eight_parallel_cli_purchases_from_one_wallet_all_settle(
         assert all(o["phase"] == "settled" and o["price"] == PRICE for o in outcomes)
         assert len({o["job_id"] for o in outcomes}) == 8  # eight jobs, one nonce sequence
         assert len({o["task"] for o in outcomes}) == 8  # each its own task
-        assert await ledger.conserved() == [-8 * PRICE, 8 * PRICE, 0]
+        assert await ledger.conserved() == [-8 * PRICE, 8 * net(PRICE), 0, 8 * fee_of(PRICE)]
 
         # A settled purchase has nothing to refund or resume.
         task = str(outcomes[0]["task"])
@@ -133,7 +135,7 @@ async def test_no_wait_hands_over_and_the_wallet_agent_finishes_then_exits(
         assert state[:2] == ("settled", "done")
         assert wait_gone(pid)
         assert running_pid(home, BUYER) is None
-        assert await token.balance_of(seller.address) == PRICE
+        assert await token.balance_of(seller.address) == net(PRICE)
 
 
 async def test_provider_killed_after_funding_buyer_refunded_at_deadline_nobody_acting(
@@ -197,7 +199,7 @@ async def test_provider_killed_after_funding_buyer_refunded_at_deadline_nobody_a
         )
         assert state[:2] == ("refunded", "refunded")
         assert (await escrow.get_job(job_id)).status == JobStatus.REFUNDED
-        assert await ledger.conserved() == [0, 0, 0]  # every token back where it was
+        assert await ledger.conserved() == [0, 0, 0, 0]  # every token back where it was
 
         late = await cli_process_async(home, "task", "refund", task)
         assert late.returncode == 0, late.stderr
@@ -221,7 +223,7 @@ async def test_provider_killed_after_funding_buyer_refunded_at_deadline_nobody_a
             provider_records.close()
         text = log.read_text()
         assert "DeadlinePassed" not in text and "Traceback" not in text
-        assert await ledger.conserved() == [0, 0, 0]
+        assert await ledger.conserved() == [0, 0, 0, 0]
     finally:
         stop_agent(process)
 
@@ -255,7 +257,7 @@ async def test_resume_brings_back_a_stopped_wallet_agent_that_finishes_the_task(
             resumed.stderr
         )
         assert buyer_task(home, task)[:2] == ("refunded", "refunded")
-        assert await ledger.conserved() == [0, 0, 0]
+        assert await ledger.conserved() == [0, 0, 0, 0]
     finally:
         stop_agent(process)
 
@@ -390,4 +392,4 @@ async def test_a_dispute_is_split_by_its_arbiter_or_returns_to_the_buyer_after_i
         await eventually(lambda: buyer_task(home, split.conversation), lambda t: t[1] == "done")
     )[:2] == ("disputed", "done")  # resolved by its arbiter
     # Conserved: the buyer paid 0.01 of three deposits, the seller got it.
-    assert await ledger.conserved() == [-10_000, 10_000, 0]
+    assert await ledger.conserved() == [-10_000, net(10_000), 0, fee_of(10_000)]

@@ -164,7 +164,7 @@ async def ensure_deployment(w3: AsyncWeb3[Any], rpc_url: str, path: Path, musd: 
                 contracts = dict(recorded.contracts)
                 for later in missing:
                     name, record = await guard_rpc(
-                        LATER_CONTRACTS[later](deployer, recorded.address("MeshUSD")), rpc_url
+                        LATER_CONTRACTS[later](deployer, contracts), rpc_url
                     )
                     contracts[name] = record
                 recorded = recorded.model_copy(update={"contracts": contracts})

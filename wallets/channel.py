@@ -20,6 +20,7 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress, Hash32, HexAddress, HexStr
+from web3.constants import ADDRESS_ZERO
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
@@ -133,8 +134,20 @@ class PaymentChannelClient(_Client):
     contract_name = "PaymentChannel"
 
     @classmethod
-    async def deploy(cls, wallet: Wallet, challenge_delay: int) -> PaymentChannelClient:
-        address, _ = await wallet.deploy(load_artifact("PaymentChannel"), challenge_delay)
+    async def deploy(
+        cls,
+        wallet: Wallet,
+        challenge_delay: int,
+        *,
+        fee_sink: str = ADDRESS_ZERO,
+        fee_token: str = ADDRESS_ZERO,
+        fee_bps: int = 0,
+    ) -> PaymentChannelClient:
+        """A new PaymentChannel; with ``fee_bps``, that share of every payout in
+        ``fee_token`` goes to ``fee_sink``."""
+        address, _ = await wallet.deploy(
+            load_artifact("PaymentChannel"), challenge_delay, fee_sink, fee_token, fee_bps
+        )
         return cls(wallet, address)
 
     def as_wallet(self, wallet: Wallet) -> PaymentChannelClient:

@@ -340,6 +340,12 @@ class EscrowClient(_Client):
                 return int(entry["args"]["jobId"])
         return None
 
+    async def fee_on(self, token: str, amount: int) -> int:
+        """The protocol fee the escrow takes from a payout of ``amount`` of ``token`` to
+        a provider (it goes to the validators' reward pool)."""
+        (fee,) = await self._read("feeOn", checksum(token), amount)
+        return int(fee)
+
     async def get_job(self, job_id: int) -> EscrowJob:
         (raw,) = await self._read("getJob", job_id)
         (

@@ -141,6 +141,20 @@ class ConsensusClient(_Client):
         (value,) = await self._read("owed")
         return int(value)
 
+    async def providers_of(self, epoch: int) -> list[ChecksumAddress]:
+        """The providers some validator scored in ``epoch``."""
+        (found,) = await self._read("providersOf", epoch)
+        return [checksum(a) for a in found]
+
+    async def reveal_window(self) -> int:
+        (value,) = await self._read("revealWindow")
+        return int(value)
+
+    async def commit_of(self, epoch: int, validator: str) -> bytes:
+        """The hash ``validator`` committed for ``epoch`` (32 zero bytes: none)."""
+        (raw,) = await self._read("commitOf", epoch, checksum(validator))
+        return bytes(raw[0])
+
     async def finalized(self, epoch: int) -> bool:
         (value,) = await self._read("finalized", epoch)
         return bool(value)

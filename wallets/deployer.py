@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from eth_account import Account
@@ -22,13 +23,9 @@ def dev_deployer(w3: AsyncWeb3[Any]) -> Wallet:
 # Seconds a payee has to claim after a payer asks to close a channel (devnet suite).
 CHANNEL_CHALLENGE_S = 3600
 
-
-async def deploy_channels(deployer: Wallet) -> tuple[str, DeployedContract]:
-    """Deploy the suite's PaymentChannel; ("PaymentChannel", its record)."""
-    artifact = load_artifact("PaymentChannel")
-    address, _ = await deployer.deploy(artifact, CHANNEL_CHALLENGE_S)
-    return "PaymentChannel", DeployedContract(address=address, artifact_sha256=artifact.sha256)
-
+# The protocol fee on escrow releases and channel claims in mUSD: 1%, to the validators'
+# reward pool (Consensus).
+PROTOCOL_FEE_BPS = 100
 
 # Staking on the devnet suite: a day to unbond, 10 mUSD to be ranked as a provider,
 # permits for the 8 most-staked of at most 64 validators.
@@ -37,13 +34,43 @@ STAKING_MIN_PROVIDER = 10 * 10**MUSD_DECIMALS
 STAKING_PERMITS = 8
 STAKING_MAX_VALIDATORS = 64
 
+# Consensus: 10-minute epochs, 2 minutes after each to reveal, half of each epoch's
+# reward pool to providers (by incentive) and half to validators (by agreement).
+CONSENSUS_EPOCH_S = 600
+CONSENSUS_REVEAL_S = 120
+CONSENSUS_PROVIDER_SHARE_BPS = 5_000
+
+# Jury: 3 jurors, a 1 mUSD dispute fee, 20% of a losing provider's stake slashed; a day
+# to bring a dispute before the jury, then an hour each for evidence, commits, reveals.
+JURY_SIZE = 3
+JURY_FEE = 1 * 10**MUSD_DECIMALS
+JURY_SLASH_BPS = 2_000
+JURY_WINDOWS_S = (24 * 3600, 3600, 3600, 3600)
+
+
+Contracts = Mapping[str, DeployedContract]
+
+
+def _record(name: str, address: str) -> tuple[str, DeployedContract]:
+    return name, DeployedContract(address=address, artifact_sha256=load_artifact(name).sha256)
+
+
+async def deploy_channels(
+    deployer: Wallet, fee_sink: str, token: str
+) -> tuple[str, DeployedContract]:
+    """Deploy the suite's PaymentChannel (its fee to ``fee_sink``); ("PaymentChannel",
+    its record)."""
+    address, _ = await deployer.deploy(
+        load_artifact("PaymentChannel"), CHANNEL_CHALLENGE_S, fee_sink, token, PROTOCOL_FEE_BPS
+    )
+    return _record("PaymentChannel", address)
+
 
 async def deploy_staking(deployer: Wallet, token: str) -> tuple[str, DeployedContract]:
     """Deploy the suite's Staking for ``token`` (owned by the deployer); ("Staking", its
     record)."""
-    artifact = load_artifact("Staking")
     address, _ = await deployer.deploy(
-        artifact,
+        load_artifact("Staking"),
         token,
         STAKING_UNBONDING_S,
         STAKING_MIN_PROVIDER,
@@ -51,42 +78,102 @@ async def deploy_staking(deployer: Wallet, token: str) -> tuple[str, DeployedCon
         STAKING_MAX_VALIDATORS,
         deployer.address,
     )
-    return "Staking", DeployedContract(address=address, artifact_sha256=artifact.sha256)
+    return _record("Staking", address)
 
 
-# Contracts added to the suite after devnets were first recorded: a recorded anvil
-# devnet without one gets it on its next start (deployer, token) -> (name, record).
-LATER_CONTRACTS = {
-    "PaymentChannel": lambda deployer, token: deploy_channels(deployer),
-    "Staking": deploy_staking,
+async def deploy_consensus(
+    deployer: Wallet, staking: str, token: str
+) -> tuple[str, DeployedContract]:
+    """Deploy the suite's Consensus over ``staking``; ("Consensus", its record)."""
+    address, _ = await deployer.deploy(
+        load_artifact("Consensus"),
+        staking,
+        token,
+        CONSENSUS_EPOCH_S,
+        CONSENSUS_REVEAL_S,
+        CONSENSUS_PROVIDER_SHARE_BPS,
+    )
+    return _record("Consensus", address)
+
+
+async def deploy_jury(
+    deployer: Wallet, escrow: str, staking: str, token: str, reward_pool: str
+) -> tuple[str, DeployedContract]:
+    """Deploy the suite's Jury and make it Staking's slasher; ("Jury", its record)."""
+    address, _ = await deployer.deploy(
+        load_artifact("Jury"),
+        escrow,
+        staking,
+        token,
+        reward_pool,
+        JURY_SIZE,
+        JURY_FEE,
+        JURY_SLASH_BPS,
+        list(JURY_WINDOWS_S),
+    )
+    staking_contract = deployer.w3.eth.contract(
+        address=AsyncWeb3.to_checksum_address(staking), abi=load_artifact("Staking").abi
+    )
+    await deployer.transact(staking_contract.functions.setSlasher(address))
+    return _record("Jury", address)
+
+
+async def _later_consensus(deployer: Wallet, contracts: Contracts) -> tuple[str, DeployedContract]:
+    return await deploy_consensus(
+        deployer, contracts["Staking"].address, contracts["MeshUSD"].address
+    )
+
+
+async def _later_jury(deployer: Wallet, contracts: Contracts) -> tuple[str, DeployedContract]:
+    return await deploy_jury(
+        deployer,
+        contracts["TaskEscrow"].address,
+        contracts["Staking"].address,
+        contracts["MeshUSD"].address,
+        contracts["Consensus"].address,
+    )
+
+
+# Contracts added to the suite after devnets were first recorded, in deployment order: a
+# recorded anvil devnet without one gets it on its next start (deployer, the contracts
+# recorded so far) -> (name, record). A TaskEscrow deployed before the protocol fee
+# keeps charging none.
+LATER_CONTRACTS: dict[
+    str, Callable[[Wallet, Contracts], Awaitable[tuple[str, DeployedContract]]]
+] = {
+    "Staking": lambda deployer, contracts: deploy_staking(deployer, contracts["MeshUSD"].address),
+    "Consensus": _later_consensus,
+    "PaymentChannel": lambda deployer, contracts: deploy_channels(
+        deployer, contracts["Consensus"].address, contracts["MeshUSD"].address
+    ),
+    "Jury": _later_jury,
 }
 
 
 async def deploy_suite(w3: AsyncWeb3[Any], rpc_url: str, deployer: Wallet) -> Deployment:
-    """Deploy MeshUSD, TaskEscrow, AgentRegistry (which trusts that escrow),
-    PaymentChannel and Staking."""
+    """Deploy MeshUSD, Staking, Consensus (the reward pool), TaskEscrow and PaymentChannel
+    (both paying the protocol fee to Consensus), AgentRegistry (which trusts that escrow)
+    and Jury (the escrow's arbiter and Staking's slasher)."""
     token_art = load_artifact("MeshUSD")
-    escrow_art = load_artifact("TaskEscrow")
-    registry_art = load_artifact("AgentRegistry")
     token, _ = await deployer.deploy(token_art, deployer.address)
-    escrow, _ = await deployer.deploy(escrow_art)
-    registry, receipt = await deployer.deploy(registry_art, escrow)
-    channel_name, channels = await deploy_channels(deployer)
-    staking_name, staking = await deploy_staking(deployer, token)
+    contracts = dict([_record("MeshUSD", token)])
+    contracts.update([await deploy_staking(deployer, token)])
+    contracts.update([await deploy_consensus(deployer, contracts["Staking"].address, token)])
+    pool = contracts["Consensus"].address
+    escrow, _ = await deployer.deploy(load_artifact("TaskEscrow"), pool, token, PROTOCOL_FEE_BPS)
+    contracts.update([_record("TaskEscrow", escrow)])
+    registry, receipt = await deployer.deploy(load_artifact("AgentRegistry"), escrow)
+    contracts.update([_record("AgentRegistry", registry)])
+    contracts.update([await deploy_channels(deployer, pool, token)])
+    contracts.update(
+        [await deploy_jury(deployer, escrow, contracts["Staking"].address, token, pool)]
+    )
     return Deployment(
         chain_id=await deployer.chain_id(),
         rpc_url=rpc_url,
         deployer=deployer.address,
         block_number=int(receipt["blockNumber"]),
-        contracts={
-            "MeshUSD": DeployedContract(address=token, artifact_sha256=token_art.sha256),
-            "TaskEscrow": DeployedContract(address=escrow, artifact_sha256=escrow_art.sha256),
-            "AgentRegistry": DeployedContract(
-                address=registry, artifact_sha256=registry_art.sha256
-            ),
-            channel_name: channels,
-            staking_name: staking,
-        },
+        contracts=contracts,
     )
 
 

@@ -176,6 +176,23 @@ class Wallet:
         """Native balance in wei."""
         return int(await guard_rpc(self.w3.eth.get_balance(self.address), self._rpc_url))
 
+    async def sweep_eth(self, to: str) -> TxReceipt | None:
+        """Send all the ETH this wallet holds to ``to``, less the transfer's maximum gas
+        cost (what the fee does not use stays behind); None when that leaves nothing."""
+        max_fee, tip = await self._fee_fields()
+        value = await self.eth_balance() - INTRINSIC_GAS * max_fee
+        if value <= 0:
+            return None
+        return await self.send(
+            {
+                "to": AsyncWeb3.to_checksum_address(to),
+                "value": Wei(value),
+                "gas": INTRINSIC_GAS,
+                "maxFeePerGas": Wei(max_fee),
+                "maxPriorityFeePerGas": Wei(tip),
+            }
+        )
+
     async def _fee_fields(self) -> tuple[int, int]:
         now = time.monotonic()
         if self._fees is None or now - self._fees[0] > FEE_TTL_S:

@@ -38,7 +38,8 @@ interface IStaking {
 ///   ranked in `Staking` at finalization gets none). A validator's dividend is its stake
 ///   times the sum over providers of its clipped score times the provider's incentive,
 ///   normalized: it earns by agreeing with consensus on the providers that earn.
-/// - The reward pool (anyone may `fund` it: the protocol's fees) is paid out at
+/// - The reward pool (what the contract holds beyond what it owes: the protocol's fees,
+///   sent by the escrow, the channels and the jury, or `fund`ed by anyone) is paid out at
 ///   finalization: `providerShareBps` to providers by incentive, the rest to validators by
 ///   dividend, credited to be `claim`ed. Rounding dust and an epoch with nobody to pay
 ///   stay in the pool for the next epoch.
@@ -77,7 +78,6 @@ contract Consensus is ReentrancyGuardTransient {
     mapping(uint256 epoch => mapping(address provider => uint256)) public incentiveOf; // 1e18 = all
     mapping(uint256 epoch => mapping(address validator => uint256)) public dividendOf; // 1e18 = all
     mapping(address account => uint256) public claimable;
-    uint256 public pool; // not yet paid out
     uint256 public owed; // credited, not yet claimed
 
     event Committed(uint256 indexed epoch, address indexed validator, bytes32 hash, uint256 stake);
@@ -211,13 +211,12 @@ contract Consensus is ReentrancyGuardTransient {
         finalized[epoch] = true;
         (uint256[] memory stakes, uint256 totalStake) = _stakes(epoch);
         (uint256[] memory ranks, uint256 totalRank) = _rank(epoch, stakes, totalStake);
-        uint256 available = pool;
+        uint256 available = pool();
         uint256 providerPool = available * providerShareBps / 10_000;
         (uint256 paid, uint256[] memory incentives) =
             _payProviders(epoch, ranks, totalRank, providerPool);
         paid += _payValidators(epoch, stakes, incentives, available - providerPool);
-        pool = available - paid;
-        emit Finalized(epoch, paid, pool);
+        emit Finalized(epoch, paid, available - paid);
     }
 
     function _stakes(uint256 epoch) private view returns (uint256[] memory stakes, uint256 total) {
@@ -355,9 +354,15 @@ contract Consensus is ReentrancyGuardTransient {
     /// @notice Add `amount` to the reward pool (the protocol's fees come in this way).
     function fund(uint256 amount) external nonReentrant {
         if (amount == 0) revert ZeroAmount();
-        pool += amount;
-        emit Funded(msg.sender, amount, pool);
         token.safeTransferFrom(msg.sender, address(this), amount);
+        emit Funded(msg.sender, amount, pool());
+    }
+
+    /// @notice What the next finalization pays out: every token held that is not owed.
+    /// Fees arrive as plain transfers (escrow, channels, jury), so the pool is counted
+    /// from the balance rather than from calls.
+    function pool() public view returns (uint256) {
+        return token.balanceOf(address(this)) - owed;
     }
 
     /// @notice Withdraw every reward credited to the caller.

@@ -8,6 +8,7 @@ import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 // Transient storage (EIP-1153): the guard costs ~200 gas a call instead of ~5,000.
 import {ReentrancyGuardTransient} from
     "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {ProtocolFee} from "./ProtocolFee.sol";
 
 /// @title PaymentChannel
 /// @notice Many unidirectional token channels in one contract: a payer deposits once and
@@ -22,7 +23,8 @@ import {ReentrancyGuardTransient} from
 /// - The payer's way out: `requestClose`, then `challengeDelay` seconds during which the
 ///   payee can still claim, then `withdraw` the rest.
 /// - Cumulative amounts only increase and never exceed the deposit.
-contract PaymentChannel is EIP712, ReentrancyGuardTransient {
+/// - What the payee is paid pays the protocol fee (`ProtocolFee`) on the way.
+contract PaymentChannel is EIP712, ReentrancyGuardTransient, ProtocolFee {
     using SafeERC20 for IERC20;
 
     struct Channel {
@@ -72,7 +74,10 @@ contract PaymentChannel is EIP712, ReentrancyGuardTransient {
     error DepositTooLarge(uint256 deposit);
     error BadConfig();
 
-    constructor(uint256 challengeDelay_) EIP712("agentmesh.PaymentChannel", "1") {
+    constructor(uint256 challengeDelay_, address feeSink_, address feeToken_, uint256 feeBps_)
+        EIP712("agentmesh.PaymentChannel", "1")
+        ProtocolFee(feeSink_, feeToken_, feeBps_)
+    {
         if (challengeDelay_ == 0) revert BadConfig();
         challengeDelay = challengeDelay_;
     }
@@ -149,7 +154,7 @@ contract PaymentChannel is EIP712, ReentrancyGuardTransient {
         uint256 amount = _accept(id, c, cumulative, signature);
         c.claimed = uint128(cumulative);
         emit Claimed(id, amount, cumulative);
-        IERC20(c.token).safeTransfer(c.payee, amount);
+        _payWithFee(c.token, c.payee, amount);
     }
 
     /// @notice Claim with the latest voucher (or none: `cumulative` = what was claimed)
@@ -165,7 +170,7 @@ contract PaymentChannel is EIP712, ReentrancyGuardTransient {
         uint256 rest = uint256(c.deposit) - cumulative;
         if (amount > 0) emit Claimed(id, amount, cumulative);
         emit Closed(id, amount, rest);
-        if (amount > 0) IERC20(c.token).safeTransfer(c.payee, amount);
+        if (amount > 0) _payWithFee(c.token, c.payee, amount);
         if (rest > 0) IERC20(c.token).safeTransfer(c.payer, rest);
     }
 

@@ -4,6 +4,7 @@ pragma solidity 0.8.28;
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
+import {ProtocolFee} from "./ProtocolFee.sol";
 
 /// @title TaskEscrow
 /// @notice One escrow per task between a client (who pays) and a provider (who works).
@@ -19,10 +20,11 @@ import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol
 ///   open -> cancel (client, before accept)                   : client refunded
 ///   open|accepted -> refund (client, after deadline)         : client refunded
 ///
-/// Every terminal state pays out exactly the deposited amount, so funds are conserved.
+/// Every terminal state pays out exactly the deposited amount, so funds are conserved;
+/// what goes to the provider pays the protocol fee (`ProtocolFee`) on the way.
 /// State changes happen before token transfers (checks-effects-interactions) and every
 /// mutating function is non-reentrant.
-contract TaskEscrow is ReentrancyGuard {
+contract TaskEscrow is ReentrancyGuard, ProtocolFee {
     using SafeERC20 for IERC20;
 
     enum Status {
@@ -107,6 +109,10 @@ contract TaskEscrow is ReentrancyGuard {
     error DepositMismatch(uint256 expected, uint256 received);
     error DisputeTimedOut(uint256 jobId, uint256 endedAt);
     error DisputePending(uint256 jobId, uint256 endsAt);
+
+    constructor(address feeSink_, address feeToken_, uint256 feeBps_)
+        ProtocolFee(feeSink_, feeToken_, feeBps_)
+    {}
 
     /// @notice Open a job and deposit `amount` of `token` from the caller (the client).
     /// @dev The client must have approved this contract for `amount` first.
@@ -195,7 +201,7 @@ contract TaskEscrow is ReentrancyGuard {
         if (job.status != Status.Submitted) revert WrongStatus(jobId, job.status);
         job.status = Status.Released;
         emit JobReleased(jobId, job.amount);
-        IERC20(job.token).safeTransfer(job.provider, job.amount);
+        _payWithFee(job.token, job.provider, job.amount);
     }
 
     /// @notice Provider collects payment once the review window passed without a decision.
@@ -207,7 +213,7 @@ contract TaskEscrow is ReentrancyGuard {
         if (block.timestamp <= endsAt) revert ReviewWindowOpen(jobId, endsAt);
         job.status = Status.Claimed;
         emit JobClaimed(jobId, job.amount);
-        IERC20(job.token).safeTransfer(job.provider, job.amount);
+        _payWithFee(job.token, job.provider, job.amount);
     }
 
     /// @notice Provider gives up an accepted job it cannot deliver; the client gets the
@@ -260,7 +266,7 @@ contract TaskEscrow is ReentrancyGuard {
         job.status = Status.Resolved;
         emit DisputeResolved(jobId, providerAmount, clientAmount);
         IERC20 token = IERC20(job.token);
-        if (providerAmount > 0) token.safeTransfer(job.provider, providerAmount);
+        if (providerAmount > 0) _payWithFee(job.token, job.provider, providerAmount);
         if (clientAmount > 0) token.safeTransfer(job.client, clientAmount);
     }
 
