@@ -162,7 +162,7 @@ class AgentConfig(_Section):
     # staked validators drawn by stake), "deployer" (the devnet deployer's key, the
     # way agentmesh did before the jury), or an address. A provider accepts only jobs
     # naming its own arbiter.
-    arbiter: Annotated[str, Field(pattern=r"^(jury|deployer|0x[0-9a-fA-F]{40})$")] = "deployer"
+    arbiter: Annotated[str, Field(pattern=r"^(jury|deployer|0x[0-9a-fA-F]{40})$")] = "jury"
     # Payment channels (`Agent.call`): mUSD a new channel is opened (and topped up) with;
     # a payee claims once it holds this much unclaimed; `Agent.buy` pays through an open
     # channel instead of an escrow when the price per call is at most channel_max_price.

@@ -123,6 +123,8 @@ class JuryDuty:
     # ------------------------------------------------------------------ provider
 
     async def _as_provider(self) -> None:
+        if not self.agent.services:
+            return  # sells nothing: no case can be against it
         for job_id in await self._job_ids("CaseOpened", provider=self.agent.address):
             if job_id in self.decided:
                 continue

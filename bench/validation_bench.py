@@ -288,14 +288,16 @@ def main() -> None:
     console.print(table)
     jury = figures["jury"]
     steps = Table(title="gas of one dispute decided by a jury of three (anvil)")
-    for column in ("open", "draw", "show input", "show result", "3 commits", "3 reveals",
-                   "settle", "total", "total / escrow task"):  # fmt: skip
-        steps.add_column(column, justify="right")
-    steps.add_row(
-        *(f"{jury[k]:,}" for k in ("open", "draw", "show_input", "show_result", "commits",
-                                   "reveals", "settle", "total")),
-        f"{jury['total'] / base:.1f}x",
-    )  # fmt: skip
+    steps.add_column("step")
+    steps.add_column("gas", justify="right")
+    names = {"open": "open (the client; pays the fee)", "draw": "draw 3 jurors",
+             "show_input": "show terms and input", "show_result": "show result",
+             "commits": "3 vote commits", "reveals": "3 vote reveals",
+             "settle": "settle (escrow refund, slash, pay jurors)"}  # fmt: skip
+    for key, name in names.items():
+        steps.add_row(name, f"{jury[key]:,}")
+    steps.add_row("total", f"{jury['total']:,}")
+    steps.add_row("total / plain escrow task", f"{jury['total'] / base:.1f}x")
     console.print(steps)
     console.print(f"baseline, same run: one plain escrow task = {base:,} gas")
     if "validator" in figures:

@@ -317,14 +317,19 @@ def bind_home(
     approval_threshold: str | None = None,
     review_window_s: int = 120,
     wallet_agent_idle_s: float = 60.0,
+    arbiter: str | None = None,
 ) -> Config:
-    """Point ``home`` at the session chain and its deployment (no faucet: tests fund)."""
+    """Point ``home`` at the session chain and its deployment (no faucet: tests fund).
+    ``arbiter``: the ``[agent] arbiter`` setting (default: the product's, the jury);
+    tests of what a dispute freezes for a key's decision pass "deployer"."""
     (home / "deployments").mkdir(exist_ok=True)
     chain.deployment.save(home / "deployments" / f"{chain.deployment.chain_id}.json")
-    threshold = f'approval_threshold = "{approval_threshold}"\n' if approval_threshold else ""
+    extra = f'approval_threshold = "{approval_threshold}"\n' if approval_threshold else ""
+    if arbiter is not None:
+        extra += f'arbiter = "{arbiter}"\n'
     (home / "config.toml").write_text(
         f'[wallet]\nscrypt_n = {TEST_SCRYPT_N}\n[chain]\nrpc_url = "{chain.rpc_url}"\n'
-        f"[agent]\nfaucet = false\nproposal_window_s = 30\ndecision_timeout_s = 25\n{threshold}"
+        f"[agent]\nfaucet = false\nproposal_window_s = 30\ndecision_timeout_s = 25\n{extra}"
         f"review_window_s = {review_window_s}\nwallet_agent_idle_s = {wallet_agent_idle_s}\n"
         "[mesh]\nheartbeat_s = 0.2\n"
     )
@@ -340,6 +345,7 @@ def bind_home(
             approval_threshold=approval_threshold,
             review_window_s=review_window_s,
             wallet_agent_idle_s=wallet_agent_idle_s,
+            **({} if arbiter is None else {"arbiter": arbiter}),
         ),
         mesh=MeshConfig(heartbeat_s=0.2),
     )

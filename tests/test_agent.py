@@ -58,7 +58,8 @@ def model() -> Iterator[LocalModel]:
 
 @pytest.fixture
 def config(home: Path, chain: Chain) -> Config:
-    return bind_home(home, chain, approval_threshold="0.1")
+    # A dispute here waits for a key's decision (the jury is tested in test_jury*.py).
+    return bind_home(home, chain, approval_threshold="0.1", arbiter="deployer")
 
 
 @pytest.fixture

@@ -8,8 +8,9 @@ the jurors paid, every mUSD accounted for."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eth_account import Account
@@ -23,7 +24,7 @@ from agentmesh.llm import LocalModel
 from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import JobStatus, TokenClient
 from agentmesh.wallets.deployer import JURY_FEE, JURY_SLASH_BPS
-from agentmesh.wallets.jury import JuryClient, Verdict
+from agentmesh.wallets.jury import JuryCase, JuryClient, Verdict
 from agentmesh.wallets.staking import StakingClient
 from agentmesh.wallets.wallet import Wallet
 from tests.helpers import (
@@ -91,6 +92,21 @@ async def court(
         yield buyer, validators
 
 
+async def disputed_and_decided(
+    buyer: Agent, jury_address: str, deployer: Wallet, check: Callable[[Any], bool]
+) -> JuryCase:
+    """The buyer buys an embedding, rejects it with ``check`` and disputes it; the case
+    once the jury decided it (the agents' own jury loops do the work)."""
+    with pytest.raises(TaskFailed) as failed:
+        await buyer.buy("embed", text=TEXT, budget="0.01", check=check)
+    job_id = failed.value.outcome.job_id
+    assert job_id is not None
+    jury = JuryClient(deployer, jury_address)
+    return await eventually(
+        lambda: jury.case(job_id), lambda c: c.verdict != Verdict.NONE, timeout=180, interval=1
+    )
+
+
 async def holdings(chain: Chain, token: TokenClient, agents: list[Agent]) -> dict[str, int]:
     holders = {a.name: a.address for a in agents} | {
         name: chain.deployment.address(name)
@@ -107,16 +123,10 @@ async def test_a_garbage_delivery_is_refunded_by_a_jury_of_validators_and_its_pr
     async with court(chain, home, deployer, token, model, seller) as (buyer, validators):
         everyone = [seller, buyer, *validators]
         before = await holdings(chain, token, everyone)
-        with pytest.raises(TaskFailed) as failed:
-            await buyer.buy(
-                "embed", text=TEXT, budget="0.01", check=lambda v: cosine(v, own) >= 0.99
-            )
-        job_id = failed.value.outcome.job_id
-        assert job_id is not None
-        jury = JuryClient(deployer, chain.deployment.address("Jury"))
-        case = await eventually(
-            lambda: jury.case(job_id), lambda c: c.verdict != Verdict.NONE, timeout=180, interval=1
+        case = await disputed_and_decided(
+            buyer, chain.deployment.address("Jury"), deployer, lambda v: cosine(v, own) >= 0.99
         )
+        job_id = case.job_id
         assert case.verdict == Verdict.REFUND and (case.for_refund, case.for_release) == (3, 0)
         assert case.input_shown and case.result_shown
         assert set(case.jurors) == {v.address for v in validators}
@@ -152,14 +162,11 @@ async def test_an_honest_delivery_disputed_anyway_is_paid_and_the_buyer_loses_it
     async with court(chain, home, deployer, token, model, seller) as (buyer, validators):
         everyone = [seller, buyer, *validators]
         before = await holdings(chain, token, everyone)
-        with pytest.raises(TaskFailed) as failed:  # a buyer that rejects everything
-            await buyer.buy("embed", text=TEXT, budget="0.01", check=lambda v: False)
-        job_id = failed.value.outcome.job_id
-        assert job_id is not None
-        jury = JuryClient(deployer, chain.deployment.address("Jury"))
-        case = await eventually(
-            lambda: jury.case(job_id), lambda c: c.verdict != Verdict.NONE, timeout=180, interval=1
+        # A buyer that rejects everything.
+        case = await disputed_and_decided(
+            buyer, chain.deployment.address("Jury"), deployer, lambda v: False
         )
+        job_id = case.job_id
         assert case.verdict == Verdict.RELEASE and case.slashed == 0
         price = (await buyer.escrow.get_job(job_id)).amount
         after = await holdings(chain, token, everyone)
@@ -170,3 +177,38 @@ async def test_an_honest_delivery_disputed_anyway_is_paid_and_the_buyer_loses_it
 
 async def _task(agent: Agent, job_id: int):  # type: ignore[no-untyped-def]
     return next((r for r in agent.records.tasks() if r.job_id == job_id), None)
+
+
+async def test_by_default_a_dispute_goes_to_the_jury_and_with_no_validators_is_refunded(
+    chain: Chain, home: Path, deployer: Wallet, token: TokenClient
+) -> None:
+    """The default arbiter is the jury; with nobody to draw, the case ends at once as
+    documented: no quorum, the deposit and the fee back to the buyer, nobody slashed."""
+    config = bind_home(home, chain)  # the default [agent] arbiter
+    seller = garbage_embedder("seller")
+    buyer = Agent("buyer")
+    seller_key = await staked_key(deployer, token, chain, validator=False)
+    buyer_key = new_key()
+    await fund(deployer, token, Account.from_key(buyer_key).address, musd=100)
+    seller.bind(home=home, config=config, wallet=seller_key)
+    buyer.bind(home=home, config=config, wallet=buyer_key)
+    async with seller, buyer:
+        assert buyer.arbiter == chain.deployment.address("Jury")
+        await buyer.wait_for_providers("embed", timeout=30)
+        before = await holdings(chain, token, [seller, buyer])
+        case = await disputed_and_decided(
+            buyer, chain.deployment.address("Jury"), deployer, lambda v: False
+        )
+        job_id = case.job_id
+        assert (case.verdict, case.jurors, case.slashed) == (Verdict.NO_QUORUM, (), 0)
+        after = await holdings(chain, token, [seller, buyer])
+        assert after["buyer"] == before["buyer"]  # the deposit and the fee came back
+        assert after["seller"] == before["seller"]
+        assert sum(after.values()) == sum(before.values())
+        row = await eventually(
+            lambda: _task(buyer, job_id),
+            lambda r: r is not None and r.status != "disputed",
+            timeout=30,
+            interval=0.5,
+        )
+        assert row is not None and row.status == "done"

@@ -156,7 +156,7 @@ async def test_requester_killed_after_delivery_provider_claims_after_review(
 async def test_garbage_delivery_is_disputed_and_frozen_until_the_arbiter(
     home: Path, chain: Chain, deployer: Wallet, token: TokenClient
 ) -> None:
-    config = bind_home(home, chain, review_window_s=REVIEW_S)
+    config = bind_home(home, chain, review_window_s=REVIEW_S, arbiter="deployer")
     seller = await provider_wallet(home, "garbage", deployer, token)
     key = await buyer_key(deployer, token)
     log = home / "garbage.log"

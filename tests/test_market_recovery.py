@@ -44,7 +44,7 @@ PRICE = 50_000
 
 @pytest.fixture
 def config(home: Path, chain: Chain) -> Config:
-    return bind_home(home, chain, review_window_s=REVIEW_S)
+    return bind_home(home, chain, review_window_s=REVIEW_S, arbiter="deployer")
 
 
 @pytest.fixture

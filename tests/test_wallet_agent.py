@@ -310,7 +310,7 @@ async def test_a_dispute_is_split_by_its_arbiter_or_returns_to_the_buyer_after_i
     token: TokenClient,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    config = bind_home(home, chain)
+    config = bind_home(home, chain, arbiter="deployer")  # a key decides, not the jury
     buyer = await make_buyer(home, deployer, token)
     keystore = Keystore(home, scrypt_n=TEST_SCRYPT_N)
     keystore.import_key("arbiter", DEV_DEPLOYER_KEY, PASSWORD)  # the devnet's arbiter
