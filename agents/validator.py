@@ -34,12 +34,13 @@ import random
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eth_account import Account
 from web3.types import Wei
 
-from agentmesh.errors import AgentMeshError
+from agentmesh.errors import AgentMeshError, AgentMeshValueError
 from agentmesh.wallets.consensus import ConsensusClient, score_sheet
 from agentmesh.wallets.jury import Vote
 from agentmesh.wallets.staking import StakingClient
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+PROBED_SERVICES = frozenset({"embed"})  # services whose canaries agents.probes knows
 PROBE_ETH = 10**16  # 0.01 ETH: gas for a channel per provider and the sweep back
 
 
@@ -73,6 +75,12 @@ class ValidatorSettings:
     probe_deposit: str = "0.05"  # mUSD per provider channel
     commit_margin_s: int = 30  # do not start probing with less epoch left than this
     poll_s: float = 1.0
+
+
+def probe_name(key: bytes) -> str:
+    """The probe identity's agent name: ordinary-looking, derived from its key (so a
+    restarted validator finds the same folder and the channels opened from it)."""
+    return "buyer-" + hashlib.sha256(key).hexdigest()[:6]
 
 
 def probe_key(validator_key: bytes, consensus: str, epoch: int) -> bytes:
@@ -96,11 +104,19 @@ class Validator:
     def __init__(self, agent: Agent, settings: ValidatorSettings | None = None) -> None:
         self.agent = agent
         self.settings = settings or ValidatorSettings()
+        if self.settings.service not in PROBED_SERVICES:
+            raise AgentMeshValueError(
+                f"no probes for service {self.settings.service!r}: a validator can score "
+                f"{', '.join(sorted(PROBED_SERVICES))}"
+            )
+        if not agent.started:
+            raise AgentMeshError(f"start agent {agent.name} before giving it the validator role")
         deployment = agent.chain.deployment
         self.consensus = ConsensusClient(agent.wallet, deployment.address("Consensus"))
         self.staking = StakingClient(agent.wallet, deployment.address("Staking"))
         self.store = ValidatorStore(agent.agent_dir / "validator.db")
         self._rng = random.Random(secrets.randbits(64))
+        self._no_permit: int | None = None  # the epoch it last said so (said once)
         # As a juror, it judges a disputed embedding by re-running it.
         self.duty = agent.jury_duty
         if self.duty is not None and agent.model is not None and hasattr(agent.model, "embed"):
@@ -127,6 +143,7 @@ class Validator:
         the current one."""
         if self.duty is not None:
             await self.duty.tick()
+        await self.reclaim()
         now = await self.agent.clock.now()
         current = await self.consensus.current_epoch()
         await self.reveal_due(now)
@@ -136,6 +153,16 @@ class Validator:
         if (record is None or record.commit_tx is None) and (
             record is not None or end - now > self.settings.commit_margin_s
         ):
+            if not await self.staking.has_permit(self.agent.address):
+                if self._no_permit != current:  # probing would be spent for nothing
+                    log.warning(
+                        "validator %s holds no permit in epoch %d: stake more "
+                        "(`agentmesh stake add AMOUNT --validator`)",
+                        self.agent.name,
+                        current,
+                    )
+                    self._no_permit = current
+                return
             await self.score_and_commit(current)
 
     # ------------------------------------------------------------------ epochs
@@ -195,6 +222,59 @@ class Validator:
             done.append(record.epoch)
         return done
 
+    async def reclaim(self) -> int:
+        """Recover what past epochs' probe identities left behind: a channel whose payee
+        did not close it with them (a close request, then the withdrawal once the
+        challenge delay is over), then their wallets swept back. Returns how many probe
+        identities are still waiting."""
+        from agentmesh.protocols.payment import ChannelPhase
+        from agentmesh.wallets.channel import PaymentChannelClient
+        from agentmesh.wallets.clients import TokenClient
+        from agentmesh.wallets.wallet import Wallet
+
+        from .channel_store import ChannelStore
+
+        waiting = 0
+        current = await self.consensus.current_epoch()
+        for record in self.store.epochs():
+            key = probe_key(
+                bytes(self.agent.wallet.account.key), self.consensus.address, record.epoch
+            )
+            folder = self.agent.home / "agents" / probe_name(key)
+            if record.epoch >= current or not (folder / "channels.db").exists():
+                continue
+            account = Account.from_key(key)
+            wallet = Wallet(account, self.agent.chain.w3, name="probe")
+            client = PaymentChannelClient(
+                wallet, self.agent.chain.deployment.address("PaymentChannel")
+            )
+            store = ChannelStore(folder / "channels.db")
+            try:
+                now = await self.agent.clock.now()
+                delay = await client.challenge_delay()
+                for ch in store.payer_channels():
+                    if ch.phase == ChannelPhase.CLOSED:
+                        continue
+                    state = await client.channel(ch.id)
+                    if not state.closed and state.close_requested_at == 0:
+                        await client.request_close(ch.id)
+                        continue  # the payee's time to claim starts
+                    if not state.closed and now <= state.close_requested_at + delay:
+                        continue  # and still runs
+                    if not state.closed:
+                        await client.withdraw(ch.id)
+                    ch.phase = ChannelPhase.CLOSED
+                    store.save_payer(ch)
+                pending = [c for c in store.payer_channels() if c.phase != ChannelPhase.CLOSED]
+            finally:
+                store.close()
+            if pending:
+                waiting += 1
+                continue
+            await sweep(wallet, TokenClient(wallet, self.agent.token_address), self.agent.address)
+            _forget_folder(folder, self.agent.home, account.address)
+        return waiting
+
     # ------------------------------------------------------------------ probing
 
     def providers(self) -> list[AgentCard]:
@@ -247,8 +327,10 @@ class Validator:
         )
         await self.agent.wallet.send({"to": account.address, "value": Wei(PROBE_ETH)})
         await self.agent.token.transfer(account.address, deposit * providers)
+        # The name is derived from the key too: a validator restarted mid-probe gets the
+        # same agent folder, so its buyer finds (and closes) the channels it opened.
         buyer = Agent(
-            f"buyer-{secrets.token_hex(3)}",
+            probe_name(key),
             wallet=account,
             home=self.agent.home,
             config=config,
@@ -265,6 +347,8 @@ class Validator:
                 TokenClient(probe_wallet, self.agent.token_address),
                 self.agent.address,
             )
+        if not buyer.started and _all_closed(buyer):
+            _forget_folder(buyer.agent_dir, buyer.home, buyer.address)
 
     async def _probe_one(self, buyer: Agent, card: AgentCard) -> ProbeOutcome:
         model = self.agent.model
@@ -317,6 +401,26 @@ class Validator:
             except AgentMeshError as exc:
                 failures.append(exc.user_message)
         return answers, failures
+
+
+def _all_closed(buyer: Agent) -> bool:
+    """Whether every channel the probe identity opened is settled on chain."""
+    from agentmesh.protocols.payment import ChannelPhase
+
+    desk = getattr(buyer, "payer", None)
+    return desk is not None and all(
+        ch.phase == ChannelPhase.CLOSED for ch in desk.channels.values()
+    )
+
+
+def _forget_folder(folder: Path, home: Path, address: str) -> None:
+    """Drop a finished probe identity's folders (its channels are all closed and its
+    wallet swept), so a validator does not pile up one per epoch."""
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    for path in (home / "mesh").glob(f"{address}.db*"):
+        path.unlink(missing_ok=True)
 
 
 def embedding_judge(model: Any) -> Judge:

@@ -34,6 +34,7 @@ from agentmesh.agents.validation_cast import (
 )
 from agentmesh.agents.validator import Validator, ValidatorSettings, probe_key
 from agentmesh.config import Config
+from agentmesh.errors import AgentMeshValueError
 from agentmesh.llm import LocalModel
 from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import TokenClient
@@ -77,6 +78,10 @@ def test_reexecution_needs_the_same_vector_and_the_score_multiplies() -> None:
     assert not reexec_passes(unit([3, 2, 1]), own)
     assert not reexec_passes("nope", own)
     assert cosine([1, 0], [1, 0, 0]) == 0.0 and as_vector([1, 2]) == [1.0, 2.0]
+    assert cosine([2, 0], [3, 0]) == 1.0 and cosine([0, 2], [3, 0]) == 0.0  # lengths apart
+    assert cosine([0, 0], [1, 0]) == 0.0  # a zero vector is like nothing
+    for bad in (7, None, {}, ["x"], [True, 1.0], [1.0, float("inf")]):
+        assert as_vector(bad) is None, bad
     honest = ProbeOutcome("0xa", 2, 2, 2, 2)
     impostor = ProbeOutcome("0xb", 2, 2, 0, 2)
     no_model = ProbeOutcome("0xc", 1, 2, 0, 0)
@@ -292,3 +297,65 @@ async def test_a_restarted_validator_reveals_its_sheet_and_never_commits_twice(
         == dict(zip(record.sheet.providers, record.sheet.scores, strict=True))[cast.honest.address]
     )
     again.close()
+
+
+async def test_a_validator_without_a_permit_probes_nothing_and_unknown_services_are_refused(
+    cast: Cast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(AgentMeshValueError, match="no probes for service 'summarize'"):
+        Validator(cast.validator, ValidatorSettings(service="summarize"))
+    staking = StakingClient(cast.validator.wallet, cast.chain.deployment.address("Staking"))
+    await staking.unbond(STAKE)  # no active stake: no permit
+    validator = Validator(cast.validator, SETTINGS)
+
+    async def no_probing(epoch: int) -> list[ProbeOutcome]:
+        raise AssertionError("a validator without a permit probed")
+
+    monkeypatch.setattr(validator, "probe", no_probing)
+    await validator.step()
+    await validator.step()  # said once, and still nothing probed or committed
+    assert validator.store.epochs() == []
+    validator.close()
+
+
+async def test_a_probe_channel_its_payee_would_not_close_is_reclaimed_later(
+    cast: Cast, deployer: Wallet, token: TokenClient
+) -> None:
+    """A probe identity whose channel was not closed with the payee (a provider that
+    would not answer the close): the validator asks to close it, withdraws it after the
+    challenge delay and sweeps the identity back, in later steps."""
+    from agentmesh.agents.channel_store import ChannelStore, PayerChannel
+    from agentmesh.agents.validator import probe_name
+    from agentmesh.wallets.channel import PaymentChannelClient
+
+    validator = Validator(cast.validator, SETTINGS)
+    epoch = await cast.consensus.current_epoch()
+    await validator.score_and_commit(epoch)
+    key = probe_key(bytes(cast.validator.wallet.account.key), cast.consensus.address, epoch)
+    folder = cast.validator.home / "agents" / probe_name(key)
+    assert not folder.exists()  # every channel closed with its payee: nothing kept
+    # Leave one behind, as a payee that never answered the close would.
+    probe = Wallet(Account.from_key(key), cast.validator.chain.w3)  # its nonces, as in use
+    await fund(deployer, token, probe.address, musd=1)
+    channels = PaymentChannelClient(probe, cast.chain.deployment.address("PaymentChannel"))
+    channel_id, receipt = await channels.open(
+        cast.honest.address, cast.chain.token_address, ONE_MUSD
+    )
+    store = ChannelStore(folder / "channels.db")
+    store.save_payer(
+        PayerChannel(channel_id, cast.honest.address, cast.chain.token_address, ONE_MUSD)
+    )
+    store.close()
+    before = await cast.total(probe.address)
+    await advance_time(
+        cast.chain, await cast.consensus.epoch_end(epoch) - await chain_now(cast.chain) + 1
+    )
+    assert await validator.reclaim() == 1  # asked to close; the payee's time to claim runs
+    assert (await channels.channel(channel_id)).close_requested_at > 0
+    await advance_time(cast.chain, await channels.challenge_delay() + 1)
+    assert await validator.reclaim() == 0
+    assert (await channels.channel(channel_id)).closed
+    assert not folder.exists()
+    assert await token.balance_of(probe.address) == 0
+    assert await cast.total(probe.address) == before  # it all went back to the validator
+    validator.close()
