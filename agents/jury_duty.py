@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from agentmesh.errors import AgentMeshError, AgentMeshValueError
+from agentmesh.wallets.clients import JobStatus
 from agentmesh.wallets.jury import Ballot, JuryCase, JuryClient, Verdict, Vote
 
 if TYPE_CHECKING:
@@ -90,6 +91,14 @@ class JuryDuty:
         terms and the input."""
         case = await self.jury.case(job_id)
         if case.client == _ZERO:
+            job = await self.agent.escrow.get_job(job_id)
+            closes = job.disputed_at + (await self.jury.terms()).open_window
+            if await self.agent.clock.now() > closes:
+                # Too late to bring it (the agent was away): the dispute is dropped and
+                # the job paid to the provider, as the contract has it.
+                log.warning("job %s: the jury's open window closed; dispute dropped", job_id)
+                await self.jury.settle_unopened(job_id)
+                return case
             await self.jury.open(job_id)
             case = await self.jury.case(job_id)
         if case.verdict == Verdict.NONE and not case.drawn:
@@ -115,10 +124,12 @@ class JuryDuty:
             job = await self.agent.escrow.get_job(row.job_id)
             if job.arbiter.lower() != self.jury.address.lower():
                 continue
-            case = await self._settle_if_due(await self.bring(row.job_id))
-            if case.verdict != Verdict.NONE:
+            await self._settle_if_due(await self.bring(row.job_id))
+            job = await self.agent.escrow.get_job(row.job_id)
+            if job.status != JobStatus.DISPUTED:
                 # Recorded now rather than at the dispute watch's next look.
-                self.agent.runner.disputes.settled(row, await self.agent.escrow.get_job(row.job_id))
+                self.decided.add(row.job_id)
+                self.agent.runner.disputes.settled(row, job)
 
     # ------------------------------------------------------------------ provider
 

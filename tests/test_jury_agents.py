@@ -29,6 +29,7 @@ from agentmesh.wallets.staking import StakingClient
 from agentmesh.wallets.wallet import Wallet
 from tests.helpers import (
     ONE_MUSD,
+    WalletFactory,
     bind_home,
     eventually,
     fee_of,
@@ -212,3 +213,42 @@ async def test_by_default_a_dispute_goes_to_the_jury_and_with_no_validators_is_r
             interval=0.5,
         )
         assert row is not None and row.status == "done"
+
+
+async def test_a_dispute_not_brought_in_time_is_dropped_for_the_provider(
+    chain: Chain, home: Path, deployer: Wallet, token: TokenClient, make_wallet: WalletFactory
+) -> None:
+    """A buyer's agent that was away longer than the jury's open window: instead of
+    trying to open the case again and again, it settles the dropped dispute."""
+    import hashlib
+
+    from agentmesh.wallets.clients import EscrowClient
+    from agentmesh.wallets.deployer import JURY_WINDOWS_S
+    from tests.helpers import advance_time, chain_now, h32
+
+    config = bind_home(home, chain)
+    buyer_key = new_key()
+    await fund(deployer, token, Account.from_key(buyer_key).address, musd=100)
+    buyer = Agent("buyer", wallet=buyer_key, home=home, config=config)
+    seller = await make_wallet(eth=5, musd=0, name="seller")
+    async with buyer:
+        job_id, _ = await buyer.escrow.open(
+            provider=seller.address,
+            token=buyer.token,
+            amount=ONE_MUSD,
+            deadline=await chain_now(chain) + 3600,
+            review_window=600,
+            arbiter=buyer.arbiter,
+            terms_hash=h32("terms"),
+        )
+        as_seller = EscrowClient(seller, buyer.escrow.address)
+        await as_seller.accept(job_id)
+        await as_seller.submit(job_id, hashlib.sha256(b"[1]").digest())
+        await buyer.escrow.dispute(job_id, h32("late"))
+        await advance_time(chain, JURY_WINDOWS_S[0] + 1)
+        assert buyer.jury_duty is not None
+        case = await buyer.jury_duty.bring(job_id)
+        assert case.verdict == Verdict.NONE and int(case.client, 16) == 0  # never opened
+        job = await buyer.escrow.get_job(job_id)
+        assert job.status == JobStatus.RESOLVED
+        assert await token.balance_of(seller.address) == net(ONE_MUSD)

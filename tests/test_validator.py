@@ -68,6 +68,7 @@ def test_a_canary_passes_only_when_repeatable_unit_and_paraphrase_nearer() -> No
     assert not canary_passes(anchor, unit([0, 1, 0]), near, far)  # not repeatable
     assert not canary_passes([2.0, 0, 0], [2.0, 0, 0], near, far)  # not unit length
     assert not canary_passes(anchor, anchor, near, unit([0, 1]))  # dimensions differ
+    assert not canary_passes(anchor, anchor, anchor, anchor)  # one answer for every text
     for bad in (None, "text", [], [True, False, True], [float("nan"), 0, 0], {"a": 1}):
         assert not canary_passes(anchor, anchor, near, bad)
 
