@@ -184,6 +184,12 @@ class Validator:
             elif not record.sheet.providers:
                 log.info("validator %s: no provider to score in epoch %d", self.agent.name, epoch)
                 self.store.mark(epoch, "commit", "none")
+            elif await self.consensus.current_epoch() != epoch:
+                # Probing outlasted the epoch: a commit now would count for the next one.
+                log.warning(
+                    "validator %s: epoch %d ended before its commit", self.agent.name, epoch
+                )
+                self.store.mark(epoch, "commit", "late")
             else:
                 receipt = await self.consensus.commit(record.sheet)
                 self.store.mark(epoch, "commit", receipt["transactionHash"].to_0x_hex())
@@ -196,7 +202,7 @@ class Validator:
         revealed = []
         window = await self.consensus.reveal_window()
         for record in self.store.epochs():
-            if record.commit_tx in (None, "none") or record.reveal_tx is not None:
+            if record.commit_tx in (None, "none", "late") or record.reveal_tx is not None:
                 continue
             end = await self.consensus.epoch_end(record.epoch)
             if end <= now < end + window:

@@ -360,3 +360,14 @@ async def test_a_probe_channel_its_payee_would_not_close_is_reclaimed_later(
     assert await token.balance_of(probe.address) == 0
     assert await cast.total(probe.address) == before  # it all went back to the validator
     validator.close()
+
+
+async def test_probes_that_outlast_their_epoch_commit_nothing(cast: Cast) -> None:
+    """A commit sent after the epoch would count for the next one: none is sent."""
+    validator = Validator(cast.validator, ValidatorSettings(canaries=1, reexec=0))
+    past = await cast.consensus.current_epoch() - 1
+    record = await validator.score_and_commit(past)
+    assert record.commit_tx == "late" and record.sheet.providers
+    assert await cast.consensus.commit_of(past + 1, cast.validator.address) == bytes(32)
+    assert await validator.reveal_due(await chain_now(cast.chain)) == []
+    validator.close()
