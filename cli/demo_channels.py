@@ -7,7 +7,8 @@ N paid ``embed`` calls, each a single mesh request carrying the next voucher. Th
 provider claims on chain each time ``channel_claim_threshold`` is unclaimed; at the end
 the caller asks it to close: the provider is paid the rest and the caller refunded in
 one transaction. Prints calls/s, paid, claimed, gas per call and the conservation check
-(caller + provider + channel contract, before = after). Exit 1 if a call was lost or the
+(caller + provider + channel contract + reward pool, before = after; the provider gets
+what was paid less the 1% protocol fee). Exit 1 if a call was lost or the
 check fails.
 """
 
@@ -254,7 +255,8 @@ def _print(report: dict[str, Any]) -> None:
     mark = "[green]✓[/]" if c["ok"] else "[red]✗[/]"
     console.print(
         f"{mark} conservation: {_musd(c['before'])} mUSD before = {_musd(c['after'])} after "
-        "(caller + provider + channel contract); the provider got exactly what was paid"
+        "(caller + provider + channel contract + reward pool); the provider got what was "
+        f"paid less the protocol fee ({_musd(report['protocol_fee'])} mUSD)"
     )
 
 
