@@ -58,10 +58,7 @@ class ChainConsensusScores:
         now = time.monotonic()
         if self._epoch is not None and now - self._epoch[0] < self.ttl_s:
             return self._epoch[1]
-        events = await self.consensus.contract.events.Finalized().get_logs(
-            from_block=self.from_block
-        )
-        epoch = max((int(e["args"]["epoch"]) for e in events), default=None)
+        epoch: int | None = await self.consensus.last_finalized(self.from_block)
         self._epoch = (now, epoch)
         return epoch
 

@@ -84,11 +84,8 @@ async def readers(app_state: AppState) -> AsyncIterator[Readers]:
         )
 
 
-async def last_finalized(r: Readers, current: int) -> int | None:
-    for epoch in range(current, max(current - 64, -1), -1):
-        if await r.consensus.finalized(epoch):
-            return epoch
-    return None
+async def last_finalized(r: Readers) -> int | None:
+    return await r.consensus.last_finalized(r.chain.deployment.block_number)
 
 
 # ---------------------------------------------------------------------- validators
@@ -101,7 +98,7 @@ def validators(ctx: typer.Context, json_out: JsonOption = False) -> None:
     async def body() -> dict[str, Any]:
         async with readers(app_state) as r:
             current = await r.consensus.current_epoch()
-            epoch = await last_finalized(r, current)
+            epoch = await last_finalized(r)
             rows: list[dict[str, Any]] = []
             for address in await r.staking.validators():
                 info = await r.staking.stake_of(address)
@@ -160,7 +157,7 @@ def epoch_show(
             current = await r.consensus.current_epoch()
             n = epoch
             if n is None:
-                n = await last_finalized(r, current)
+                n = await last_finalized(r)
                 n = current if n is None else n
             if n > current:
                 raise AgentMeshValueError(f"epoch {n} has not started (current: {current})")

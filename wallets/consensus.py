@@ -146,6 +146,12 @@ class ConsensusClient(_Client):
         (found,) = await self._read("providersOf", epoch)
         return [checksum(a) for a in found]
 
+    async def last_finalized(self, from_block: int) -> int | None:
+        """The latest epoch finalized since ``from_block`` (its ``Finalized`` events), or
+        None if none was."""
+        events = await self.contract.events.Finalized().get_logs(from_block=from_block)
+        return max((int(e["args"]["epoch"]) for e in events), default=None)
+
     async def reveal_window(self) -> int:
         (value,) = await self._read("revealWindow")
         return int(value)
