@@ -241,13 +241,18 @@ class Validator:
         from .channel_store import ChannelStore
 
         waiting = 0
+        left = {p.name for p in (self.agent.home / "agents").glob("buyer-*")}
+        if not left:
+            return 0  # the usual case: every probe identity settled and forgotten
         current = await self.consensus.current_epoch()
         for record in self.store.epochs():
-            key = probe_key(
-                bytes(self.agent.wallet.account.key), self.consensus.address, record.epoch
-            )
+            key = self._probe_key(record.epoch)
             folder = self.agent.home / "agents" / probe_name(key)
-            if record.epoch >= current or not (folder / "channels.db").exists():
+            if (
+                folder.name not in left
+                or record.epoch >= current
+                or not (folder / "channels.db").exists()
+            ):
                 continue
             account = Account.from_key(key)
             wallet = Wallet(account, self.agent.chain.w3, name="probe")
@@ -283,6 +288,9 @@ class Validator:
 
     # ------------------------------------------------------------------ probing
 
+    def _probe_key(self, epoch: int) -> bytes:
+        return probe_key(bytes(self.agent.wallet.account.key), self.consensus.address, epoch)
+
     def providers(self) -> list[AgentCard]:
         """Up to ``sample`` live providers of the service (not this agent), at random."""
         cards = [
@@ -316,7 +324,7 @@ class Validator:
 
         from .agent import Agent
 
-        key = probe_key(bytes(self.agent.wallet.account.key), self.consensus.address, epoch)
+        key = self._probe_key(epoch)
         account = Account.from_key(key)
         deposit = parse_price(self.settings.probe_deposit)
         config = self.agent.config.model_copy(
