@@ -14,19 +14,23 @@ from pathlib import Path
 from agentmesh.wallets.deployer import JURY_SLASH_BPS
 
 
-def test_demo_validation_rewards_the_honest_provider_and_the_jury_slashes(
-    tmp_path: Path,
-) -> None:
-    env = {**os.environ, "AGENTMESH_HOME": str(tmp_path / "home")}
-    result = subprocess.run(
-        [sys.executable, "-m", "agentmesh.cli.app", "demo", "validation", "--json"],
+def agentmesh(home: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``agentmesh ARGS`` as its own process, with ``home`` as its home."""
+    return subprocess.run(
+        [sys.executable, "-m", "agentmesh.cli.app", *args],
         check=False,
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, "AGENTMESH_HOME": str(home)},
         stdin=subprocess.DEVNULL,
-        timeout=600,
+        timeout=timeout,
     )
+
+
+def test_demo_validation_rewards_the_honest_provider_and_the_jury_slashes(
+    tmp_path: Path,
+) -> None:
+    result = agentmesh(tmp_path / "home", "demo", "validation", "--json", timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(result.stdout)
     epochs = report["epochs"]
@@ -59,26 +63,9 @@ def test_demo_validation_rewards_the_honest_provider_and_the_jury_slashes(
 
 
 def test_the_validation_commands_refuse_without_a_chain(tmp_path: Path) -> None:
-    env = {**os.environ, "AGENTMESH_HOME": str(tmp_path / "home")}
     for args in (["validators"], ["epoch", "show"], ["dispute", "show", "1"]):
-        result = subprocess.run(
-            [sys.executable, "-m", "agentmesh.cli.app", *args],
-            check=False,
-            capture_output=True,
-            text=True,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            timeout=120,
-        )
+        result = agentmesh(tmp_path / "home", *args, timeout=120)
         assert result.returncode == 1, (args, result.stdout, result.stderr)
         assert "no chain to use" in result.stderr
-    bad = subprocess.run(
-        [sys.executable, "-m", "agentmesh.cli.app", "dispute", "show", "0"],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-    )
+    bad = agentmesh(tmp_path / "home", "dispute", "show", "0", timeout=120)
     assert bad.returncode == 2 and "greater than or equal to 1" in bad.stderr
