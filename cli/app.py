@@ -21,6 +21,7 @@ from agentmesh.cli import model as model_cmd
 from agentmesh.cli import new as new_cmd
 from agentmesh.cli import stake as stake_cmd
 from agentmesh.cli import task as task_cmd
+from agentmesh.cli import ui as ui_cmd
 from agentmesh.cli import validation as validation_cmd
 from agentmesh.cli import wallet as wallet_cmd
 from agentmesh.cli.context import AppState, err_console
@@ -52,6 +53,7 @@ app.command("run")(agent_cmd.run_agent)
 app.command("approve")(agent_cmd.approve)
 app.command("reject")(agent_cmd.reject)
 app.command("approvals")(agent_cmd.approvals)
+app.command("ui")(ui_cmd.ui)
 
 
 @app.callback()

@@ -181,16 +181,22 @@ async def session(
     app_state: AppState, account: Any = None, name: str = ""
 ) -> AsyncIterator[Session]:
     """The chain and the contract; ``account`` sends (None: a throw-away key that reads)."""
+    from agentmesh.wallets.chain import open_chain
+
+    async with open_chain(app_state.home, app_state.config, allow_embedded=False) as chain:
+        yield await session_on(chain, account, name)
+
+
+async def session_on(chain: Chain, account: Any = None, name: str = "") -> Session:
+    """A ``Session`` on an open ``chain``."""
     from eth_account import Account
 
-    from agentmesh.wallets.chain import open_chain
     from agentmesh.wallets.channel import PaymentChannelClient
     from agentmesh.wallets.wallet import Wallet
 
-    async with open_chain(app_state.home, app_state.config, allow_embedded=False) as chain:
-        wallet = Wallet(account or Account.create(), chain.w3, name=name or None)
-        client = PaymentChannelClient(wallet, chain.deployment.address("PaymentChannel"))
-        yield Session(chain, wallet, client, await client.challenge_delay())
+    wallet = Wallet(account or Account.create(), chain.w3, name=name or None)
+    client = PaymentChannelClient(wallet, chain.deployment.address("PaymentChannel"))
+    return Session(chain, wallet, client, await client.challenge_delay())
 
 
 def side_of(found: ChannelState, address: str, owner: Owner, channel_id: bytes) -> str:

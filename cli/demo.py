@@ -18,7 +18,6 @@ import os
 import secrets
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
+from agentmesh.cli.console.homes import demo_folder
 from agentmesh.cli.context import JsonOption, console, err_console, print_json, run, state
 from agentmesh.errors import AgentMeshError
 
@@ -117,7 +117,7 @@ def _musd(units: int) -> str:
     return format_amount(units, MUSD_DECIMALS, "mUSD")
 
 
-async def _demo(tasks: int, timeout: float, json_out: bool) -> None:
+async def _demo(app_home: Path, tasks: int, timeout: float, json_out: bool) -> None:
     from web3.types import Wei
 
     from agentmesh.config import Config, DevnetConfig, WalletConfig
@@ -131,8 +131,7 @@ async def _demo(tasks: int, timeout: float, json_out: bool) -> None:
     out = err_console if json_out else console
     started = time.monotonic()
     scrypt_n = 2**14  # throw-away demo keys: fast keystores
-    with tempfile.TemporaryDirectory(prefix="agentmesh-demo-") as tmp:
-        home = Path(tmp)
+    with demo_folder(app_home, "market") as home:
         config = Config(
             devnet=DevnetConfig(dev_account_musd=0), wallet=WalletConfig(scrypt_n=scrypt_n)
         )
@@ -214,8 +213,9 @@ async def _demo(tasks: int, timeout: float, json_out: bool) -> None:
                 live.update(_progress(rows, names, tasks, time.monotonic() - started))
             if not out.is_terminal:
                 out.line()  # rich leaves a non-terminal Live's last line unterminated
-            report = await _report(chain, rows, names, addresses, before)
+            report = await _report(home, chain, rows, names, addresses, before)
             report["requested"] = tasks
+            report["home"] = str(home)
             report["seconds"] = round(time.monotonic() - started, 1)
             if json_out:
                 print_json(report)
@@ -227,6 +227,7 @@ async def _demo(tasks: int, timeout: float, json_out: bool) -> None:
 
 
 async def _report(
+    home: Path,
     chain: Any,
     rows: list[Any],
     names: dict[str, str],
@@ -241,8 +242,13 @@ async def _report(
     from agentmesh.wallets.deployer import dev_deployer
 
     task_rows = []
+    from agentmesh.cli.task import checkpoint_values
+
     for number, task in enumerate(rows, 1):
         txs = json.loads(task.txs or "{}")
+        bought = checkpoint_values(
+            home / "agents" / REQUESTER / "checkpoints.db", task.conversation
+        )
         gas, steps = (0, {}) if task.job_id is None else await task_gas(chain, task.job_id, txs)
         task_rows.append(
             {
@@ -258,6 +264,7 @@ async def _report(
                 "seconds": round((task.updated_ms - task.created_ms) / 1000, 1),
                 "status": task.status,
                 "detail": task.detail,
+                "result": bought.get("result"),
             }
         )
     token = TokenClient(dev_deployer(chain.w3), chain.token_address)
@@ -326,6 +333,19 @@ def _print_report(report: dict[str, Any]) -> None:
             status if status == TaskStatus.DONE else f"[red]{status}: {task['detail'][:80]}[/]",
         )
     console.print(table)
+    from rich.markup import escape
+
+    from agentmesh.cli.task import result_text
+
+    console.print("[bold]what was bought[/]")
+    for task in report["tasks"]:
+        if task["result"] is not None:
+            text = result_text(task["result"], limit=110).replace("\n", " ")
+            console.print(f"  {task['task']}. {task['winner']}: {escape(text)}", highlight=False)
+    console.print(
+        f"  (whole results: agentmesh --home {report['home']} task show TASK, or agentmesh ui)",
+        highlight=False,
+    )
 
     balances = Table("agent", "address", "before", "after", "change", title="balances (mUSD)")
     for row in report["balances"]:
@@ -383,10 +403,10 @@ def demo(
 
     With --json, stdout is one JSON object (tasks, balances, conservation check; amounts
     in mUSD base units) and the progress display goes to stderr."""
-    state(ctx)
+    app_home = state(ctx).home
     if ctx.invoked_subcommand is not None:
         return
-    run(_demo(tasks, timeout, json_out))
+    run(_demo(app_home, tasks, timeout, json_out))
 
 
 @app.command("defi")
@@ -403,8 +423,7 @@ def defi(
     did not or the check fails."""
     from .demo_defi import run_demo
 
-    state(ctx)
-    run_demo(timeout, json_out)
+    run_demo(state(ctx).home, timeout, json_out)
 
 
 @app.command("channels")
@@ -422,8 +441,7 @@ def channels(
     check fails."""
     from .demo_channels import run_demo
 
-    state(ctx)
-    run_demo(calls, timeout, json_out)
+    run_demo(state(ctx).home, calls, timeout, json_out)
 
 
 @app.command("validation")
@@ -440,5 +458,4 @@ def validation(
     conservation (with ok); exit 1 if a check fails."""
     from .demo_validation import run_demo
 
-    state(ctx)
-    run_demo(epochs, json_out)
+    run_demo(state(ctx).home, epochs, json_out)

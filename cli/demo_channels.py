@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 from rich.live import Live
 from rich.table import Table
 
+from agentmesh.cli.console.homes import demo_folder
 from agentmesh.cli.context import console, err_console, print_json
 from agentmesh.errors import AgentMeshError
 
@@ -68,7 +68,7 @@ def _progress(done: int, total: int, paid: int, elapsed: float) -> Table:
     return table
 
 
-async def _demo(calls: int, timeout: float, json_out: bool) -> dict[str, Any]:
+async def _demo(app_home: Path, calls: int, timeout: float, json_out: bool) -> dict[str, Any]:
     from web3.types import Wei
 
     from agentmesh.agents.accounting import channel_gas
@@ -84,8 +84,7 @@ async def _demo(calls: int, timeout: float, json_out: bool) -> dict[str, Any]:
     out = err_console if json_out else console
     started = time.monotonic()
     scrypt_n = 2**14
-    with tempfile.TemporaryDirectory(prefix="agentmesh-channels-") as tmp:
-        home = Path(tmp)
+    with demo_folder(app_home, "channels") as home:
         config = Config(
             devnet=DevnetConfig(dev_account_musd=0), wallet=WalletConfig(scrypt_n=scrypt_n)
         )
@@ -280,7 +279,7 @@ def _stop(agent: AgentProcess) -> None:
         agent.process.kill()
 
 
-def run_demo(calls: int, timeout: float, json_out: bool) -> None:
+def run_demo(app_home: Path, calls: int, timeout: float, json_out: bool) -> None:
     from agentmesh.cli.context import run
 
-    run(_demo(calls, timeout, json_out))
+    run(_demo(app_home, calls, timeout, json_out))

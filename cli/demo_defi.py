@@ -33,6 +33,7 @@ from typing import Any
 
 from rich.table import Table
 
+from agentmesh.cli.console.homes import demo_home
 from agentmesh.errors import AgentMeshError, PolicyViolation
 
 from .context import console, err_console, print_json
@@ -96,7 +97,9 @@ class Stage:
 
 
 @contextlib.asynccontextmanager
-async def stage(out: Any, *, fund: int = 100, cap: int = 100) -> AsyncIterator[Stage]:
+async def stage(
+    out: Any, *, fund: int = 100, cap: int = 100, folder: Path | None = None
+) -> AsyncIterator[Stage]:
     """Set the stage (see ``Stage``); the devnet, the agent and the owner's wallet agent
     stop on exit."""
     from eth_account import Account
@@ -113,8 +116,10 @@ async def stage(out: Any, *, fund: int = 100, cap: int = 100) -> AsyncIterator[S
     from agentmesh.wallets.wallet import Wallet
 
     scrypt_n = 2**14
-    with tempfile.TemporaryDirectory(prefix="agentmesh-defi-") as tmp:
-        home = Path(tmp)
+    # A throw-away folder, or the demo's own (kept for `agentmesh ui`).
+    kept = contextlib.nullcontext(folder) if folder is not None else None
+    with kept or tempfile.TemporaryDirectory(prefix="agentmesh-defi-") as where:
+        home = Path(where)
         config = Config(
             devnet=DevnetConfig(dev_account_musd=0), wallet=WalletConfig(scrypt_n=scrypt_n)
         )
@@ -190,10 +195,10 @@ async def stage(out: Any, *, fund: int = 100, cap: int = 100) -> AsyncIterator[S
             yield the_stage
 
 
-async def _demo(timeout: float, json_out: bool) -> dict[str, Any]:
+async def _demo(app_home: Path, timeout: float, json_out: bool) -> dict[str, Any]:
     out = err_console if json_out else console
     started = time.monotonic()
-    async with stage(out) as st:
+    async with stage(out, folder=demo_home(app_home, "defi")) as st:
         out.print(f"[green]✓[/] devnet {st.chain.rpc_url}: Uniswap V2, WETH at 2,000 mUSD")
         out.print(
             f"[green]✓[/] {PERSON} delegated 100 mUSD to {AGENT} through AgentWallet "
@@ -530,11 +535,11 @@ def _check(report: dict[str, Any]) -> None:
         raise AgentMeshError("the DeFi demo failed: " + "; ".join(problems))
 
 
-def run_demo(timeout: float, json_out: bool) -> None:
+def run_demo(app_home: Path, timeout: float, json_out: bool) -> None:
     """Run the DeFi demo; prints the report (or its JSON) and raises if it failed."""
     from .context import run
 
-    report = run(_demo(timeout, json_out))
+    report = run(_demo(app_home, timeout, json_out))
     if json_out:
         print_json(report)
     else:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 from rich.table import Table
 
+from agentmesh.cli.console.homes import demo_folder
 from agentmesh.cli.context import console, err_console, print_json
 from agentmesh.errors import AgentMeshError
 
@@ -77,14 +77,13 @@ class Stage:
     model: Any = None
 
 
-async def _demo(epochs: int, json_out: bool) -> dict[str, Any]:
+async def _demo(app_home: Path, epochs: int, json_out: bool) -> dict[str, Any]:
     from agentmesh.config import Config, DevnetConfig, WalletConfig
     from agentmesh.wallets.chain import open_chain
 
     out = err_console if json_out else console
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="agentmesh-validation-") as tmp:
-        home = Path(tmp)
+    with demo_folder(app_home, "validation") as home:
         config = Config(
             devnet=DevnetConfig(dev_account_musd=0), wallet=WalletConfig(scrypt_n=SCRYPT_N)
         )
@@ -430,7 +429,7 @@ def _check(report: dict[str, Any]) -> None:
         raise AgentMeshError(f"the ranked purchase went to {report['purchase']['winner']}")
 
 
-def run_demo(epochs: int, json_out: bool) -> None:
+def run_demo(app_home: Path, epochs: int, json_out: bool) -> None:
     from agentmesh.cli.context import run
 
-    run(_demo(epochs, json_out))
+    run(_demo(app_home, epochs, json_out))

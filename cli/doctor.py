@@ -46,6 +46,16 @@ def check_llama() -> Check:
         return Check("llama-cpp", False, f"not importable: {exc}", "run `make setup`")
     offload = bool(llama_cpp.llama_supports_gpu_offload())
     backend = "GPU offload available" if offload else "CPU only (no GPU offload in this build)"
+    if not offload:
+        import shutil
+
+        if shutil.which("nvcc") and not shutil.which("nvidia-smi"):
+            backend += (
+                "; a CUDA toolkit is installed but no NVIDIA driver/GPU, so the setup "
+                "built for the CPU"
+            )
+        elif shutil.which("nvcc"):
+            backend += "; rebuild with CUDA: rm .venv/.llama-* && make setup"
     return Check("llama-cpp", True, f"llama-cpp-python {llama_cpp.__version__}: {backend}")
 
 

@@ -682,7 +682,9 @@ def show(
     agent, task = _find_task(app_state.home, task_id, agent_name=agent_name)
     jobs = run(_onchain(app_state, {task.job_id} if task.job_id is not None else set()))
     data = _row(agent, task, jobs)
-    values = _checkpoint(app_state.home / "agents" / agent / "checkpoints.db", task.conversation)
+    values = checkpoint_values(
+        app_state.home / "agents" / agent / "checkpoints.db", task.conversation
+    )
     data["result"] = values.get("result")
     data["proposals"] = [
         {k: p.get(k) for k in ("provider", "price", "latency_ms", "reputation")}
@@ -726,6 +728,8 @@ def _show_table(data: dict[str, Any]) -> Table:
             job["deadline"] = local_time(job["deadline"])
             job["review_window"] = f"{job['review_window']} s"
             shown[key] = "\n".join(f"{k}: {v}" for k, v in job.items())
+        elif key == "result":
+            shown["delivered result"] = result_text(value)
         elif key == "proposals":
             shown[key] = "\n".join(
                 f"{p['provider']}: {musd(p['price'])}, answered in {p['latency_ms']} ms"
@@ -740,6 +744,22 @@ def _show_table(data: dict[str, Any]) -> Table:
     return table
 
 
+def result_text(result: Any, limit: int | None = None) -> str:
+    """A delivered result for a person: a JSON string as its text, other JSON indented;
+    cut to ``limit`` characters (with an ellipsis) when given."""
+    value = result
+    if isinstance(result, str):
+        try:
+            value = json.loads(result)
+        except ValueError:
+            value = result
+    text = value if isinstance(value, str) else json.dumps(value, indent=1)
+    text = text.strip()
+    if limit is not None and len(text) > limit:
+        return text[: limit - 1].rstrip() + "…"
+    return text
+
+
 def trace_text(trace: list[list[Any]]) -> str:
     """One line per phase: seconds since the task started, and how long the step took."""
     lines = []
@@ -751,7 +771,7 @@ def trace_text(trace: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _checkpoint(path: Path, thread: str) -> dict[str, Any]:
+def checkpoint_values(path: Path, thread: str) -> dict[str, Any]:
     """The latest LangGraph state of ``thread`` (empty if none)."""
     if not path.exists():
         return {}

@@ -57,31 +57,35 @@ class Readers:
 @contextlib.asynccontextmanager
 async def readers(app_state: AppState) -> AsyncIterator[Readers]:
     """The chain and the suite's Staking, Consensus and Jury, read with a throw-away key."""
+    from agentmesh.wallets.chain import open_chain
+
+    async with open_chain(app_state.home, app_state.config, allow_embedded=False) as chain:
+        yield readers_on(chain)
+
+
+def readers_on(chain: Chain) -> Readers:
+    """Readers of ``chain``'s Staking, Consensus and Jury (an error naming any missing)."""
     from eth_account import Account
 
-    from agentmesh.wallets.chain import open_chain
     from agentmesh.wallets.consensus import ConsensusClient
     from agentmesh.wallets.jury import JuryClient
     from agentmesh.wallets.staking import StakingClient
     from agentmesh.wallets.wallet import Wallet
 
-    async with open_chain(app_state.home, app_state.config, allow_embedded=False) as chain:
-        missing = [
-            n for n in ("Staking", "Consensus", "Jury") if n not in chain.deployment.contracts
-        ]
-        if missing:
-            raise AgentMeshValueError(
-                f"this chain's agentmesh deployment has no {', '.join(missing)}: restart the "
-                "devnet (`agentmesh devnet up`) to add them"
-            )
-        wallet = Wallet(Account.create(), chain.w3)
-        deployment = chain.deployment
-        yield Readers(
-            chain,
-            StakingClient(wallet, deployment.address("Staking")),
-            ConsensusClient(wallet, deployment.address("Consensus")),
-            JuryClient(wallet, deployment.address("Jury")),
+    missing = [n for n in ("Staking", "Consensus", "Jury") if n not in chain.deployment.contracts]
+    if missing:
+        raise AgentMeshValueError(
+            f"this chain's agentmesh deployment has no {', '.join(missing)}: restart the "
+            "devnet (`agentmesh devnet up`) to add them"
         )
+    wallet = Wallet(Account.create(), chain.w3)
+    deployment = chain.deployment
+    return Readers(
+        chain,
+        StakingClient(wallet, deployment.address("Staking")),
+        ConsensusClient(wallet, deployment.address("Consensus")),
+        JuryClient(wallet, deployment.address("Jury")),
+    )
 
 
 async def last_finalized(r: Readers) -> int | None:
@@ -161,7 +165,7 @@ def epoch_show(
                 n = current if n is None else n
             if n > current:
                 raise AgentMeshValueError(f"epoch {n} has not started (current: {current})")
-            return await _epoch(r, n, current)
+            return await epoch_report(r, n, current)
 
     info = run(body())
     if json_out:
@@ -195,7 +199,7 @@ def epoch_show(
         console.print(providers)
 
 
-async def _epoch(r: Readers, epoch: int, current: int) -> dict[str, Any]:
+async def epoch_report(r: Readers, epoch: int, current: int) -> dict[str, Any]:
     ends = await r.consensus.epoch_end(epoch)
     window = await r.consensus.reveal_window()
     now = await r.now()

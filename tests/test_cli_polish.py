@@ -142,9 +142,11 @@ def test_demo_prints_the_report_it_would_give_as_json(capsys: pytest.CaptureFixt
                 "seconds": 3.2,
                 "status": "done",
                 "detail": "",
+                "result": '"ZeroMQ is a messaging library. ' + "It is fast. " * 20 + '"',
             }
         ],
         "settled": 1,
+        "home": "/tmp/demo-home",
         "balances": [
             {"agent": "buyer", "address": "0xB", "before": 10**7, "after": 10**7 - 50_000}
             | {"change": -50_000},
@@ -174,3 +176,8 @@ def test_demo_prints_the_report_it_would_give_as_json(capsys: pytest.CaptureFixt
     assert "pool WETH/mUSD" in out
     assert "summarizer-a" in out and "400,000" in out and "open 0x11111111…" in out
     assert "-0.05 mUSD" in out and "+0.0495 mUSD" in out
+    # What was bought: each summary as text (not JSON), on one line, shortened.
+    (line,) = [x for x in out.splitlines() if x.startswith("  1. summarizer-a: ")]
+    assert "ZeroMQ is a messaging library. It is fast." in line and '"' not in line
+    assert line.endswith("…") and len(line) < 140
+    assert "--home /tmp/demo-home task show" in out

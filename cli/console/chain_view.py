@@ -1,0 +1,111 @@
+"""The chain as the console reads it: connected from what the home names (config's
+``rpc_url``, else a running ``devnet up``), with the deployment read from its record.
+
+Read-only by construction: unlike ``open_chain`` it never deploys or funds anything,
+and a chain that does not answer is a page note, not an error page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agentmesh.errors import AgentMeshError
+
+T = TypeVar("T")
+
+CALL_TIMEOUT_S = 3.0  # a page waits this long for the chain, then says it is unreachable
+RETRY_S = 5.0  # after a failed connect, try again no sooner than this
+
+
+class ChainUnavailable(AgentMeshError):
+    """The home names no chain, or it does not answer."""
+
+
+@dataclass
+class ChainView:
+    """A lazily opened, cached read-only chain per home."""
+
+    home: Path
+    _chain: Any = None
+    _failed_at: float = 0.0
+    _problem: str = ""
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def get(self) -> Any:
+        """The ``Chain`` (``agentmesh.wallets.chain.Chain``), or ``ChainUnavailable``."""
+        async with self._lock:
+            if self._chain is not None:
+                return self._chain
+            if time.monotonic() - self._failed_at < RETRY_S:
+                raise ChainUnavailable(self._problem)
+            try:
+                self._chain = await asyncio.wait_for(self._open(), CALL_TIMEOUT_S)
+            except (AgentMeshError, OSError, TimeoutError) as exc:
+                self._failed_at = time.monotonic()
+                self._problem = _reason(exc)
+                raise ChainUnavailable(self._problem) from None
+            return self._chain
+
+    async def call(self, awaitable: Awaitable[T]) -> T:
+        """``awaitable`` (a chain read) within the page's patience; a failure forgets
+        the connection so the next page reconnects (the devnet may have restarted)."""
+        try:
+            return await asyncio.wait_for(awaitable, CALL_TIMEOUT_S)
+        except Exception as exc:
+            await self.forget(_reason(exc))
+            raise ChainUnavailable(self._problem) from None
+
+    async def forget(self, problem: str) -> None:
+        chain, self._chain = self._chain, None
+        self._problem, self._failed_at = problem, time.monotonic()
+        if chain is not None:
+            await chain.w3.provider.disconnect()
+
+    async def close(self) -> None:
+        await self.forget("closed")
+
+    async def _open(self) -> Any:
+        from agentmesh.chain.deployment import Deployment
+        from agentmesh.chain.home import DevnetPaths, running_devnet
+        from agentmesh.config import load_config
+        from agentmesh.wallets.chain import Chain, connect
+
+        config = load_config(self.home)
+        if config.chain.rpc_url:
+            url, record = config.chain.rpc_url, None
+        else:
+            devnet = running_devnet(self.home)
+            if devnet is None:
+                raise ChainUnavailable(
+                    "no chain: this home has no chain.rpc_url and no `agentmesh devnet up`"
+                )
+            url, record = devnet.rpc_url, DevnetPaths.of(self.home).deployment
+        w3 = connect(url, CALL_TIMEOUT_S)
+        try:
+            chain_id = int(await w3.eth.chain_id)
+            path = record or self.home / "deployments" / f"{chain_id}.json"
+            if not path.exists():
+                raise ChainUnavailable(f"no agentmesh deployment recorded for chain {chain_id}")
+            deployment = Deployment.load(path)
+            if deployment.chain_id != chain_id:
+                raise ChainUnavailable(
+                    f"the deployment record is for chain {deployment.chain_id}, "
+                    f"{url} is chain {chain_id}"
+                )
+        except BaseException:
+            await w3.provider.disconnect()
+            raise
+        return Chain(w3, url, deployment, "configured" if record is None else "devnet")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, AgentMeshError):
+        return exc.user_message
+    if isinstance(exc, TimeoutError):
+        return f"the chain did not answer within {CALL_TIMEOUT_S:g} s"
+    return f"the chain is unreachable ({type(exc).__name__}: {exc})"[:300]

@@ -1,0 +1,118 @@
+"""The console's pages over a home built from real records (SQLite) with no chain:
+empty states that say what to run, a home with many tasks, bad input (unknown home,
+task, action; a decision taken twice), the CLI's refusals, and the demo homes it shows.
+The browser and the live chain are in test_console_browser.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+from typer.testing import CliRunner
+
+from agentmesh.agents.records import AgentRecords
+from agentmesh.cli.app import app
+from agentmesh.cli.console.app import create_app
+from agentmesh.cli.console.homes import demo_home, homes, pick
+from agentmesh.cli.console.security import csrf_value
+from agentmesh.protocols.negotiation import Phase, Role, TaskStatus
+
+TOKEN = "test-token"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+def client(home: Path) -> TestClient:
+    return TestClient(create_app(home, TOKEN, port=1, hosts=["testserver"]))
+
+
+def add_tasks(home: Path, agent: str, count: int) -> AgentRecords:
+    records = AgentRecords(home / "agents" / agent / "agent.db")
+    for n in range(count):
+        tid = Role.REQUESTER.task_id(f"{n:032x}")
+        records.start_task(tid, Role.REQUESTER, "summarize")
+        records.update_task(tid, state=Phase.SETTLED, status=TaskStatus.DONE, price=50_000)
+    return records
+
+
+@pytest.mark.parametrize(
+    ("path", "says"),
+    [
+        ("/", "agentmesh demo"),
+        ("/tasks", "agentmesh demo"),
+        ("/mesh", "mesh serve"),
+        ("/approvals", "approval_threshold"),
+        ("/channels", "agentmesh demo channels"),
+        ("/delegations", "agentmesh demo defi"),
+        ("/validators", "agentmesh demo validation"),
+    ],
+)
+def test_an_empty_home_says_what_to_run_on_each_page(tmp_path: Path, path: str, says: str) -> None:
+    page = client(tmp_path).get(path, headers=AUTH)
+    assert page.status_code == 200
+    assert says in page.text
+
+
+def test_the_task_list_shows_every_task_and_the_api_the_same_rows(tmp_path: Path) -> None:
+    add_tasks(tmp_path, "buyer", 1_000).close()
+    http = client(tmp_path)
+    page = http.get("/tasks", headers=AUTH)
+    assert page.status_code == 200 and page.text.count('data-status="done"') == 1_000
+    rows = http.get("/api/tasks", headers=AUTH).json()
+    assert len(rows["tasks"]) == 1_000 and rows["counts"] == {"done": 1_000}
+    assert rows["tasks"][0]["price_text"] == "0.05 mUSD"
+    # A live refresh asks for the content only, with the version it shows.
+    fragment = http.get("/tasks", headers={**AUTH, "x-console-fragment": "1"})
+    assert "<header>" not in fragment.text and 'data-status="done"' in fragment.text
+    assert fragment.headers["x-console-version"]
+
+
+def test_bad_requests_get_a_clear_error_and_change_nothing(tmp_path: Path) -> None:
+    records = add_tasks(tmp_path, "buyer", 1)
+    approval = records.request_approval(Role.REQUESTER.task_id("0" * 32), 70_000, "buy it")
+    http = client(tmp_path)
+    unknown = http.get("/tasks?home=nope", headers=AUTH)
+    assert unknown.status_code == 404 and "no home &#39;nope&#39;" in unknown.text
+    assert http.get("/tasks/buyer/zz-not-hex", headers=AUTH).status_code == 404
+    assert http.get("/tasks/nobody/" + "0" * 32, headers=AUTH).status_code == 404
+    missing = http.get("/api/tasks/buyer/" + "f" * 32, headers=AUTH)
+    assert missing.status_code == 404 and "no such task" in missing.json()["error"]
+    good = {"csrf": csrf_value(TOKEN)}
+    odd = http.post(f"/approvals/{approval.id}/destroy", data=good, headers=AUTH)
+    assert odd.status_code == 404 and "approve or reject" in odd.text
+    ghost = http.post("/api/approvals/0000000000/approve", headers=AUTH)
+    assert ghost.status_code == 409 and "unknown approval id" in ghost.json()["error"]
+    assert records.approvals("pending")[0].id == approval.id  # nothing decided
+    assert http.get("/events?scope=everything", headers=AUTH).status_code == 400
+    done = http.post(f"/api/approvals/{approval.id}/reject", headers=AUTH)
+    assert done.json()["status"] == "rejected"
+    twice = http.post(f"/api/approvals/{approval.id}/approve", headers=AUTH)
+    assert twice.status_code == 409 and "already rejected" in twice.json()["error"]
+    records.close()
+
+
+def test_a_token_in_the_address_is_swapped_for_a_cookie(tmp_path: Path) -> None:
+    http = client(tmp_path)
+    first = http.get(f"/tasks?home=&token={TOKEN}", follow_redirects=False)
+    assert first.status_code == 303 and first.headers["location"] == "/tasks?home="
+    cookie = first.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert http.get("/tasks?home=").status_code == 200  # the cookie is enough now
+    assert client(tmp_path).get("/tasks").status_code == 401  # another client has none
+
+
+def test_the_demo_homes_are_shown_and_the_running_one_is_the_default(tmp_path: Path) -> None:
+    folder = demo_home(tmp_path, "market")
+    add_tasks(folder, "buyer", 2).close()
+    assert [h.key for h in homes(tmp_path)] == ["", "market"]
+    assert pick(tmp_path, None).key == "market"  # the one whose agents changed last
+    assert pick(tmp_path, "").path == tmp_path
+    assert demo_home(tmp_path, "market") == folder and not (folder / "agents").exists()
+    with pytest.raises(Exception, match="invalid demo name"):
+        demo_home(tmp_path, "../x")
+
+
+def test_the_cli_refuses_an_exposed_address_without_expose(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["--home", str(tmp_path), "ui", "--host", "0.0.0.0"])
+    assert result.exit_code == 1
+    assert "--expose" in str(result.exception)
