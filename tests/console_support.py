@@ -3,6 +3,7 @@ Debian's Chromium driven by Playwright (its own browser download is not used).""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -10,7 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,3 +132,55 @@ async def screenshot(page: Any, name: str) -> Path:
     path = folder / f"{name}.png"
     await page.screenshot(path=str(path), full_page=True)
     return path
+
+
+async def demo_in_browser(
+    home: Path,
+    args: Sequence[str],
+    path: str,
+    waits: Sequence[str],
+    shot: str,
+    *,
+    timeout: float = 300,
+    then: Callable[[Any], Awaitable[None]] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``agentmesh demo ARGS`` (its own process, home ``home``) while the console
+    over that home is open on ``path`` in Chromium, as a person would watch it: no
+    ``?home=``, so the console follows the demo's home once it appears. Each selector
+    in ``waits`` must appear without a reload; ``then`` looks further; a screenshot
+    ``shot`` is saved. Returns the demo's result (stdout is its --json report)."""
+    home.mkdir(parents=True, exist_ok=True)
+    with console_process(home) as console:
+        async with browser_page(console) as page:
+            await page.goto(f"{console.base}{path}")
+            await page.evaluate("window.__stayed = true")
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "agentmesh.cli.app",
+                *args,
+                env={**os.environ, "AGENTMESH_HOME": str(home)},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            finished = asyncio.ensure_future(process.communicate())
+            try:
+                for selector in waits:
+                    await page.wait_for_selector(selector, timeout=timeout * 1000)
+                assert await page.evaluate("window.__stayed === true"), "the page reloaded"
+                await screenshot(page, shot)
+                if then is not None:
+                    await then(page)
+                out, err = await asyncio.wait_for(finished, timeout)
+            finally:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+            result = subprocess.CompletedProcess(
+                list(args),
+                -1 if process.returncode is None else process.returncode,
+                out.decode(),
+                err.decode(),
+            )
+    return result

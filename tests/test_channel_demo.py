@@ -4,28 +4,25 @@ the real model) and the reference embedder's services."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from agentmesh.agents.service import ServiceContext
+from tests.console_support import demo_in_browser
 from tests.helpers import fee_of
 
 
-def test_demo_channels_pays_every_call_claims_closes_and_conserves(tmp_path: Path) -> None:
+async def test_demo_channels_pays_every_call_claims_closes_and_conserves(tmp_path: Path) -> None:
     # `make demo` runs it with 1,000 calls; 450 here passes the provider's claim
     # threshold (0.2 mUSD = 400 calls) once, so a claim happens before the close.
-    env = {**os.environ, "AGENTMESH_HOME": str(tmp_path / "home")}
-    result = subprocess.run(
-        [sys.executable, "-m", "agentmesh.cli.app", "demo", "channels", "--calls", "450", "--json"],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        stdin=subprocess.DEVNULL,
+    # The console watches it: the channel shows up, on chain, with calls paid.
+    result = await demo_in_browser(
+        tmp_path / "home",
+        ["demo", "channels", "--calls", "450", "--json"],
+        "/channels",
+        ['#channels tr[data-side="payer"][data-onchain="yes"]:not([data-paid="0"])'],
+        "channels-live",
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

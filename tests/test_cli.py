@@ -26,6 +26,7 @@ from eth_account import Account
 
 from agentmesh.chain.rpc import rpc_call
 from agentmesh.wallets.keystore import Keystore
+from tests.console_support import demo_in_browser
 from tests.helpers import TEST_SCRYPT_N, fee_of, wait_gone
 
 PASSWORD = "correct horse battery staple"
@@ -726,18 +727,28 @@ def test_wallet_list_shows_full_addresses(offline: Cli) -> None:
         assert entry["address"] in listing, f"{entry['address']} cut short in:\n{listing}"
 
 
-def test_demo_settles_every_task_and_conserves_funds(tmp_path: Path) -> None:
+async def test_demo_settles_every_task_and_conserves_funds(tmp_path: Path) -> None:
     # `make demo` runs this; CI runs `make test`, so the demo is checked here, with --json
     # (the tables are the same data; one slow run checks both the demo and its JSON).
-    env = {**os.environ, "AGENTMESH_HOME": str(tmp_path / "home")}
-    result = subprocess.run(
-        [sys.executable, "-m", "agentmesh.cli.app", "demo", "--tasks", "3", "--json"],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        timeout=300,
+    # As the README says to, `agentmesh ui` watches it: the purchases settle on the task
+    # list without a reload, and a task's page shows what was bought.
+    async def a_result(page: Any) -> None:
+        await page.locator('tr[data-agent="buyer"] a').first.click()
+        text = await (await page.wait_for_selector("#result")).inner_text()
+        assert len(text.strip()) > 10, text
+        steps = await page.locator("#txs tbody tr td:first-child").all_inner_texts()
+        assert {"open", "release", "feedback"} <= set(steps), steps  # the buyer's own
+        for tx in await page.locator("#txs .tx").all_inner_texts():
+            assert tx.startswith("0x") and len(tx) == 66
+
+    result = await demo_in_browser(
+        tmp_path / "home",
+        ["demo", "--tasks", "3", "--json"],
+        "/tasks",
+        ['#homes a[data-home="market"]']
+        + [f'#tasks tr[data-agent="buyer"][data-status="done"] >> nth={n}' for n in range(3)],
+        "demo-tasks",
+        then=a_result,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(result.stdout)  # stdout is one JSON object and nothing else
@@ -793,19 +804,17 @@ def test_demo_rejects_a_bad_task_count() -> None:
     assert "--tasks" in result.stderr
 
 
-def test_demo_defi_fills_the_dca_and_the_stop_names_refusals_and_conserves(
+async def test_demo_defi_fills_the_dca_and_the_stop_names_refusals_and_conserves(
     tmp_path: Path,
 ) -> None:
     # `make demo` runs it too; checked here with --json (the tables show the same data).
-    env = {**os.environ, "AGENTMESH_HOME": str(tmp_path / "home")}
-    result = subprocess.run(
-        [sys.executable, "-m", "agentmesh.cli.app", "demo", "defi", "--json"],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        timeout=300,
+    # The console watches it: the cap's gauge and the fills charted against the TWAP.
+    result = await demo_in_browser(
+        tmp_path / "home",
+        ["demo", "defi", "--json"],
+        "/delegations",
+        [".caps svg.gauge", ".intent svg.chart"],
+        "delegations-live",
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(result.stdout)

@@ -12,13 +12,16 @@ Screenshots of each main page go to test-artifacts/console/.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from eth_account import Account
 
-from agentmesh.agents.agent import Agent
+from agentmesh.agents.agent import Agent, TaskFailed
 from agentmesh.agents.service import ServiceContext
 from agentmesh.config import Config
 from agentmesh.wallets.chain import Chain
@@ -29,7 +32,6 @@ from tests.helpers import (
     TEXT,
     Ledger,
     bind_home,
-    eventually,
     fee_of,
     fund,
     net,
@@ -97,7 +99,6 @@ async def test_tasks_settle_live_and_the_task_page_shows_result_and_transactions
                     'tr[data-agent="seller"][data-status="done"]', timeout=30_000
                 )
                 await screenshot(page, "tasks")
-                task = outcome.conversation[2:] if outcome.conversation.startswith("0x") else ""
                 link = page.locator('tr[data-agent="buyer"] a').first
                 await link.click()
                 await page.wait_for_selector("#result")
@@ -111,7 +112,6 @@ async def test_tasks_settle_live_and_the_task_page_shows_result_and_transactions
                 assert "matches the delivery" in check and "matches the hash on chain" in check
                 assert "Award" in await page.inner_text("#messages")
                 await screenshot(page, "task")
-                del task
                 for name, path in [
                     ("agents", "/"),
                     ("mesh", "/mesh"),
@@ -129,9 +129,13 @@ async def test_tasks_settle_live_and_the_task_page_shows_result_and_transactions
                 assert await ledger.conserved() == [net(PRICE), -PRICE, 0, fee_of(PRICE)]
 
 
-async def test_a_pending_approval_is_approved_by_clicking_and_the_purchase_settles(
+@contextlib.asynccontextmanager
+async def a_spend_waiting(
     home: Path, config: Config, token: TokenClient, buyer_key: bytes, seller_key: bytes
-) -> None:
+) -> AsyncIterator[tuple[Any, asyncio.Task[Any], Ledger]]:
+    """The console's approvals page open in Chromium while a buyer whose spends need a
+    person's approval starts a purchase: (page, the purchase, the ledger), once the
+    pending approval has appeared on the page without a reload."""
     buyer_config = with_agent_settings(config, approval_threshold="0.01")
     with console_process(home) as console:
         async with browser_page(console) as page:
@@ -146,46 +150,48 @@ async def test_a_pending_approval_is_approved_by_clicking_and_the_purchase_settl
                 ).open()
                 await buyer.wait_for_providers("summarize", timeout=30)
                 buying = asyncio.create_task(buyer.buy("summarize", text=TEXT, budget="0.5"))
-                # It appears without a reload, with its buttons.
-                row = page.locator("#pending tr[data-approval]")
-                await row.first.wait_for(timeout=30_000)
-                await screenshot(page, "approvals")
-                assert "0.05 mUSD" in await row.first.inner_text()
-                assert not buying.done()  # the purchase waits for the person
-                await page.click("#pending button.approve")
-                await page.wait_for_selector("#notice")
-                assert "approved" in await page.inner_text("#notice")
-                outcome = await asyncio.wait_for(buying, 60)
-                assert outcome.phase == "settled"
-                decided = await eventually(
-                    lambda: buyer.records.approvals("approved"), bool, timeout=10
-                )
-                assert decided and decided[0].applied
-                assert await ledger.conserved() == [net(PRICE), -PRICE, 0, fee_of(PRICE)]
+                try:
+                    row = page.locator("#pending tr[data-approval]")
+                    await row.first.wait_for(timeout=30_000)
+                    assert "0.05 mUSD" in await row.first.inner_text()
+                    assert not buying.done()  # the purchase waits for the person
+                    yield page, buying, ledger
+                finally:
+                    buying.cancel()
+
+
+async def test_a_pending_approval_is_approved_by_clicking_and_the_purchase_settles(
+    home: Path, config: Config, token: TokenClient, buyer_key: bytes, seller_key: bytes
+) -> None:
+    async with a_spend_waiting(home, config, token, buyer_key, seller_key) as (
+        page,
+        buying,
+        ledger,
+    ):
+        await screenshot(page, "approvals")
+        await page.click("#pending button.approve")
+        assert "approved" in await (await page.wait_for_selector("#notice")).inner_text()
+        outcome = await asyncio.wait_for(asyncio.shield(buying), 60)
+        assert outcome.phase == "settled"
+        assert await ledger.conserved() == [net(PRICE), -PRICE, 0, fee_of(PRICE)]
+        await page.goto(page.url.split("?")[0] + "?home=")
+        decided = await page.locator("#decided tr[data-approval]").first.inner_text()
+        assert "approved" in decided
 
 
 async def test_a_rejection_by_clicking_cancels_the_purchase_and_spends_nothing(
     home: Path, config: Config, token: TokenClient, buyer_key: bytes, seller_key: bytes
 ) -> None:
-    buyer_config = with_agent_settings(config, approval_threshold="0.01")
-    with console_process(home) as console:
-        async with browser_page(console) as page:
-            await page.goto(f"{console.base}/approvals?home=")
-            async with (
-                summarizer(home, config, seller_key) as seller,
-                Agent("buyer", wallet=buyer_key, home=home, config=buyer_config) as buyer,
-            ):
-                ledger = await Ledger(
-                    token, buyer.escrow.address, seller.address, buyer.address
-                ).open()
-                await buyer.wait_for_providers("summarize", timeout=30)
-                buying = asyncio.create_task(buyer.buy("summarize", text=TEXT, budget="0.5"))
-                await page.locator("#pending button.reject").first.wait_for(timeout=30_000)
-                await page.click("#pending button.reject")
-                await page.wait_for_selector("#notice")
-                with pytest.raises(Exception, match="reject"):
-                    await asyncio.wait_for(buying, 60)
-                assert await ledger.conserved() == [0, 0, 0, 0]
+    async with a_spend_waiting(home, config, token, buyer_key, seller_key) as (
+        page,
+        buying,
+        ledger,
+    ):
+        await page.click("#pending button.reject")
+        assert "rejected" in await (await page.wait_for_selector("#notice")).inner_text()
+        with pytest.raises(TaskFailed, match="reject"):
+            await asyncio.wait_for(asyncio.shield(buying), 60)
+        assert await ledger.conserved() == [0, 0, 0, 0]
 
 
 async def test_without_the_token_nothing_is_served(

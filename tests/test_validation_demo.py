@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from agentmesh.wallets.deployer import JURY_SLASH_BPS
+from tests.console_support import demo_in_browser
 
 
 def agentmesh(home: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -27,10 +28,18 @@ def agentmesh(home: Path, *args: str, timeout: float) -> subprocess.CompletedPro
     )
 
 
-def test_demo_validation_rewards_the_honest_provider_and_the_jury_slashes(
+async def test_demo_validation_rewards_the_honest_provider_and_the_jury_slashes(
     tmp_path: Path,
 ) -> None:
-    result = agentmesh(tmp_path / "home", "demo", "validation", "--json", timeout=600)
+    # The console watches it: a finalized epoch with each provider's score and the chart.
+    result = await demo_in_browser(
+        tmp_path / "home",
+        ["demo", "validation", "--json"],
+        "/validators",
+        [".epoch[data-epoch]", "svg.chart"],
+        "validators-live",
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(result.stdout)
     epochs = report["epochs"]

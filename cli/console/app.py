@@ -21,7 +21,7 @@ from starlette.templating import Jinja2Templates
 
 from agentmesh.cli.console import market_views, money_views, svg
 from agentmesh.cli.console.chain_view import ChainView
-from agentmesh.cli.console.homes import Home, fingerprint, homes, pick
+from agentmesh.cli.console.homes import Home, homes, pick, version
 from agentmesh.cli.console.security import TokenGate, csrf_value
 from agentmesh.errors import AgentMeshError
 from agentmesh.wallets.units import local_time
@@ -82,7 +82,12 @@ def create_app(main: Path, token: str, *, port: int, hosts: list[str]) -> Starle
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     env = templates.env
     env.globals.update(
-        gauge=svg.gauge, line_chart=svg.line_chart, peer_graph=svg.peer_graph, pages=PAGES
+        gauge=svg.gauge,
+        line_chart=svg.line_chart,
+        peer_graph=svg.peer_graph,
+        pages=PAGES,
+        clock=lambda s: time.strftime("%H:%M", time.localtime(s)),  # chain time, local
+        epoch_tick=lambda n: f"epoch {n:.0f}",
     )
     env.filters.update(
         ago=_ago,
@@ -100,12 +105,11 @@ def create_app(main: Path, token: str, *, port: int, hosts: list[str]) -> Starle
         load: Callable[[Home], Awaitable[dict[str, Any]]],
         template: str | None = None,
     ) -> Response:
+        scope = PAGES.get(name, ("", "all"))[1]
         try:
-            home = home_of(request)
+            home, shown = version(console.main, request.query_params.get("home"), scope)
         except AgentMeshError as exc:
             return _error(request, 404, exc.user_message)
-        scope = PAGES.get(name, ("", "all"))[1]
-        version = fingerprint(home.path, scope)
         data = await load(home)
         if data is None:
             return _error(request, 404, f"no such {name} in {home.label}")
@@ -117,13 +121,13 @@ def create_app(main: Path, token: str, *, port: int, hosts: list[str]) -> Starle
             "homes": homes(console.main),
             "page": name,
             "scope": scope,
-            "version": version,
+            "version": shown,
             "csrf": csrf_value(console.token),
             "fragment": request.headers.get(FRAGMENT_HEADER) == "1",
             "notice": request.query_params.get("notice", "")[:200],
         }
         response = templates.TemplateResponse(request, template or f"{name}.html", context)
-        response.headers["x-console-version"] = version
+        response.headers["x-console-version"] = shown
         return response
 
     def _error(request: Request, status: int, message: str) -> Response:
@@ -207,21 +211,25 @@ def create_app(main: Path, token: str, *, port: int, hosts: list[str]) -> Starle
         return RedirectResponse(str(target.replace(scheme="", netloc="")), status_code=303)
 
     async def events(request: Request) -> Response:
-        try:
-            home = home_of(request)
-        except AgentMeshError as exc:
-            return _error(request, 404, exc.user_message)
+        key = request.query_params.get("home")  # None: follow the home that changed last
         scope = request.query_params.get("scope", "all")
         if scope not in {s for _, s in PAGES.values()}:
             return _error(request, 400, f"unknown scope {scope!r}")
+        try:
+            version(console.main, key, scope)
+        except AgentMeshError as exc:
+            return _error(request, 404, exc.user_message)
 
         async def stream() -> AsyncIterator[str]:
             last, quiet = "", 0.0
             while not await request.is_disconnected():
-                version = fingerprint(home.path, scope)
-                if version != last:
-                    last, quiet = version, 0.0
-                    yield f"event: version\ndata: {version}\n\n"
+                try:
+                    _, now = await asyncio.to_thread(version, console.main, key, scope)
+                except AgentMeshError:  # the demo home it showed was removed (a new run)
+                    now = "gone"
+                if now != last:
+                    last, quiet = now, 0.0
+                    yield f"event: version\ndata: {now}\n\n"
                 elif quiet >= KEEPALIVE_S:
                     quiet = 0.0
                     yield ": keep-alive\n\n"

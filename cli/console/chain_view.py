@@ -34,6 +34,7 @@ class ChainView:
     _chain: Any = None
     _failed_at: float = 0.0
     _problem: str = ""
+    _url: str = ""  # the RPC endpoint last tried, named when it does not answer
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def get(self) -> Any:
@@ -47,7 +48,7 @@ class ChainView:
                 self._chain = await asyncio.wait_for(self._open(), CALL_TIMEOUT_S)
             except (AgentMeshError, OSError, TimeoutError) as exc:
                 self._failed_at = time.monotonic()
-                self._problem = _reason(exc)
+                self._problem = _reason(exc, self._url)
                 raise ChainUnavailable(self._problem) from None
             return self._chain
 
@@ -57,7 +58,7 @@ class ChainView:
         try:
             return await asyncio.wait_for(awaitable, CALL_TIMEOUT_S)
         except Exception as exc:
-            await self.forget(_reason(exc))
+            await self.forget(_reason(exc, self._url))
             raise ChainUnavailable(self._problem) from None
 
     async def forget(self, problem: str) -> None:
@@ -85,6 +86,7 @@ class ChainView:
                     "no chain: this home has no chain.rpc_url and no `agentmesh devnet up`"
                 )
             url, record = devnet.rpc_url, DevnetPaths.of(self.home).deployment
+        self._url = url
         w3 = connect(url, CALL_TIMEOUT_S)
         try:
             chain_id = int(await w3.eth.chain_id)
@@ -103,9 +105,14 @@ class ChainView:
         return Chain(w3, url, deployment, "configured" if record is None else "devnet")
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException, url: str) -> str:
+    """One line for a page: what failed, where, and what is missing because of it."""
     if isinstance(exc, AgentMeshError):
         return exc.user_message
+    where = f"the chain at {url}" if url else "the chain"
     if isinstance(exc, TimeoutError):
-        return f"the chain did not answer within {CALL_TIMEOUT_S:g} s"
-    return f"the chain is unreachable ({type(exc).__name__}: {exc})"[:300]
+        problem = f"{where} did not answer within {CALL_TIMEOUT_S:g} s"
+    else:
+        problem = f"{where} does not answer ({type(exc).__name__})"
+    # A demo's devnet stops with the demo; its records stay and are shown without it.
+    return f"{problem}: balances, gas and on-chain state are not shown"

@@ -98,6 +98,14 @@ def _latest_change(path: Path) -> int:
     return max(stamps)
 
 
+def version(main: Path, key: str | None, scope: str) -> tuple[Home, str]:
+    """The home a page shows (``key`` as ``pick``) and the version of what it shows:
+    it changes when a file the page reads is written or a home appears or goes."""
+    home = pick(main, key)
+    known = ",".join(h.key for h in homes(main))
+    return home, f"{home.key}:{known}:{fingerprint(home.path, scope)}"
+
+
 def fingerprint(path: Path, scope: str) -> str:
     """Changes whenever a file a page of ``scope`` shows is written (SQLite's WAL files
     change on every commit)."""

@@ -75,7 +75,7 @@ async def delegations(home: Home, chain: ChainView) -> dict[str, Any]:
             )
         except ChainUnavailable as exc:
             problem = exc.user_message
-            entry["intents"] = intents
+            entry["intents"] = [_offline(i) for i in intents]
         shown.append(entry)
     return {"delegations": shown, "chain_problem": problem}
 
@@ -95,6 +95,7 @@ async def _delegation(
     wallet = AgentWalletClient(reader, record.wallet)
     info = await _describe(c, wallet, market, record)
     for token in info["tokens"]:
+        token["balance_text"] = f"{market.whole(token['address'], int(token['balance']))}"
         if token["cap"]:
             cap, spent = int(token["cap"]), int(token["spent"] or 0)
             token["cap_used"] = min(spent / cap, 1.0) if cap else 0.0
@@ -113,6 +114,23 @@ async def _delegation(
             summary["pnl_text"] = musd(int(summary["pnl_vs_holding_musd"]))
         rows.append(summary)
     return info, rows
+
+
+def _offline(intent: dict[str, Any]) -> dict[str, Any]:
+    """An intent as its agent's store holds it, when the chain (prices, token decimals
+    of the pools) cannot be read: its fills counted, no P&L."""
+    filled = [f for f in intent["fills"] if f["status"] == "filled"]
+    return {
+        **{k: intent[k] for k in ("id", "kind", "phase", "reason", "next_due", "fills")},
+        "filled": len(filled),
+        "sold": None,
+        "bought": None,
+        "average_price": None,
+        "pnl_vs_holding_musd": None,
+        "gas": sum(int(f["gas"]) for f in filled),
+        "points": [],
+        "series": {},
+    }
 
 
 def _price_points(fills: list[dict[str, Any]], market: Any) -> list[dict[str, Any]]:

@@ -5,7 +5,7 @@ in console.css (the policy forbids inline styles)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from html import escape
 
 from markupsafe import Markup
@@ -30,9 +30,10 @@ def line_chart(
     height: int = 200,
     y_label: str = "",
     dots: Sequence[str] = (),
+    x_ticks: Callable[[float], str] = lambda x: f"{x:.6g}",
 ) -> Markup:
     """Lines (and, for the series named in ``dots``, points) over a shared x axis; a
-    ``None`` y leaves a gap."""
+    ``None`` y leaves a gap. ``x_ticks`` writes the first and last x."""
     points = [(x, y) for s in series.values() for x, y in s if y is not None]
     if not points:
         return Markup('<p class="empty">nothing to chart yet</p>')
@@ -56,9 +57,15 @@ def line_chart(
         f'<line class="axis" x1="{pad}" y1="{height - pad}" x2="{width - pad}" '
         f'y2="{height - pad}"/>',
         f'<line class="axis" x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}"/>',
-        f'<text class="tick" x="2" y="{py(y1) + 4:.1f}">{y1:.4g}</text>',
-        f'<text class="tick" x="2" y="{py(y0) + 4:.1f}">{y0:.4g}</text>',
+        f'<text class="tick" x="2" y="{py(y1) + 4:.1f}">{_number(y1)}</text>',
+        f'<text class="tick" x="2" y="{py(y0) + 4:.1f}">{_number(y0)}</text>',
+        f'<text class="tick" x="{pad}" y="{height - pad + 16}">{escape(x_ticks(x0))}</text>',
     ]
+    if max(xs) > min(xs):
+        parts.append(
+            f'<text class="tick" x="{width - pad}" y="{height - pad + 16}" text-anchor="end">'
+            f"{escape(x_ticks(x1))}</text>"
+        )
     for number, (name, values) in enumerate(series.items()):
         kind = f"series-{number % 4}"
         run: list[str] = []
@@ -84,6 +91,11 @@ def line_chart(
         parts.append(f'<text class="tick" x="{pad}" y="{pad - 8}">{escape(y_label)}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+def _number(value: float) -> str:
+    """An axis figure: whole thousands with separators, small values to 4 digits."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
 
 
 def peer_graph(

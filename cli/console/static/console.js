@@ -32,7 +32,10 @@
     return all.indexOf(node);
   }
 
-  const query = new URLSearchParams({ home: main.dataset.home || "", scope: main.dataset.scope || "all" });
+  // The address's own ?home= (none: the console follows the home that changed last).
+  const query = new URLSearchParams({ scope: main.dataset.scope || "all" });
+  const home = new URLSearchParams(location.search).get("home");
+  if (home !== null) query.set("home", home);
   const source = new EventSource("/events?" + query.toString());
   source.addEventListener("version", (event) => {
     live.classList.add("on");
