@@ -75,6 +75,13 @@ async def test_request_list_and_show_a_task(
         details = json.loads(shown.output)
         assert details["result"] is not None and details["job"]["status"] == "released"
         assert details["job"]["provider"] == seller.address
+        # For a person: the delivered result as text, on both sides of the trade.
+        for agent in ("cli-requester", "seller"):
+            text = await asyncio.to_thread(
+                cli, home, "task", "show", bought["task"][:8], "--agent", agent
+            )
+            (line,) = [x for x in text.output.splitlines() if "delivered result" in x]
+            assert line.split("delivered result", 1)[1].strip() == "HELLO", text.output
 
 
 @pytest.mark.parametrize(
