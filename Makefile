@@ -20,6 +20,8 @@ STAMP_MODEL := $(VENV)/.model-installed
 # cuda where nvcc and an NVIDIA GPU with its driver are present, else cpu (.ci/llama-backend)
 LLAMA_BACKEND := $(shell .ci/llama-backend)
 STAMP_LLAMA := $(VENV)/.llama-$(LLAMA_BACKEND)
+# More CMake flags for a CUDA build, e.g. LLAMA_CMAKE_ARGS=-DCMAKE_CUDA_ARCHITECTURES=90
+LLAMA_CMAKE_ARGS ?=
 # Each step prints one line with its time; its output shows only if it fails (.ci/step).
 STEP := .ci/step
 
@@ -36,8 +38,10 @@ $(VENV)/bin/python:
 # wheel). A CUDA build is compiled fresh: pip's cache would hand back the CPU wheel.
 $(STAMP_LLAMA): | $(VENV)/bin/python
 	@if [ "$(LLAMA_BACKEND)" = cuda ]; then \
-	  $(STEP) "llama-cpp-python with CUDA (compiles, minutes)" env CMAKE_ARGS="-DGGML_CUDA=on" \
-	    $(PIP) install --quiet --no-cache-dir --force-reinstall --no-deps 'llama-cpp-python>=0.3.16'; \
+	  $(STEP) "llama-cpp-python with CUDA (compiles, minutes)" \
+	    env CMAKE_ARGS="$(strip -DGGML_CUDA=on $(LLAMA_CMAKE_ARGS))" \
+	    $(PIP) install --quiet --no-cache-dir --force-reinstall --no-deps 'llama-cpp-python>=0.3.16' \
+	  || { echo "  (AGENTMESH_LLAMA_BACKEND=cpu make setup builds for the CPU instead)"; exit 1; }; \
 	else \
 	  $(STEP) "llama-cpp-python for the CPU (no CUDA GPU found)" \
 	    $(PIP) install --quiet 'llama-cpp-python>=0.3.16'; \

@@ -88,6 +88,12 @@ def test_bad_requests_get_a_clear_error_and_change_nothing(tmp_path: Path) -> No
     assert done.json()["status"] == "rejected"
     twice = http.post(f"/api/approvals/{approval.id}/approve", headers=AUTH)
     assert twice.status_code == 409 and "already rejected" in twice.json()["error"]
+    # The page's notice comes from the record it names, never from the address.
+    shown = http.get(f"/approvals?decided={approval.id}", headers=AUTH).text
+    assert f"rejected {approval.id}: buy it" in shown
+    crafted = http.get("/approvals?decided=nope&notice=approved+everything", headers=AUTH)
+    assert 'id="notice"' not in crafted.text and "everything" not in crafted.text
+    assert http.get("/tasks/.hidden/" + "0" * 32, headers=AUTH).status_code == 404
     records.close()
 
 

@@ -41,6 +41,7 @@ PAGES = {
     "delegations": ("Delegations", "money"),
     "validators": ("Validators", "money"),
 }
+SCOPES = {"task": "tasks"}  # pages outside the navigation
 
 
 @dataclass
@@ -105,12 +106,15 @@ def create_app(main: Path, token: str, *, port: int, hosts: list[str]) -> Starle
         load: Callable[[Home], Awaitable[dict[str, Any]]],
         template: str | None = None,
     ) -> Response:
-        scope = PAGES.get(name, ("", "all"))[1]
+        scope = PAGES[name][1] if name in PAGES else SCOPES.get(name, "all")
         try:
             home, shown = version(console.main, request.query_params.get("home"), scope)
         except AgentMeshError as exc:
             return _error(request, 404, exc.user_message)
-        data = await load(home)
+        try:
+            data = await load(home)
+        except AgentMeshError as exc:
+            return _error(request, 503, f"could not read this page's data: {exc.user_message}")
         if data is None:
             return _error(request, 404, f"no such {name} in {home.label}")
         if request.url.path.startswith("/api/"):
@@ -124,7 +128,9 @@ def create_app(main: Path, token: str, *, port: int, hosts: list[str]) -> Starle
             "version": shown,
             "csrf": csrf_value(console.token),
             "fragment": request.headers.get(FRAGMENT_HEADER) == "1",
-            "notice": request.query_params.get("notice", "")[:200],
+            # Which approval was just decided (the page shows its record, not free text
+            # from the address, so a crafted link cannot put words on the page).
+            "decided": request.query_params.get("decided", ""),
         }
         response = templates.TemplateResponse(request, template or f"{name}.html", context)
         response.headers["x-console-version"] = shown
@@ -145,7 +151,7 @@ def create_app(main: Path, token: str, *, port: int, hosts: list[str]) -> Starle
                 "homes": homes(console.main),
                 "scope": "all",
                 "version": "",
-                "notice": "",
+                "decided": "",
             },
             status_code=status,
         )
@@ -206,8 +212,9 @@ def create_app(main: Path, token: str, *, port: int, hosts: list[str]) -> Starle
             return _error(request, 409, exc.user_message)
         if request.url.path.startswith("/api/"):
             return JSONResponse(done)
-        notice = f"{done['status']} {done['id']}: {done['description']}"[:200]
-        target = request.url_for("approvals").include_query_params(home=home.key, notice=notice)
+        target = request.url_for("approvals").include_query_params(
+            home=home.key, decided=done["id"]
+        )
         return RedirectResponse(str(target.replace(scheme="", netloc="")), status_code=303)
 
     async def events(request: Request) -> Response:

@@ -112,7 +112,9 @@ def _reason(exc: BaseException, url: str) -> str:
     where = f"the chain at {url}" if url else "the chain"
     if isinstance(exc, TimeoutError):
         problem = f"{where} did not answer within {CALL_TIMEOUT_S:g} s"
-    else:
+    elif isinstance(exc, OSError) or "Connect" in type(exc).__name__:
         problem = f"{where} does not answer ({type(exc).__name__})"
+    else:  # it answered, but not as this home's records expect (a reset devnet?)
+        problem = f"a read from {where} failed ({type(exc).__name__}: {str(exc)[:160]})"
     # A demo's devnet stops with the demo; its records stay and are shown without it.
     return f"{problem}: balances, gas and on-chain state are not shown"

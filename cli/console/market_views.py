@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -270,13 +271,16 @@ def _messages(home: Path, agent_address: str, conversation: str) -> list[dict[st
 async def task(home: Home, chain: ChainView, agent: str, task_id: str) -> dict[str, Any] | None:
     """One task: record, trace, messages, escrow job, transactions with gas, the
     delivered result and its check. None if the home has no such task."""
+    from agentmesh.agents.agent import AGENT_NAME
     from agentmesh.agents.records import AgentRecords
     from agentmesh.canonical import sha256_hex
     from agentmesh.cli.task import checkpoint_values
     from agentmesh.protocols.negotiation import Role
 
+    if not re.fullmatch(AGENT_NAME, agent) or not re.fullmatch(r"[0-9a-f]{1,64}", task_id):
+        return None
     path = home.path / "agents" / agent / "agent.db"
-    if not path.exists() or not all(c in "0123456789abcdef" for c in task_id) or not task_id:
+    if not path.exists():
         return None
     records = AgentRecords(path)
     try:
