@@ -21,6 +21,7 @@ and count (:meth:`Store.prune_peers`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -133,15 +134,22 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     if isinstance(dbapi_connection, sqlite3.Connection):
         cursor = dbapi_connection.cursor()
         # WAL: readers (the CLI) never block the agent; NORMAL: durable at checkpoints,
-        # and a crash of the process (not the OS) loses nothing.
-        cursor.execute("PRAGMA journal_mode=WAL")
+        # and a crash of the process (not the OS) loses nothing. (A read-only connection
+        # cannot change the mode; the writers have set it.)
+        with contextlib.suppress(sqlite3.OperationalError):
+            cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=5000")
         cursor.close()
 
 
-def sqlite_engine(path: Path) -> Engine:
-    """An engine on the SQLite file ``path``; every connection gets the pragmas above."""
+def sqlite_engine(path: Path, *, readonly: bool = False) -> Engine:
+    """An engine on the SQLite file ``path``; every connection gets the pragmas above.
+    ``readonly``: SQLite refuses every write (readers such as the web console)."""
+    if readonly:
+        return create_engine(
+            f"sqlite:///file:{path}?mode=ro&uri=true", connect_args={"check_same_thread": False}
+        )
     return create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False})
 
 
@@ -156,9 +164,15 @@ class Store:
         StatRow,
     )
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        """``readonly``: open an existing store to read it only (no table is created or
+        changed; every write fails)."""
         self.path = path
+        if readonly:
+            self.engine = sqlite_engine(path, readonly=True)
+            self._raw = self.engine.raw_connection()
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
         self.engine = sqlite_engine(path)
         # Only the mesh tables: other modules' SQLModel tables live in their own files.
         SQLModel.metadata.create_all(

@@ -111,15 +111,22 @@ class PayerChannel:
 class ChannelStore:
     """The channel tables of one agent (one connection, used from the event loop)."""
 
-    def __init__(self, path: Path) -> None:
-        # Vouchers are money: the agent's folder is private, as the keystores are.
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        """``readonly``: read an existing store only (the web console); writes fail."""
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=5000")
-        self.db.executescript(SCHEMA)
+        if readonly:
+            self.db = sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+            )
+            self.db.execute("PRAGMA busy_timeout=5000")
+        else:
+            # Vouchers are money: the agent's folder is private, as the keystores are.
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA busy_timeout=5000")
+            self.db.executescript(SCHEMA)
         self._vouchers: dict[bytes, PayeeChannel] = {}
         self._signed: dict[bytes, PayerChannel] = {}
         self._waiters: list[asyncio.Future[None]] = []

@@ -41,11 +41,13 @@ async def open_checkpoints(path: Path) -> AsyncIterator[AsyncSqliteSaver]:
 
 
 @contextlib.contextmanager
-def read_checkpoints(path: Path) -> Iterator[SqliteSaver]:
-    """A synchronous saver on ``path`` for readers such as the CLI."""
+def read_checkpoints(path: Path, *, readonly: bool = False) -> Iterator[SqliteSaver]:
+    """A synchronous saver on ``path`` for readers such as the CLI (``readonly``: the
+    web console; SQLite refuses any write)."""
     import sqlite3
 
-    conn = sqlite3.connect(str(path), check_same_thread=False)
+    target = f"file:{path}?mode=ro" if readonly else str(path)
+    conn = sqlite3.connect(target, uri=readonly, check_same_thread=False)
     try:
         yield SqliteSaver(conn, serde=checkpoint_serde())
     finally:

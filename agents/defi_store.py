@@ -70,7 +70,11 @@ class DefiStore:
 
     TABLES: tuple[type[SQLModel], ...] = (IntentRow, FillRow)
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        """``readonly``: read an existing store only (no table is created)."""
+        if readonly:
+            self.engine = sqlite_engine(path, readonly=True)
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         self.engine = sqlite_engine(path)
         SQLModel.metadata.create_all(

@@ -103,9 +103,15 @@ def _plain(value: Any) -> Any:
 class AgentRecords:
     """Tasks and approvals of one agent."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        """``readonly``: open existing records to read them only (the web console): no
+        table or column is added and every write fails."""
         self.path = path
+        if readonly:
+            self.engine = sqlite_engine(path, readonly=True)
+            self._raw = self.engine.raw_connection()
+            return
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.engine = sqlite_engine(path)  # WAL, like the mesh store
         SQLModel.metadata.create_all(
             self.engine,
@@ -331,7 +337,12 @@ def find_approval(home: Path, approval_id: str) -> tuple[AgentRecords, ApprovalR
     pending: list[str] = []
     for path in sorted((home / "agents").glob("*/agent.db")):
         records = AgentRecords(path)
-        for row in records.approvals():
+        try:
+            rows = records.approvals()
+        except BaseException:
+            records.close()
+            raise
+        for row in rows:
             if row.id == approval_id:
                 return records, row
             if row.status == ApprovalStatus.PENDING:

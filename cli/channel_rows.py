@@ -66,7 +66,9 @@ def owner_of(app_state: AppState, wallet: str | None, agent: str | None) -> Owne
 
 
 @contextlib.contextmanager
-def open_store(owner: Owner, *, create: bool = False) -> Iterator[ChannelStore | None]:
+def open_store(
+    owner: Owner, *, create: bool = False, readonly: bool = False
+) -> Iterator[ChannelStore | None]:
     """The agent's channel store; None when it has none and ``create`` is False (reading
     commands make no folder or file)."""
     from agentmesh.agents.channel_store import ChannelStore
@@ -74,17 +76,20 @@ def open_store(owner: Owner, *, create: bool = False) -> Iterator[ChannelStore |
     if not create and not owner.store.exists():
         yield None
         return
-    owner.store.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    store = ChannelStore(owner.store)
+    if readonly:
+        store = ChannelStore(owner.store, readonly=True)
+    else:
+        owner.store.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        store = ChannelStore(owner.store)
     try:
         yield store
     finally:
         store.close()
 
 
-def stored_rows(owner: Owner) -> dict[bytes, Row]:
+def stored_rows(owner: Owner, *, readonly: bool = False) -> dict[bytes, Row]:
     """Every channel the store holds, payer side first (a channel has one side here)."""
-    with open_store(owner) as store:
+    with open_store(owner, readonly=readonly) as store:
         if store is None:
             return {}
         rows: dict[bytes, Row] = {ch.id: ch for ch in store.payee_channels()}

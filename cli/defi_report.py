@@ -24,13 +24,13 @@ def _stores(home: Path) -> list[Path]:
     return sorted((home / "agents").glob("*/defi.db"))
 
 
-def local_intents(home: Path, wallet: str) -> list[dict[str, Any]]:
+def local_intents(home: Path, wallet: str, *, readonly: bool = False) -> list[dict[str, Any]]:
     """Every intent for ``wallet`` in the DeFi agents' stores of this home, with fills."""
     from agentmesh.agents.defi_store import DefiStore
 
     found: list[dict[str, Any]] = []
     for path in _stores(home):
-        store = DefiStore(path)
+        store = DefiStore(path, readonly=readonly)
         try:
             for row in store.intents():
                 if row.wallet.lower() != wallet.lower():

@@ -771,13 +771,13 @@ def trace_text(trace: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def checkpoint_values(path: Path, thread: str) -> dict[str, Any]:
+def checkpoint_values(path: Path, thread: str, *, readonly: bool = False) -> dict[str, Any]:
     """The latest LangGraph state of ``thread`` (empty if none)."""
     if not path.exists():
         return {}
     from agentmesh.agents.checkpoints import read_checkpoints
 
-    with read_checkpoints(path) as saver:
+    with read_checkpoints(path, readonly=readonly) as saver:
         found = saver.get_tuple({"configurable": {"thread_id": thread}})
     if found is None:
         return {}

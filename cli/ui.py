@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import socket
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -21,6 +24,30 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _check_free(host: str, port: int) -> None:
+    """A clear error when ``host:port`` cannot be listened on (in use, or not an
+    address of this machine)."""
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise AgentMeshValueError(
+                f"cannot listen on {host} port {port} ({exc.strerror}): another console? "
+                "choose another with --port, or --port 0 for any free one"
+            ) from None
 
 
 def ui(
@@ -44,51 +71,71 @@ def ui(
     validator epochs, live while agents run. Prints the URL with its access token."""
     import uvicorn
 
-    from agentmesh.chain.devnet import check_port_free, free_port
     from agentmesh.cli.console.app import create_app
     from agentmesh.cli.console.security import new_token
 
     home = state(ctx).home
+    if host in ("0.0.0.0", "::", ""):
+        raise AgentMeshValueError(
+            f"--host {host!r} listens on every address; give the one address clients use "
+            "(the console answers only requests naming it, against DNS rebinding)"
+        )
     if not _loopback(host) and not expose:
         raise AgentMeshValueError(
             f"--host {host} would let other machines reach the console: add --expose to "
             "mean it (the access token is still required)"
         )
+    bind = "127.0.0.1" if host == "localhost" else host
     if port == 0:
-        port = free_port(host if host != "localhost" else "127.0.0.1")
+        port = _free_port(bind)
     else:
-        from agentmesh.errors import PortInUseError
-
-        try:
-            check_port_free(host if host != "localhost" else "127.0.0.1", port)
-        except PortInUseError:
-            raise AgentMeshValueError(
-                f"port {port} on {host} is in use (another console?): choose another with "
-                "--port, or --port 0 for any free one"
-            ) from None
+        _check_free(bind, port)
     token = new_token()
-    shown = "127.0.0.1" if _loopback(host) else host
-    hosts = [f"{shown}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"]
-    if ":" in shown:  # an IPv6 address is written in brackets in a Host header
-        hosts.append(f"[{shown}]:{port}")
+    named = f"[{bind}]" if ":" in bind else bind  # an IPv6 address in a URL or Host
+    hosts = [f"{named}:{port}"]
+    if bind == "127.0.0.1":
+        hosts.append(f"localhost:{port}")
     app = create_app(home, token, port=port, hosts=hosts)
-    url = f"http://{shown if ':' not in shown else f'[{shown}]'}:{port}/?token={token}"
+    url = f"http://{named}:{port}/?token={token}"
     console.print(f"agentmesh console for {home}")
     console.print(f"open: {url}", soft_wrap=True, highlight=False)
     if not _loopback(host):
         console.print(f"[yellow]listening on {host}: anyone who reaches it needs the token[/]")
     console.print("Ctrl-C stops it")
     sys.stdout.flush()
-    if open_browser:
+    opener = _login_page(home, port, url) if open_browser else None
+    if opener is not None:
         import webbrowser
 
-        webbrowser.open(url)
+        # The browser is given a file that redirects to the URL, not the URL itself:
+        # a command line (with the token) is visible to every local user in `ps`.
+        webbrowser.open(opener.as_uri())
     config = uvicorn.Config(
         app,
-        host=host,
+        host=bind,
         port=port,
         log_level="warning",
         timeout_graceful_shutdown=2,
         server_header=False,
     )
-    uvicorn.Server(config).run()
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        if opener is not None:
+            opener.unlink(missing_ok=True)
+
+
+def _login_page(home: Path, port: int, url: str) -> Path:
+    """A private file (0600, in the home) that sends a browser on to ``url``."""
+    from html import escape
+
+    folder = home / "ui"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    page = folder / f"open-{port}.html"
+    fd = os.open(page, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(
+            f'<!doctype html><meta http-equiv="refresh" content="0;url={escape(url)}">'
+            f'<a href="{escape(url)}">agentmesh console</a>\n'
+        )
+    return page

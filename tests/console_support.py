@@ -92,6 +92,7 @@ def _wait_listening(running: RunningConsole) -> None:
             httpx.get(running.base + "/", timeout=1)
             return
         time.sleep(0.1)
+    raise AssertionError(f"the console printed {running.base} but does not answer there")
 
 
 def require_chromium() -> str:

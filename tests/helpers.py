@@ -363,6 +363,13 @@ async def fund(deployer: Wallet, token: TokenClient, address: str, musd: int = 1
         await token.mint(address, musd * ONE_MUSD)
 
 
+async def funded_key(deployer: Wallet, token: TokenClient, musd: int) -> bytes:
+    """A new private key whose address holds 10 ETH and ``musd`` whole mUSD."""
+    key = new_key()
+    await fund(deployer, token, Account.from_key(key).address, musd=musd)
+    return key
+
+
 def conserved(before: list[int], after: list[int]) -> list[int]:
     """Each holder's change, after checking the holders' total did not change."""
     assert sum(after) == sum(before), f"{before} -> {after}"

@@ -5,6 +5,7 @@ The browser and the live chain are in test_console_browser.py."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -118,7 +119,72 @@ def test_the_demo_homes_are_shown_and_the_running_one_is_the_default(tmp_path: P
         demo_home(tmp_path, "../x")
 
 
-def test_the_cli_refuses_an_exposed_address_without_expose(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["--home", str(tmp_path), "ui", "--host", "0.0.0.0"])
-    assert result.exit_code == 1
-    assert "--expose" in str(result.exception)
+def test_the_cli_refuses_an_exposed_or_wildcard_address(tmp_path: Path) -> None:
+    def ui(*args: str) -> str:
+        result = CliRunner().invoke(app, ["--home", str(tmp_path), "ui", *args])
+        assert result.exit_code == 1
+        return str(result.exception)
+
+    assert "--expose" in ui("--host", "10.1.2.3")
+    assert "listens on every address" in ui("--host", "0.0.0.0", "--expose")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        assert "cannot listen on 127.0.0.1" in ui("--port", str(taken.getsockname()[1]))
+
+
+def test_actions_need_the_form_value_and_this_origin(tmp_path: Path) -> None:
+    records = add_tasks(tmp_path, "buyer", 1)
+    approval = records.request_approval(Role.REQUESTER.task_id("0" * 32), 70_000, "buy it")
+    http = client(tmp_path)
+    http.get(f"/?token={TOKEN}")  # a browser: the cookie, no bearer
+    act = f"/approvals/{approval.id}/approve"
+    assert http.post(act, data={}).status_code == 403  # no CSRF value
+    assert http.post(act, data={"csrf": "forged"}).status_code == 403
+    good = {"csrf": csrf_value(TOKEN)}
+    other = http.post(act, data=good, headers={"origin": "http://evil.example"})
+    assert other.status_code == 403 and "evil.example" in other.text
+    assert http.post(act, data=good, headers={"sec-fetch-site": "cross-site"}).status_code == 403
+    assert http.get("/api/tasks", headers={"host": "evil.example"}).status_code == 421
+    assert [a.id for a in records.approvals("pending")] == [approval.id]  # none decided
+    same = {"origin": "http://testserver", "sec-fetch-site": "same-origin"}
+    done = http.post(act, data=good, headers=same, follow_redirects=False)
+    assert done.status_code == 303 and done.headers["location"].endswith(f"decided={approval.id}")
+    assert records.approvals("approved")[0].id == approval.id
+    records.close()
+
+
+def test_text_from_peers_and_records_is_escaped(tmp_path: Path) -> None:
+    from agentmesh.cli.console.svg import peer_graph
+
+    hostile = '</title><script>alert("x")</script>'
+    drawn = str(peer_graph([{"address": "0x1", "name": hostile, "state": "up"}], []))
+    assert "<script>" not in drawn and "&lt;script&gt;" in drawn
+    records = add_tasks(tmp_path, "buyer", 1)
+    records.request_approval(Role.REQUESTER.task_id("1" * 32), 70_000, hostile)
+    records.close()
+    page = client(tmp_path).get("/approvals", headers=AUTH).text
+    assert "<script>alert" not in page and "&lt;script&gt;alert" in page
+
+
+def test_pages_read_the_home_without_changing_it(tmp_path: Path) -> None:
+    import sqlite3
+
+    from agentmesh.cli.console.homes import version
+
+    add_tasks(tmp_path, "buyer", 3).close()
+    db = tmp_path / "agents" / "buyer" / "agent.db"
+    with sqlite3.connect(db) as raw:  # as an older agentmesh left it
+        raw.execute("DROP TABLE attempts")
+    http = client(tmp_path)
+    for path in ("/", "/tasks", "/approvals", "/mesh", "/channels", "/delegations"):
+        assert http.get(path + "?home=", headers=AUTH).status_code == 200
+    seen = version(tmp_path, "", "all")[1]
+    for _ in range(3):  # nothing changed: no refresh is due
+        http.get("/tasks?home=", headers=AUTH)
+        http.get("/?home=", headers=AUTH)
+        assert version(tmp_path, "", "all")[1] == seen
+    with sqlite3.connect(db) as raw:  # no table was added back by a reader
+        tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master")}
+    assert "attempts" not in tables and "tasks" in tables
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["agents"]  # no file made here

@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 import pytest
-from eth_account import Account
 
 from agentmesh.agents.agent import Agent, TaskFailed
 from agentmesh.agents.service import ServiceContext
@@ -33,9 +32,8 @@ from tests.helpers import (
     Ledger,
     bind_home,
     fee_of,
-    fund,
+    funded_key,
     net,
-    new_key,
     with_agent_settings,
 )
 
@@ -50,16 +48,12 @@ def config(home: Path, chain: Chain) -> Config:
 
 @pytest.fixture
 async def buyer_key(deployer: Wallet, token: TokenClient) -> bytes:
-    key = new_key()
-    await fund(deployer, token, Account.from_key(key).address, musd=10)
-    return key
+    return await funded_key(deployer, token, musd=10)
 
 
 @pytest.fixture
 async def seller_key(deployer: Wallet, token: TokenClient) -> bytes:
-    key = new_key()
-    await fund(deployer, token, Account.from_key(key).address, musd=0)
-    return key
+    return await funded_key(deployer, token, musd=0)
 
 
 def summarizer(home: Path, config: Config, key: bytes) -> Agent:
@@ -120,9 +114,9 @@ async def test_tasks_settle_live_and_the_task_page_shows_result_and_transactions
                     ("validators", "/validators"),
                 ]:
                     await page.goto(f"{console.base}{path}?home=")
+                    heading = await page.locator("main h1").first.inner_text()
+                    assert not heading.startswith("Error"), (path, await page.inner_text("main"))
                     await screenshot(page, name)
-                    if name == "agents":
-                        print("AGENTS", await page.locator("#agents tbody tr").all_inner_texts())
                 await page.goto(f"{console.base}/?home=")
                 rows = await page.locator("#agents tbody tr").all_inner_texts()
                 assert any("buyer" in r and "running" in r for r in rows), rows
@@ -236,6 +230,22 @@ async def test_without_the_token_nothing_is_served(
                 site = await http.post(act, data=good, headers={"sec-fetch-site": "cross-site"})
                 assert site.status_code == 403
                 assert buyer.records.approvals("pending"), "a refused request decided it"
+                # The event stream: a version at once, a new one after a write.
+                bearer = {"authorization": f"Bearer {console.token}"}
+                async with http.stream(
+                    "GET", "/events?home=&scope=tasks", headers=bearer, timeout=30
+                ) as events:
+                    lines = events.aiter_lines()
+
+                    async def next_version() -> str:
+                        async for line in lines:
+                            if line.startswith("data: "):
+                                return line[6:]
+                        raise AssertionError("the event stream ended")
+
+                    first = await asyncio.wait_for(next_version(), 10)
+                    buyer.records.request_approval("r:" + "cd" * 16, 80_000, "another spend")
+                    assert await asyncio.wait_for(next_version(), 10) != first
                 # With the token the same data is there.
                 ok = await http.get("/api/agents?home=")
                 assert ok.status_code == 200 and buyer.address in ok.text

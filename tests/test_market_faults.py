@@ -45,6 +45,7 @@ from tests.helpers import (
     fee_of,
     free_port,
     fund,
+    funded_key,
     net,
     new_key,
     raw_dealer,
@@ -73,9 +74,7 @@ async def provider_wallet(home: Path, name: str, deployer: Wallet, token: TokenC
 
 
 async def buyer_key(deployer: Wallet, token: TokenClient) -> bytes:
-    key = new_key()
-    await fund(deployer, token, Account.from_key(key).address, musd=10)
-    return key
+    return await funded_key(deployer, token, musd=10)
 
 
 async def test_provider_killed_after_funded_never_back_requester_reclaims(

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from eth_account import Account
 from typer.testing import CliRunner
 
 from agentmesh.agents.agent import Agent, TaskFailed
@@ -31,7 +30,7 @@ from tests.helpers import (
     bind_home,
     eventually,
     fee_of,
-    fund,
+    funded_key,
     net,
     new_key,
     wait_for_status,
@@ -49,16 +48,12 @@ def config(home: Path, chain: Chain) -> Config:
 
 @pytest.fixture
 async def buyer_key(deployer: Wallet, token: TokenClient) -> bytes:
-    key = new_key()
-    await fund(deployer, token, Account.from_key(key).address, musd=10)
-    return key
+    return await funded_key(deployer, token, musd=10)
 
 
 @pytest.fixture
 async def seller_key(deployer: Wallet, token: TokenClient) -> bytes:
-    key = new_key()
-    await fund(deployer, token, Account.from_key(key).address, musd=0)
-    return key
+    return await funded_key(deployer, token, musd=0)
 
 
 @pytest.fixture

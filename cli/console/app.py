@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from agentmesh.errors import AgentMeshError
 from agentmesh.wallets.units import local_time
 
 HERE = Path(__file__).parent
+log = logging.getLogger("agentmesh.console")
 EVENT_POLL_S = 0.5  # how often /events looks for a change
 KEEPALIVE_S = 15.0
 FRAGMENT_HEADER = "x-console-fragment"
@@ -115,6 +117,9 @@ def create_app(main: Path, token: str, *, port: int, hosts: list[str]) -> Starle
             data = await load(home)
         except AgentMeshError as exc:
             return _error(request, 503, f"could not read this page's data: {exc.user_message}")
+        except Exception as exc:  # a damaged file, a demo folder removed mid-read, a bug
+            log.exception("console page %s failed", request.url.path)
+            return _error(request, 500, f"this page failed: {type(exc).__name__}: {str(exc)[:200]}")
         if data is None:
             return _error(request, 404, f"no such {name} in {home.label}")
         if request.url.path.startswith("/api/"):
@@ -127,6 +132,8 @@ def create_app(main: Path, token: str, *, port: int, hosts: list[str]) -> Starle
             "scope": scope,
             "version": shown,
             "csrf": csrf_value(console.token),
+            # Links keep the address's own choice: a pinned home, or following the latest.
+            "pinned": "home" in request.query_params,
             "fragment": request.headers.get(FRAGMENT_HEADER) == "1",
             # Which approval was just decided (the page shows its record, not free text
             # from the address, so a crafted link cannot put words on the page).
@@ -232,7 +239,7 @@ def create_app(main: Path, token: str, *, port: int, hosts: list[str]) -> Starle
             while not await request.is_disconnected():
                 try:
                     _, now = await asyncio.to_thread(version, console.main, key, scope)
-                except AgentMeshError:  # the demo home it showed was removed (a new run)
+                except (AgentMeshError, OSError):  # its demo home was removed (a new run)
                     now = "gone"
                 if now != last:
                     last, quiet = now, 0.0

@@ -52,16 +52,27 @@ class ChainView:
                 raise ChainUnavailable(self._problem) from None
             return self._chain
 
-    async def call(self, awaitable: Awaitable[T]) -> T:
-        """``awaitable`` (a chain read) within the page's patience; a failure forgets
-        the connection so the next page reconnects (the devnet may have restarted)."""
-        try:
-            return await asyncio.wait_for(awaitable, CALL_TIMEOUT_S)
-        except Exception as exc:
-            await self.forget(_reason(exc, self._url))
-            raise ChainUnavailable(self._problem) from None
+    async def call(self, awaitable: Awaitable[T], timeout: float = CALL_TIMEOUT_S) -> T:
+        """``awaitable`` (chain reads) within ``timeout``. A transport failure or a
+        timeout forgets the connection, so the next page reconnects (the devnet may have
+        restarted); a node's error answer is reported as such. Any other exception is a
+        bug and propagates."""
+        from web3.exceptions import Web3Exception
 
-    async def forget(self, problem: str) -> None:
+        chain = self._chain
+        try:
+            return await asyncio.wait_for(awaitable, timeout)
+        except (OSError, TimeoutError, Web3Exception, AgentMeshError) as exc:
+            problem = _reason(exc, self._url)
+            if isinstance(exc, OSError | TimeoutError):
+                await self.forget(problem, chain)
+            raise ChainUnavailable(problem) from None
+
+    async def forget(self, problem: str, chain: Any = None) -> None:
+        """Drop the connection (only ``chain``'s, when given: another request may
+        already have reconnected)."""
+        if chain is not None and chain is not self._chain:
+            return
         chain, self._chain = self._chain, None
         self._problem, self._failed_at = problem, time.monotonic()
         if chain is not None:
@@ -72,15 +83,17 @@ class ChainView:
 
     async def _open(self) -> Any:
         from agentmesh.chain.deployment import Deployment
-        from agentmesh.chain.home import DevnetPaths, running_devnet
+        from agentmesh.chain.home import DevnetPaths, DevnetRecord
         from agentmesh.config import load_config
         from agentmesh.wallets.chain import Chain, connect
 
-        config = load_config(self.home)
+        # Files only (off the event loop); the devnet's record is read as it is, never
+        # probed or removed as `running_devnet` does: the chain answers below or not.
+        config = await asyncio.to_thread(load_config, self.home)
         if config.chain.rpc_url:
             url, record = config.chain.rpc_url, None
         else:
-            devnet = running_devnet(self.home)
+            devnet = DevnetRecord.load(DevnetPaths.of(self.home).record)
             if devnet is None:
                 raise ChainUnavailable(
                     "no chain: this home has no chain.rpc_url and no `agentmesh devnet up`"
@@ -93,7 +106,7 @@ class ChainView:
             path = record or self.home / "deployments" / f"{chain_id}.json"
             if not path.exists():
                 raise ChainUnavailable(f"no agentmesh deployment recorded for chain {chain_id}")
-            deployment = Deployment.load(path)
+            deployment = await asyncio.to_thread(Deployment.load, path)
             if deployment.chain_id != chain_id:
                 raise ChainUnavailable(
                     f"the deployment record is for chain {deployment.chain_id}, "

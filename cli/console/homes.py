@@ -52,10 +52,13 @@ def homes(main: Path) -> list[Home]:
     """The main home, then each demo home that holds agents, by name."""
     found = [Home("", main)]
     demos = main / DEMOS
-    if demos.is_dir():
-        for path in sorted(demos.iterdir()):
-            if _KEY.fullmatch(path.name) and (path / "agents").is_dir():
-                found.append(Home(path.name, path))
+    try:
+        listed = sorted(demos.iterdir()) if demos.is_dir() else []
+    except OSError:  # removed while listed
+        listed = []
+    for path in listed:
+        if _KEY.fullmatch(path.name) and (path / "agents").is_dir():
+            found.append(Home(path.name, path))
     return found
 
 
@@ -75,17 +78,31 @@ def pick(main: Path, key: str | None) -> Home:
 def _watched(path: Path, scope: str) -> Iterator[Path]:
     """The files whose changes a page of ``scope`` follows."""
     agents = path / "agents"
-    if agents.is_dir():
-        for folder in agents.iterdir():
-            if scope in ("all", "tasks"):
-                yield from folder.glob("agent.db*")
-                yield from folder.glob("checkpoints.db*")
-            if scope in ("all", "money"):
-                yield from folder.glob("channels.db*")
-                yield from folder.glob("defi.db*")
-                yield from folder.glob("validator.db*")
+    try:
+        folders = list(agents.iterdir()) if agents.is_dir() else []
+    except OSError:  # removed while listed (a demo starting again)
+        folders = []
+    for folder in folders:
+        if scope == "all":
+            yield folder / "agent.pid"  # started or stopped
+        if scope in ("all", "tasks"):
+            yield from _db(folder, "agent.db")
+            yield from _db(folder, "checkpoints.db")
+        if scope in ("all", "money"):
+            for name in ("channels.db", "defi.db", "validator.db"):
+                yield from _db(folder, name)
+    if scope in ("all", "money") and (path / "delegations").is_dir():
+        yield from (path / "delegations").glob("*.json")
     if scope in ("all", "mesh") and (path / "mesh").is_dir():
-        yield from (path / "mesh").glob("*.db*")
+        for store in (path / "mesh").glob("*.db"):
+            yield from _db(store.parent, store.name)
+
+
+def _db(folder: Path, name: str) -> Iterator[Path]:
+    """A SQLite file and its WAL: every commit changes one of them. (Not the -shm
+    index, which a reader's connection creates and changes without any write.)"""
+    yield folder / name
+    yield folder / f"{name}-wal"
 
 
 def _latest_change(path: Path) -> int:

@@ -7,6 +7,7 @@ LangGraph checkpoints) and from the chain; nothing here writes but ``decide``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -39,7 +40,7 @@ def _mesh_selves(home: Path) -> dict[str, dict[str, Any]]:
 
     found: dict[str, dict[str, Any]] = {}
     for path in sorted((home / "mesh").glob("0x*.db")):
-        store = Store(path)
+        store = Store(path, readonly=True)
         try:
             stats = store.stats()
             with contextlib.closing(store.engine.raw_connection()) as raw:
@@ -63,25 +64,8 @@ def _mesh_selves(home: Path) -> dict[str, dict[str, Any]]:
 
 async def agents(home: Home, chain: ChainView) -> dict[str, Any]:
     """Every agent in the home: running or not, address, balances, services, model."""
-    folders = sorted(p.name for p in (home.path / "agents").glob("*") if p.is_dir())
-    selves = _mesh_selves(home.path)
-    rows = []
-    for name in folders:
-        own = selves.get(name, {})
-        rows.append(
-            {
-                "name": name,
-                "address": own.get("address", ""),
-                "running": _running(home.path / "agents" / name),
-                "last_active_ms": own.get("stats_ms") or None,
-                "services": [
-                    {**s, "price_text": musd(int(s["price"]))} for s in own.get("services", [])
-                ],
-                "model_sha256": own.get("model_sha256", ""),
-                "eth": None,
-                "musd": None,
-            }
-        )
+    # Files first, off the event loop (hashing a large model file takes a while once).
+    rows, model = await asyncio.to_thread(_agent_rows, home.path)
     problem = ""
     try:
         c = await chain.get()
@@ -96,7 +80,30 @@ async def agents(home: Home, chain: ChainView) -> dict[str, Any]:
             row["musd"] = musd(int(units))
     except ChainUnavailable as exc:
         problem = exc.user_message
-    return {"agents": rows, "chain_problem": problem, "model": _default_model()}
+    return {"agents": rows, "chain_problem": problem, "model": model}
+
+
+def _agent_rows(path: Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    folders = sorted(p.name for p in (path / "agents").glob("*") if p.is_dir())
+    selves = _mesh_selves(path)
+    rows = []
+    for name in folders:
+        own = selves.get(name, {})
+        rows.append(
+            {
+                "name": name,
+                "address": own.get("address", ""),
+                "running": _running(path / "agents" / name),
+                "last_active_ms": own.get("stats_ms") or None,
+                "services": [
+                    {**s, "price_text": musd(int(s["price"]))} for s in own.get("services", [])
+                ],
+                "model_sha256": own.get("model_sha256", ""),
+                "eth": None,
+                "musd": None,
+            }
+        )
+    return rows, _default_model()
 
 
 def _running(folder: Path) -> bool:
@@ -136,7 +143,7 @@ def mesh(home: Home) -> dict[str, Any]:
     edges: list[dict[str, str]] = []
     counters: dict[str, dict[str, int]] = {}
     for path in sorted((home.path / "mesh").glob("0x*.db")):
-        store = Store(path)
+        store = Store(path, readonly=True)
         try:
             rows = store.peers()
             me = next((r for r in rows if r.source == "self"), None)
@@ -191,7 +198,7 @@ def tasks(home: Home) -> dict[str, Any]:
 
     rows: list[dict[str, Any]] = []
     for agent, path in _records(home.path):
-        records = AgentRecords(path)
+        records = AgentRecords(path, readonly=True)
         try:
             for t in records.tasks():
                 rows.append(
@@ -232,7 +239,7 @@ def _messages(home: Path, agent_address: str, conversation: str) -> list[dict[st
     if not agent_address or not path.exists():
         return []
     names = {m.schema_digest(): m.__name__ for m in NEGOTIATION.messages}
-    store = Store(path)
+    store = Store(path, readonly=True)
     try:
         with Session(store.engine) as session:
             rows = list(
@@ -271,54 +278,12 @@ def _messages(home: Path, agent_address: str, conversation: str) -> list[dict[st
 async def task(home: Home, chain: ChainView, agent: str, task_id: str) -> dict[str, Any] | None:
     """One task: record, trace, messages, escrow job, transactions with gas, the
     delivered result and its check. None if the home has no such task."""
-    from agentmesh.agents.agent import AGENT_NAME
-    from agentmesh.agents.records import AgentRecords
     from agentmesh.canonical import sha256_hex
-    from agentmesh.cli.task import checkpoint_values
-    from agentmesh.protocols.negotiation import Role
 
-    if not re.fullmatch(AGENT_NAME, agent) or not re.fullmatch(r"[0-9a-f]{1,64}", task_id):
+    local = await asyncio.to_thread(_task_files, home.path, agent, task_id)
+    if local is None:
         return None
-    path = home.path / "agents" / agent / "agent.db"
-    if not path.exists():
-        return None
-    records = AgentRecords(path)
-    try:
-        # An agent keys its side of a conversation by its role ("r:<hex>", "p:<hex>").
-        found = (records.task(role.task_id(task_id)) for role in Role)
-        row = next((r for r in found if r is not None), None)
-    finally:
-        records.close()
-    if row is None:
-        return None
-    values = checkpoint_values(home.path / "agents" / agent / "checkpoints.db", row.conversation)
-    result = values.get("result")
-    selves = _mesh_selves(home.path)
-    data: dict[str, Any] = {
-        "task": task_id,
-        "agent": agent,
-        "role": row.role,
-        "service": row.service,
-        "phase": row.state,
-        "status": row.status,
-        "peer": row.peer,
-        "price_text": musd(row.price) if row.price else "",
-        "job_id": row.job_id,
-        "detail": row.detail,
-        "trace": json.loads(row.trace or "[]"),
-        "input": values.get("input"),
-        "result": result,
-        "check": None,
-        "messages": _messages(
-            home.path, selves.get(agent, {}).get("address", ""), row.conversation
-        ),
-        "txs": [],
-        "job": None,
-        "chain_problem": "",
-        "created_ms": row.created_ms,
-        "updated_ms": row.updated_ms,
-    }
-    txs: dict[str, str] = json.loads(row.txs or "{}")
+    data, txs, values = local
     try:
         c = await chain.get()
         for step, tx in txs.items():
@@ -332,11 +297,12 @@ async def task(home: Home, chain: ChainView, agent: str, task_id: str) -> dict[s
                     "ok": int(receipt["status"]) == 1,
                 }
             )
-        if row.job_id is not None:
-            data["job"] = await _job(c, chain, row.job_id)
+        if data["job_id"] is not None:
+            data["job"] = await _job(c, chain, data["job_id"])
     except ChainUnavailable as exc:
         data["chain_problem"] = exc.user_message
         data["txs"] = [{"step": s, "hash": h, "gas": None} for s, h in txs.items()]
+    result = data["result"]
     if isinstance(result, str) and result:
         expected = values.get("result_sha256") or ""
         onchain = (data["job"] or {}).get("result_hash", "").removeprefix("0x")
@@ -346,6 +312,58 @@ async def task(home: Home, chain: ChainView, agent: str, task_id: str) -> dict[s
             "matches_chain": bool(onchain) and sha256_hex(result) == onchain,
         }
     return data
+
+
+def _task_files(
+    path: Path, agent: str, task_id: str
+) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]] | None:
+    """What a task's page shows from files: (the page's data without the chain's part,
+    the task's transactions by step, its checkpointed state)."""
+    from agentmesh.agents.agent import AGENT_NAME
+    from agentmesh.agents.records import AgentRecords
+    from agentmesh.cli.task import checkpoint_values
+    from agentmesh.protocols.negotiation import Role
+
+    if not re.fullmatch(AGENT_NAME, agent) or not re.fullmatch(r"[0-9a-f]{1,64}", task_id):
+        return None
+    db = path / "agents" / agent / "agent.db"
+    if not db.exists():
+        return None
+    records = AgentRecords(db, readonly=True)
+    try:
+        # An agent keys its side of a conversation by its role ("r:<hex>", "p:<hex>").
+        found = (records.task(role.task_id(task_id)) for role in Role)
+        row = next((r for r in found if r is not None), None)
+    finally:
+        records.close()
+    if row is None:
+        return None
+    checkpoints = path / "agents" / agent / "checkpoints.db"
+    values = checkpoint_values(checkpoints, row.conversation, readonly=True)
+    address = _mesh_selves(path).get(agent, {}).get("address", "")
+    data: dict[str, Any] = {
+        "task": task_id,
+        "agent": agent,
+        "role": row.role,
+        "service": row.service,
+        "phase": row.state,
+        "status": row.status,
+        "peer": row.peer,
+        "price_text": musd(row.price) if row.price else "",
+        "job_id": row.job_id,
+        "detail": row.detail,
+        "trace": json.loads(row.trace or "[]"),
+        "input": values.get("input"),
+        "result": values.get("result"),
+        "check": None,
+        "messages": _messages(path, address, row.conversation),
+        "txs": [],
+        "job": None,
+        "chain_problem": "",
+        "created_ms": row.created_ms,
+        "updated_ms": row.updated_ms,
+    }
+    return data, json.loads(row.txs or "{}"), values
 
 
 async def _job(c: Any, chain: ChainView, job_id: int) -> dict[str, Any]:
@@ -377,7 +395,7 @@ def approvals(home: Home) -> dict[str, Any]:
 
     rows: list[dict[str, Any]] = []
     for agent, path in _records(home.path):
-        records = AgentRecords(path)
+        records = AgentRecords(path, readonly=True)
         try:
             for a in records.approvals():
                 rows.append(

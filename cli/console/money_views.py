@@ -5,6 +5,7 @@ through the same readers as the CLI commands (`channel list`, `delegate show`,
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 from typing import Any
 
@@ -14,16 +15,22 @@ from agentmesh.cli.console.market_views import musd
 from agentmesh.errors import AgentMeshError
 
 EPOCHS_SHOWN = 12  # the validators page charts this many finalized epochs at most
+COMPOSITE_TIMEOUT_S = 15.0  # a page part made of many chain reads (a delegation, an epoch)
 
 
 async def channels(home: Home, chain: ChainView) -> dict[str, Any]:
     """Every payment channel in the agents' stores: deposit, paid, claimed, state."""
     from agentmesh.cli.channel_rows import Owner, describe, session_on, side_of_row, stored_rows
 
-    stored: list[tuple[str, bytes, Any]] = []
-    for path in sorted((home.path / "agents").glob("*/channels.db")):
-        owner = Owner(path.parent.name, path.parent.name, path)
-        stored.extend((owner.agent, cid, row) for cid, row in stored_rows(owner).items())
+    def read_stores() -> list[tuple[str, bytes, Any]]:
+        stored: list[tuple[str, bytes, Any]] = []
+        for path in sorted((home.path / "agents").glob("*/channels.db")):
+            owner = Owner(path.parent.name, path.parent.name, path)
+            rows_here = stored_rows(owner, readonly=True)
+            stored.extend((owner.agent, cid, row) for cid, row in rows_here.items())
+        return stored
+
+    stored = await asyncio.to_thread(read_stores)
     rows: list[dict[str, Any]] = []
     problem = ""
     found: dict[bytes, Any] = {}
@@ -54,7 +61,7 @@ async def delegations(home: Home, chain: ChainView) -> dict[str, Any]:
     from agentmesh.cli.delegate import load_records
 
     try:
-        records = load_records(home.path)
+        records = await asyncio.to_thread(load_records, home.path)
     except AgentMeshError as exc:
         return {"delegations": [], "chain_problem": exc.user_message}
     shown = []
@@ -68,10 +75,10 @@ async def delegations(home: Home, chain: ChainView) -> dict[str, Any]:
             "info": None,
             "intents": [],
         }
-        intents = local_intents(home.path, record.wallet)
+        intents = await asyncio.to_thread(local_intents, home.path, record.wallet, readonly=True)
         try:
             entry["info"], entry["intents"] = await chain.call(
-                _delegation(chain, record, intents, summarize)
+                _delegation(chain, record, intents, summarize), timeout=COMPOSITE_TIMEOUT_S
             )
         except ChainUnavailable as exc:
             problem = exc.user_message
@@ -166,11 +173,15 @@ async def validators(home: Home, chain: ChainView) -> dict[str, Any]:
         r = readers_on(c)
         current = await chain.call(r.consensus.current_epoch())
         events = await chain.call(
-            r.consensus.contract.events.Finalized().get_logs(from_block=c.deployment.block_number)
+            r.consensus.contract.events.Finalized().get_logs(from_block=c.deployment.block_number),
+            timeout=COMPOSITE_TIMEOUT_S,
         )
         finalized = sorted({int(e["args"]["epoch"]) for e in events})[-EPOCHS_SHOWN:]
-        epochs = [await chain.call(epoch_report(r, n, current)) for n in finalized]
-    except ChainUnavailable as exc:
+        epochs = [
+            await chain.call(epoch_report(r, n, current), timeout=COMPOSITE_TIMEOUT_S)
+            for n in finalized
+        ]
+    except (ChainUnavailable, AgentMeshError) as exc:
         return {
             "epochs": [],
             "providers": [],
