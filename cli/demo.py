@@ -242,7 +242,7 @@ async def _report(
     from agentmesh.wallets.deployer import dev_deployer
 
     task_rows = []
-    from agentmesh.cli.task import checkpoint_values
+    from agentmesh.cli.task_results import checkpoint_values
 
     for number, task in enumerate(rows, 1):
         txs = json.loads(task.txs or "{}")
@@ -335,7 +335,7 @@ def _print_report(report: dict[str, Any]) -> None:
     console.print(table)
     from rich.markup import escape
 
-    from agentmesh.cli.task import result_text
+    from agentmesh.cli.task_results import result_text
 
     console.print("[bold]what was bought[/]")
     for task in report["tasks"]:

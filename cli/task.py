@@ -30,6 +30,7 @@ from agentmesh.cli.context import (
     run,
     state,
 )
+from agentmesh.cli.task_results import checkpoint_values, result_text
 from agentmesh.errors import AgentMeshError, AgentMeshValueError, DevnetError
 from agentmesh.wallets.units import local_time
 
@@ -744,22 +745,6 @@ def _show_table(data: dict[str, Any]) -> Table:
     return table
 
 
-def result_text(result: Any, limit: int | None = None) -> str:
-    """A delivered result for a person: a JSON string as its text, other JSON indented;
-    cut to ``limit`` characters (with an ellipsis) when given."""
-    value = result
-    if isinstance(result, str):
-        try:
-            value = json.loads(result)
-        except ValueError:
-            value = result
-    text = value if isinstance(value, str) else json.dumps(value, indent=1)
-    text = text.strip()
-    if limit is not None and len(text) > limit:
-        return text[: limit - 1].rstrip() + "…"
-    return text
-
-
 def trace_text(trace: list[list[Any]]) -> str:
     """One line per phase: seconds since the task started, and how long the step took."""
     lines = []
@@ -769,16 +754,3 @@ def trace_text(trace: list[list[Any]]) -> str:
         step = f"  ({took:.3f} s in it)" if took is not None else ""
         lines.append(f"+{(ms - start) / 1000:7.3f} s  {phase}{step}")
     return "\n".join(lines)
-
-
-def checkpoint_values(path: Path, thread: str, *, readonly: bool = False) -> dict[str, Any]:
-    """The latest LangGraph state of ``thread`` (empty if none)."""
-    if not path.exists():
-        return {}
-    from agentmesh.agents.checkpoints import read_checkpoints
-
-    with read_checkpoints(path, readonly=readonly) as saver:
-        found = saver.get_tuple({"configurable": {"thread_id": thread}})
-    if found is None:
-        return {}
-    return dict(found.checkpoint.get("channel_values", {}))

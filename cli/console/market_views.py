@@ -321,7 +321,7 @@ def _task_files(
     the task's transactions by step, its checkpointed state)."""
     from agentmesh.agents.agent import AGENT_NAME
     from agentmesh.agents.records import AgentRecords
-    from agentmesh.cli.task import checkpoint_values
+    from agentmesh.cli.task_results import checkpoint_values
     from agentmesh.protocols.negotiation import Role
 
     if not re.fullmatch(AGENT_NAME, agent) or not re.fullmatch(r"[0-9a-f]{1,64}", task_id):
