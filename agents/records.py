@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Iterator
 from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
@@ -330,6 +331,17 @@ class AgentRecords:
                 row.applied = True
                 session.add(row)
                 session.commit()
+
+
+def each_agent(home: Path, *, readonly: bool = False) -> Iterator[tuple[str, AgentRecords]]:
+    """(name, records) of each agent under ``home``, by name; each closed after its turn
+    (``readonly``: see :class:`AgentRecords`)."""
+    for path in sorted((home / "agents").glob("*/agent.db")):
+        records = AgentRecords(path, readonly=readonly)
+        try:
+            yield path.parent.name, records
+        finally:
+            records.close()
 
 
 def find_approval(home: Path, approval_id: str) -> tuple[AgentRecords, ApprovalRow]:

@@ -171,17 +171,12 @@ def reject(
 
 def approvals(ctx: typer.Context, json_out: JsonOption = False) -> None:
     """Spends waiting for a decision (and past decisions) of every agent in this home."""
-    from agentmesh.agents.records import AgentRecords, ApprovalStatus
+    from agentmesh.agents.records import ApprovalStatus, each_agent
 
     app_state = state(ctx)
     rows: list[dict[str, Any]] = []
-    for path in sorted((app_state.home / "agents").glob("*/agent.db")):
-        records = AgentRecords(path)
-        try:
-            for row in records.approvals():
-                rows.append({"agent": path.parent.name, **row.model_dump()})
-        finally:
-            records.close()
+    for agent, records in each_agent(app_state.home):
+        rows.extend({"agent": agent, **row.model_dump()} for row in records.approvals())
     if json_out:
         print_json(rows)
         return

@@ -482,16 +482,9 @@ def _show_event(event: dict[str, Any], json_out: bool) -> None:
 
 
 def _all_tasks(home: Path) -> list[tuple[str, TaskRow]]:
-    from agentmesh.agents.records import AgentRecords
+    from agentmesh.agents.records import each_agent
 
-    found: list[tuple[str, TaskRow]] = []
-    for path in sorted((home / "agents").glob("*/agent.db")):
-        records = AgentRecords(path)
-        try:
-            found.extend((path.parent.name, row) for row in records.tasks())
-        finally:
-            records.close()
-    return found
+    return [(agent, row) for agent, records in each_agent(home) for row in records.tasks()]
 
 
 async def _onchain(app_state: AppState, job_ids: set[int]) -> dict[int, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -24,30 +23,6 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _check_free(host: str, port: int) -> None:
-    """A clear error when ``host:port`` cannot be listened on (in use, or not an
-    address of this machine)."""
-    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise AgentMeshValueError(
-                f"cannot listen on {host} port {port} ({exc.strerror}): another console? "
-                "choose another with --port, or --port 0 for any free one"
-            ) from None
 
 
 def ui(
@@ -86,10 +61,21 @@ def ui(
             "mean it (the access token is still required)"
         )
     bind = "127.0.0.1" if host == "localhost" else host
+    from agentmesh.chain.devnet import check_port_free, free_port
+    from agentmesh.errors import PortInUseError
+
     if port == 0:
-        port = _free_port(bind)
+        port = free_port(bind)
     else:
-        _check_free(bind, port)
+        try:
+            check_port_free(bind, port)
+        except PortInUseError as exc:
+            cause = exc.__cause__
+            reason = cause.strerror if isinstance(cause, OSError) else "in use"
+            raise AgentMeshValueError(
+                f"cannot listen on {bind} port {port} ({reason}): another console? "
+                "choose another with --port, or --port 0 for any free one"
+            ) from None
     token = new_token()
     named = f"[{bind}]" if ":" in bind else bind  # an IPv6 address in a URL or Host
     hosts = [f"{named}:{port}"]

@@ -66,6 +66,26 @@ def summarizer(home: Path, config: Config, key: bytes) -> Agent:
     return seller
 
 
+@contextlib.asynccontextmanager
+async def trading(
+    home: Path,
+    config: Config,
+    buyer_config: Config,
+    token: TokenClient,
+    keys: tuple[bytes, bytes],
+) -> AsyncIterator[tuple[Agent, Ledger]]:
+    """A summarizer and a buyer (with its own settings) that knows of it, running in
+    ``home``; the ledger of buyer, escrow, seller and reward pool."""
+    buyer_key, seller_key = keys
+    async with (
+        summarizer(home, config, seller_key) as seller,
+        Agent("buyer", wallet=buyer_key, home=home, config=buyer_config) as buyer,
+    ):
+        ledger = await Ledger(token, buyer.escrow.address, seller.address, buyer.address).open()
+        await buyer.wait_for_providers("summarize", timeout=30)
+        yield buyer, ledger
+
+
 async def test_tasks_settle_live_and_the_task_page_shows_result_and_transactions(
     home: Path, config: Config, token: TokenClient, buyer_key: bytes, seller_key: bytes
 ) -> None:
@@ -76,14 +96,10 @@ async def test_tasks_settle_live_and_the_task_page_shows_result_and_transactions
             await screenshot(page, "tasks-empty")
             # A marker that a reload would wipe: the list must change in place.
             await page.evaluate("window.__stayed = true")
-            async with (
-                summarizer(home, config, seller_key) as seller,
-                Agent("buyer", wallet=buyer_key, home=home, config=config) as buyer,
+            async with trading(home, config, config, token, (buyer_key, seller_key)) as (
+                buyer,
+                ledger,
             ):
-                ledger = await Ledger(
-                    token, buyer.escrow.address, seller.address, buyer.address
-                ).open()
-                await buyer.wait_for_providers("summarize", timeout=30)
                 outcome = await buyer.buy("summarize", text=TEXT, budget="0.5")
                 await page.wait_for_selector(
                     'tr[data-agent="buyer"][data-status="done"]', timeout=30_000
@@ -135,14 +151,8 @@ async def a_spend_waiting(
         async with browser_page(console) as page:
             await page.goto(f"{console.base}/approvals?home=")
             assert "No spend waits" in await page.inner_text("main")
-            async with (
-                summarizer(home, config, seller_key) as seller,
-                Agent("buyer", wallet=buyer_key, home=home, config=buyer_config) as buyer,
-            ):
-                ledger = await Ledger(
-                    token, buyer.escrow.address, seller.address, buyer.address
-                ).open()
-                await buyer.wait_for_providers("summarize", timeout=30)
+            keys = (buyer_key, seller_key)
+            async with trading(home, config, buyer_config, token, keys) as (buyer, ledger):
                 buying = asyncio.create_task(buyer.buy("summarize", text=TEXT, budget="0.5"))
                 try:
                     row = page.locator("#pending tr[data-approval]")

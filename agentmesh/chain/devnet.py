@@ -78,16 +78,20 @@ class AnvilProcess:
         self.stop()
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port on ``host`` that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A port on ``host`` (an IPv4 or IPv6 address) that nothing listens on right now."""
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
 def check_port_free(host: str, port: int) -> None:
     """Raise :class:`PortInUseError` when ``host:port`` cannot be bound."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
         # Like any server (anvil included), ignore TIME_WAIT leftovers of old
         # connections: only a live listener makes the port unusable.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

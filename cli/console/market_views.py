@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agentmesh.cli.channel_rows import musd
 from agentmesh.cli.console.chain_view import ChainUnavailable, ChainView
 from agentmesh.cli.console.homes import Home
 
@@ -23,12 +24,6 @@ MAX_PAYLOAD_CHARS = 4_000  # a message shown on a task page is cut after this
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def musd(units: int) -> str:
-    from agentmesh.wallets.units import MUSD_DECIMALS, format_amount
-
-    return format_amount(units, MUSD_DECIMALS, "mUSD")
 
 
 # ---------------------------------------------------------------------- agents
@@ -187,39 +182,31 @@ def mesh(home: Home) -> dict[str, Any]:
 # ---------------------------------------------------------------------- tasks
 
 
-def _records(home: Path) -> list[tuple[str, Path]]:
-    return [(p.parent.name, p) for p in sorted((home / "agents").glob("*/agent.db"))]
-
-
 def tasks(home: Home) -> dict[str, Any]:
     """Every task of every agent in the home, newest first (records only: no chain
     reads, so a home with thousands of tasks lists at once)."""
-    from agentmesh.agents.records import AgentRecords
+    from agentmesh.agents.records import each_agent
 
     rows: list[dict[str, Any]] = []
-    for agent, path in _records(home.path):
-        records = AgentRecords(path, readonly=True)
-        try:
-            for t in records.tasks():
-                rows.append(
-                    {
-                        "task": t.conversation[2:],
-                        "agent": agent,
-                        "role": t.role,
-                        "service": t.service,
-                        "phase": t.state,
-                        "status": t.status,
-                        "price": t.price,
-                        "price_text": musd(t.price) if t.price else "",
-                        "peer": t.peer,
-                        "job_id": t.job_id,
-                        "detail": t.detail,
-                        "created_ms": t.created_ms,
-                        "updated_ms": t.updated_ms,
-                    }
-                )
-        finally:
-            records.close()
+    for agent, records in each_agent(home.path, readonly=True):
+        for t in records.tasks():
+            rows.append(
+                {
+                    "task": t.conversation[2:],
+                    "agent": agent,
+                    "role": t.role,
+                    "service": t.service,
+                    "phase": t.state,
+                    "status": t.status,
+                    "price": t.price,
+                    "price_text": musd(t.price) if t.price else "",
+                    "peer": t.peer,
+                    "job_id": t.job_id,
+                    "detail": t.detail,
+                    "created_ms": t.created_ms,
+                    "updated_ms": t.updated_ms,
+                }
+            )
     rows.sort(key=lambda r: r["created_ms"], reverse=True)
     counts: dict[str, int] = {}
     for row in rows:
@@ -391,28 +378,24 @@ async def _job(c: Any, chain: ChainView, job_id: int) -> dict[str, Any]:
 
 def approvals(home: Home) -> dict[str, Any]:
     """Pending spends first, then past decisions, newest first."""
-    from agentmesh.agents.records import AgentRecords, ApprovalStatus
+    from agentmesh.agents.records import ApprovalStatus, each_agent
 
     rows: list[dict[str, Any]] = []
-    for agent, path in _records(home.path):
-        records = AgentRecords(path, readonly=True)
-        try:
-            for a in records.approvals():
-                rows.append(
-                    {
-                        "id": a.id,
-                        "agent": agent,
-                        "task": a.conversation[2:],
-                        "status": a.status,
-                        "applied": a.applied,
-                        "amount_text": musd(a.amount),
-                        "description": a.description,
-                        "created_ms": a.created_ms,
-                        "decided_ms": a.decided_ms,
-                    }
-                )
-        finally:
-            records.close()
+    for agent, records in each_agent(home.path, readonly=True):
+        for a in records.approvals():
+            rows.append(
+                {
+                    "id": a.id,
+                    "agent": agent,
+                    "task": a.conversation[2:],
+                    "status": a.status,
+                    "applied": a.applied,
+                    "amount_text": musd(a.amount),
+                    "description": a.description,
+                    "created_ms": a.created_ms,
+                    "decided_ms": a.decided_ms,
+                }
+            )
     pending = [r for r in rows if r["status"] == ApprovalStatus.PENDING]
     decided = [r for r in rows if r["status"] != ApprovalStatus.PENDING]
     decided.sort(key=lambda r: r["decided_ms"] or 0, reverse=True)

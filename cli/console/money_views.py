@@ -9,9 +9,9 @@ import asyncio
 from decimal import Decimal
 from typing import Any
 
+from agentmesh.cli.channel_rows import musd
 from agentmesh.cli.console.chain_view import ChainUnavailable, ChainView
 from agentmesh.cli.console.homes import Home
-from agentmesh.cli.console.market_views import musd
 from agentmesh.errors import AgentMeshError
 
 EPOCHS_SHOWN = 12  # the validators page charts this many finalized epochs at most
