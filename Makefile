@@ -37,6 +37,10 @@ $(VENV)/bin/python:
 # llama-cpp-python compiles on first install (~5 min on 2 cores; pip caches the CPU
 # wheel). A CUDA build is compiled fresh: pip's cache would hand back the CPU wheel.
 $(STAMP_LLAMA): | $(VENV)/bin/python
+	@if [ "$(LLAMA_BACKEND)" = invalid ]; then \
+	  echo "  ✗ AGENTMESH_LLAMA_BACKEND=$$AGENTMESH_LLAMA_BACKEND: give cpu or cuda (or unset it)"; \
+	  exit 1; \
+	fi
 	@if [ "$(LLAMA_BACKEND)" = cuda ]; then \
 	  $(STEP) "llama-cpp-python with CUDA (compiles, minutes)" \
 	    env CMAKE_ARGS="$(strip -DGGML_CUDA=on $(LLAMA_CMAKE_ARGS))" \
