@@ -52,6 +52,7 @@ if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
     from agentmesh.errors import ContextOverflowError as ContextOverflowError
     from agentmesh.errors import ContractRevertError as ContractRevertError
     from agentmesh.errors import DevnetError as DevnetError
+    from agentmesh.errors import FeeCapError as FeeCapError
     from agentmesh.errors import InsufficientFundsError as InsufficientFundsError
     from agentmesh.errors import InvalidAddressError as InvalidAddressError
     from agentmesh.errors import KeystoreError as KeystoreError
@@ -164,6 +165,7 @@ _EXPORTS: dict[str, str] = {
     "PaymentError": "agentmesh.errors",
     "InsufficientFundsError": "agentmesh.errors",
     "TransactionError": "agentmesh.errors",
+    "FeeCapError": "agentmesh.errors",
     "ContractRevertError": "agentmesh.errors",
     "PolicyViolation": "agentmesh.errors",
     "ModelError": "agentmesh.errors",
@@ -237,6 +239,7 @@ __all__ = [
     "TaskOutcome",
     "ToolMissingError",
     "TransactionError",
+    "FeeCapError",
     "Wallet",
     "WalletExistsError",
     "WalletNotFoundError",

@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from agentmesh.errors import ConfigError
@@ -35,11 +36,51 @@ class _Section(BaseModel):
 
 
 class ChainConfig(_Section):
-    """Which chain to use. With no ``rpc_url``, a running ``agentmesh devnet up`` in this
-    home is used, and failing that a throw-away anvil is started and stopped on exit."""
+    """Which chain to use and how transactions are sent on it (``[chain]``).
+
+    With no ``rpc_url``, a running ``agentmesh devnet up`` in this home is used, and
+    failing that a throw-away anvil is started and stopped on exit.
+    """
 
     rpc_url: str | None = None
-    confirmations_timeout: Annotated[float, Field(gt=0)] = 30.0
+    # More endpoints of the same chain, tried in this order when the one in use stops
+    # answering (the first is tried again every `endpoint_retry_s`).
+    fallback_rpc_urls: tuple[str, ...] = ()
+    endpoint_retry_s: Annotated[float, Field(gt=0)] = 30.0
+    request_timeout_s: Annotated[float, Field(gt=0)] = 10.0  # one JSON-RPC request
+    # Blocks a transaction must have on top of it (its own counts as one) before an
+    # agent acts on it. Unset: 1 on an anvil that mines each transaction at once (no
+    # block comes otherwise, and it cannot reorganize), 2 on any other chain (a one-block
+    # reorganization, the common kind, cannot undo what an agent acted on).
+    confirmations: Annotated[int, Field(ge=1, le=64)] | None = None
+    # The most an agent pays per gas (base fee plus tip), in gwei: a fee spike stalls
+    # transactions (retried later) instead of draining the wallet.
+    max_fee_gwei: Annotated[float, Field(gt=0)] = 100.0
+    # A transaction not mined after this long is sent again with the same nonce and a
+    # higher fee (at least 12.5% more, the usual replacement rule), within the cap.
+    replace_after_s: Annotated[float, Field(gt=0)] = 30.0
+    # How long a sent transaction is waited for (mined and confirmed, across outages of
+    # the endpoint) before the step that sent it gives up and is retried later.
+    confirmations_timeout: Annotated[float, Field(gt=0)] = 120.0
+
+    @field_validator("rpc_url", "fallback_rpc_urls")
+    @classmethod
+    def _http_urls(cls, value: str | tuple[str, ...] | None) -> str | tuple[str, ...] | None:
+        for url in (value,) if isinstance(value, str) else value or ():
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not an http:// or https:// JSON-RPC URL")
+        return value
+
+    @model_validator(mode="after")
+    def _fallbacks_need_a_first(self) -> ChainConfig:
+        if self.fallback_rpc_urls and not self.rpc_url:
+            raise ValueError("fallback_rpc_urls are tried after rpc_url: set rpc_url too")
+        return self
+
+    @property
+    def rpc_urls(self) -> tuple[str, ...]:
+        """Every configured endpoint, in the order they are tried (none: no chain set)."""
+        return ((self.rpc_url,) + self.fallback_rpc_urls) if self.rpc_url else ()
 
 
 class DevnetConfig(_Section):
@@ -210,13 +251,20 @@ def load_config(home: Path) -> Config:
     if not path.exists():
         return Config()
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    return check_config_text(text, path)
+
+
+def check_config_text(text: str, path: Path) -> Config:
+    """Parse and validate ``text`` as the config file ``path`` (named in errors)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

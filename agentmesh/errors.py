@@ -80,6 +80,10 @@ class TransactionError(AgentMeshError):
     """A transaction was rejected or failed on chain."""
 
 
+class FeeCapError(TransactionError):
+    """The chain's fees are above the cap this agent may pay (``[chain] max_fee_gwei``)."""
+
+
 class ContractRevertError(TransactionError):
     """A contract call reverted; names the custom error and its arguments when known."""
 

@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from agentmesh.cli import agent as agent_cmd
+from agentmesh.cli import chain as chain_cmd
 from agentmesh.cli import channel as channel_cmd
 from agentmesh.cli import defi as defi_cmd
 from agentmesh.cli import delegate as delegate_cmd
@@ -35,6 +36,7 @@ app = typer.Typer(
     add_completion=True,
 )
 app.add_typer(devnet_cmd.app, name="devnet")
+app.add_typer(chain_cmd.app, name="chain")
 app.add_typer(wallet_cmd.app, name="wallet")
 app.add_typer(mesh_cmd.app, name="mesh")
 app.add_typer(model_cmd.app, name="model")

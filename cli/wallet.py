@@ -224,10 +224,11 @@ def fund(
         from web3.types import Wei
 
         async with open_chain(app_state.home, app_state.config, allow_embedded=False) as chain:
-            if "anvil" not in str(await chain.w3.client_version).lower():
+            if not chain.devnet:
                 raise DevnetError(
-                    "`wallet fund` works only on an anvil devnet; on another "
-                    "chain send from a funded wallet with `wallet send`"
+                    "`wallet fund` works only on an anvil devnet whose contracts the dev "
+                    "key deployed; on another chain send from a funded wallet with "
+                    "`wallet send` (and mint mUSD with `chain mint` as the deployer)"
                 )
             faucet = dev_deployer(chain.w3)
             with console.status("funding..."):

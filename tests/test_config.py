@@ -33,7 +33,7 @@ def test_defaults_when_no_file(tmp_path: Path) -> None:
 
     assert config == Config()
     assert config.chain.rpc_url is None
-    assert config.chain.confirmations_timeout == 30.0
+    assert config.chain.confirmations_timeout == 120.0
     assert config.devnet.host == "127.0.0.1"
     assert config.devnet.port == 0
     assert config.devnet.chain_id == 31337

@@ -33,6 +33,7 @@ from agentmesh.errors import (
 )
 from agentmesh.tools import find_anvil, find_tools_dir
 from agentmesh.wallets.chain import connect, open_chain
+from agentmesh.wallets.sending import TxPolicy, set_tx_policy
 from agentmesh.wallets.clients import TokenClient
 from agentmesh.wallets.deployer import deploy_suite, dev_deployer
 from agentmesh.wallets.wallet import Wallet
@@ -300,6 +301,8 @@ async def test_anvil_killed_while_waiting_for_a_receipt(log_path: Path) -> None:
 
     with start_anvil(log_path=log_path) as anvil:
         w3 = connect(anvil.rpc_url)
+        # A sent transaction is waited for across an outage, for this long.
+        set_tx_policy(w3, TxPolicy(timeout_s=2))
         wallet = dev_deployer(w3)
         # Without automine the transaction stays pending, so send() is stuck waiting.
         rpc_call(anvil.rpc_url, "evm_setAutomine", [False])
@@ -320,6 +323,7 @@ async def test_anvil_killed_while_waiting_for_a_receipt(log_path: Path) -> None:
         with pytest.raises(ChainUnavailableError) as info:
             await sending
         assert anvil.rpc_url in info.value.user_message
+        assert "it was sent and may still be mined" in info.value.user_message
         await w3.provider.disconnect()
 
 

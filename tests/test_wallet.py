@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any, cast
@@ -26,13 +26,23 @@ from agentmesh.errors import (
     AgentMeshValueError,
     ChainUnavailableError,
     ContractRevertError,
+    FeeCapError,
     InsufficientFundsError,
     InvalidAddressError,
     TransactionError,
 )
+from agentmesh.wallets import sending
 from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import TokenClient, checksum
 from agentmesh.wallets.reverts import decode_revert
+from agentmesh.wallets.sending import (
+    Attempt,
+    Pending,
+    TxPolicy,
+    next_base_fee,
+    set_tx_policy,
+    suggested_tip,
+)
 from agentmesh.wallets.units import (
     ETH_DECIMALS,
     MUSD_DECIMALS,
@@ -40,7 +50,6 @@ from agentmesh.wallets.units import (
     parse_amount,
 )
 from agentmesh.wallets.wallet import (
-    FEE_TTL_S,
     INTRINSIC_GAS,
     Wallet,
     guard_rpc,
@@ -93,21 +102,6 @@ class _Eth:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._eth, name)
-
-
-class _GasPrices(_Eth):
-    """``gas_price`` answers ``prices`` in turn (the last one repeats) and counts the calls."""
-
-    def __init__(self, eth: Any, prices: list[int]) -> None:
-        super().__init__(eth)
-        self._prices = prices
-        self.calls = 0
-
-    @property
-    def gas_price(self) -> Awaitable[int]:
-        price = self._prices[min(self.calls, len(self._prices) - 1)]
-        self.calls += 1
-        return _answer(price)
 
 
 class _AnswerLost(_Eth):
@@ -382,44 +376,70 @@ async def test_send_cancelled_after_the_node_got_it_resyncs_the_nonce(
 # ---------------------------------------------------------------- fees
 
 
-@pytest.mark.parametrize(
-    ("price", "tip"),
-    [(3 * GWEI, GWEI), (GWEI // 2, GWEI // 2)],
-    ids=["tip-capped-at-1-gwei", "tip-is-the-whole-price"],
-)
-async def test_sent_transaction_offers_twice_the_gas_price_and_a_capped_tip(
-    chain: Chain, make_wallet: WalletFactory, price: int, tip: int
+async def test_sent_transaction_offers_twice_the_next_base_fee_plus_the_nodes_tip(
+    chain: Chain, make_wallet: WalletFactory
 ) -> None:
-    eth = _GasPrices(chain.w3.eth, [price])
-    wallet = _wallet_on(chain, await make_wallet(eth=1, musd=0), eth)
+    wallet = await make_wallet(eth=1, musd=0)
+    base = await next_base_fee(chain.w3)
+    tip = await suggested_tip(chain.w3)
+    sending._fees.pop(chain.w3, None)  # no estimate cached from before
 
     receipt = await wallet.send({"to": Account.create().address, "value": Wei(1)})
 
     tx = await chain.w3.eth.get_transaction(receipt["transactionHash"])
-    assert (tx["maxFeePerGas"], tx["maxPriorityFeePerGas"]) == (2 * price, tip)
-    assert eth.calls == 1
+    assert base > 0 and tip > 0
+    assert (tx["maxFeePerGas"], tx["maxPriorityFeePerGas"]) == (2 * base + tip, tip)
 
 
-async def test_gas_price_is_asked_again_only_once_its_ttl_has_passed(
+async def test_fees_stop_at_the_cap_and_a_base_fee_above_it_is_refused(
+    chain: Chain, make_wallet: WalletFactory
+) -> None:
+    funded = await make_wallet(eth=1, musd=0)
+    base = await next_base_fee(chain.w3)
+    tip = await suggested_tip(chain.w3)
+    capped = _wallet_on(chain, funded, _Eth(chain.w3.eth))
+    cap = base + tip // 2  # room for the base fee and half the tip
+    set_tx_policy(capped.w3, TxPolicy(max_fee_per_gas=cap))
+
+    receipt = await capped.send({"to": Account.create().address, "value": Wei(1)})
+    tx = await chain.w3.eth.get_transaction(receipt["transactionHash"])
+    assert (tx["maxFeePerGas"], tx["maxPriorityFeePerGas"]) == (cap, cap - base)
+
+    broke = _wallet_on(chain, funded, _Eth(chain.w3.eth))
+    set_tx_policy(broke.w3, TxPolicy(max_fee_per_gas=base // 2))
+    nonce = await _chain_nonce(chain, funded.address, "pending")
+    with pytest.raises(FeeCapError) as info:
+        await broke.send({"to": Account.create().address, "value": Wei(1)})
+    assert "at or above this agent's cap" in info.value.user_message
+    assert "max_fee_gwei" in info.value.user_message
+    assert await _chain_nonce(chain, funded.address, "pending") == nonce  # nothing sent
+
+
+async def test_fee_estimate_is_asked_again_only_once_its_ttl_has_passed(
     chain: Chain, make_wallet: WalletFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    eth = _GasPrices(chain.w3.eth, [3 * GWEI, 4 * GWEI])
-    wallet = _wallet_on(chain, await make_wallet(eth=1, musd=0), eth)
+    wallet = _wallet_on(chain, await make_wallet(eth=1, musd=0), _Eth(chain.w3.eth))
     clock = SimpleNamespace(now=1_000.0)
     monkeypatch.setattr(
-        "agentmesh.wallets.wallet.time", SimpleNamespace(monotonic=lambda: clock.now)
+        "agentmesh.wallets.sending.time", SimpleNamespace(monotonic=lambda: clock.now)
     )
+    asked = []
+    real = sending.next_base_fee
+
+    async def counted(w3: Any) -> int:
+        asked.append(clock.now)
+        return await real(w3)
+
+    monkeypatch.setattr(sending, "next_base_fee", counted)
     sink = Account.create().address
-    seen: list[tuple[int, int]] = []
-
-    for offset in (0.0, FEE_TTL_S / 2, FEE_TTL_S, FEE_TTL_S * 1.25):
+    seen = []
+    for offset in (0.0, sending.FEE_TTL_S / 2, sending.FEE_TTL_S, sending.FEE_TTL_S * 1.25):
         clock.now = 1_000.0 + offset
-        receipt = await wallet.send({"to": sink, "value": Wei(1)})
-        tx = await chain.w3.eth.get_transaction(receipt["transactionHash"])
-        seen.append((eth.calls, tx["maxFeePerGas"]))
+        await wallet.send({"to": sink, "value": Wei(1)})
+        seen.append(len(asked))
 
-    # The price asked at t serves every send up to t + FEE_TTL_S inclusive.
-    assert seen == [(1, 6 * GWEI), (1, 6 * GWEI), (1, 6 * GWEI), (2, 8 * GWEI)]
+    # The estimate asked at t serves every send up to t + FEE_TTL_S inclusive.
+    assert seen == [1, 1, 1, 2]
 
 
 # ---------------------------------------------------------------- failures
@@ -555,14 +575,23 @@ async def test_balance_of_exactly_value_plus_max_fee_may_send(
 
 
 async def test_receipt_that_never_comes_is_a_transaction_error(chain: Chain) -> None:
-    wallet = Wallet(Account.create(), chain.w3, receipt_timeout=1)
+    wallet = Wallet(Account.create(), chain.w3)
     tx_hash = os.urandom(32)  # a transaction the node never mines
+    pending = Pending(
+        wallet,
+        {"nonce": 0},
+        [Attempt(tx_hash, b"", (GWEI, GWEI))],
+        policy=TxPolicy(timeout_s=1, replace_after_s=60),
+    )
 
     with pytest.raises(TransactionError) as info:
-        await wallet.wait(tx_hash)
+        await pending.settle()
 
     assert not isinstance(info.value, ContractRevertError)
-    assert info.value.user_message == f"no receipt for 0x{tx_hash.hex()} after 1s"
+    assert info.value.user_message == (
+        f"0x{tx_hash.hex()} (nonce 0) is not mined and confirmed yet after 1s; "
+        "it may still be mined"
+    )
 
 
 async def test_estimate_refused_by_the_node_is_a_transaction_error(

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -18,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiohttp import ClientSession, TCPConnector
 from eth_typing import ChecksumAddress
-from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3 import AsyncWeb3
 from web3.contract import AsyncContract
+from web3.exceptions import Web3RPCError
 from web3.types import RPCEndpoint
 
 from agentmesh.chain.deployment import Deployment
@@ -37,56 +36,14 @@ from agentmesh.wallets.deployer import (
     fund_dev_accounts,
     suite_is_deployed,
 )
+from agentmesh.wallets.endpoints import connect
 from agentmesh.wallets.exchange import deploy_exchange, deploy_oracle
+from agentmesh.wallets.sending import GWEI, TxPolicy, set_tx_policy
 from agentmesh.wallets.wallet import Wallet, guard_rpc
 
+__all__ = ["Chain", "connect", "ensure_deployment", "open_chain"]
+
 log = logging.getLogger("agentmesh.chain")
-
-KEEPALIVE_S = 15.0  # idle pooled connections close after this
-
-
-class KeepAliveHTTPProvider(AsyncHTTPProvider):
-    """web3's HTTP provider with a connection pool that keeps connections open.
-
-    web3 builds its aiohttp session with ``force_close=True``: every JSON-RPC request
-    opens and closes its own TCP connection (~70 requests per purchase; measured: one
-    connect per request). This provider caches a keep-alive session per event loop in
-    web3's own session cache, so ``disconnect()`` still closes it.
-    """
-
-    _pooled_loop: asyncio.AbstractEventLoop | None = None
-
-    async def _make_request(self, method: RPCEndpoint, request_data: bytes) -> bytes:
-        loop = asyncio.get_running_loop()
-        if self._pooled_loop is not loop:
-            self._pooled_loop = loop
-            mine = ClientSession(
-                raise_for_status=True,
-                connector=TCPConnector(limit=64, keepalive_timeout=KEEPALIVE_S),
-            )
-            if await self.cache_async_session(mine) is not mine:
-                await mine.close()  # this loop already had one: keep that
-        return await super()._make_request(method, request_data)
-
-
-# Default web3 middleware that costs CPU on every call and guards nothing here:
-# ``validation`` compares each transaction's chainId with the node's (Wallet signs with
-# the node's chain id, and a node refuses a transaction for another chain) and
-# ``ens_name_to_address`` resolves ENS names (agentmesh takes addresses only).
-# Measured: an eth_call 1.61 -> 1.13 ms CPU, a transaction 2.98 -> 2.32 ms.
-UNUSED_MIDDLEWARE = ("validation", "ens_name_to_address")
-
-
-def connect(rpc_url: str, timeout: float = 30.0) -> AsyncWeb3[Any]:
-    """An AsyncWeb3 on ``rpc_url``, keeping its HTTP connections open."""
-    # Request caching answers repeat eth_chainId lookups from memory.
-    provider = KeepAliveHTTPProvider(
-        rpc_url, request_kwargs={"timeout": timeout}, cache_allowed_requests=True
-    )
-    w3 = AsyncWeb3(provider)
-    for name in UNUSED_MIDDLEWARE:
-        w3.middleware_onion.remove(name)
-    return w3
 
 
 @dataclass
@@ -98,6 +55,11 @@ class Chain:
     deployment: Deployment
     source: str  # "configured", "devnet" or "embedded"
     anvil: AnvilProcess | None = None
+    # How transactions are sent here (fees, confirmations, replacement).
+    policy: TxPolicy = TxPolicy()
+    # An anvil whose suite the dev key deployed: the faucet and dev accounts may be
+    # used. Off on any other chain, and on an anvil deployed with `chain deploy`.
+    devnet: bool = True
 
     def contract(self, name: str, address: str | None = None) -> AsyncContract:
         """A contract object for ``name`` at its deployed (or the given) address."""
@@ -177,11 +139,49 @@ async def ensure_deployment(w3: AsyncWeb3[Any], rpc_url: str, path: Path, musd: 
     if "anvil" not in client:
         raise DevnetError(
             f"no agentmesh deployment for {rpc_url} in {path}, and the chain is not an "
-            "anvil devnet that agentmesh could deploy to"
+            "anvil devnet that agentmesh could deploy to: deploy with `agentmesh chain "
+            "deploy --rpc-url URL --wallet NAME`, or copy the record of an existing one there"
+        )
+    if path.exists() and Deployment.load(path).deployer != dev_deployer(w3).address:
+        raise DevnetError(
+            f"the contracts recorded in {path} (deployed with `agentmesh chain deploy`) "
+            f"are not on the chain at {rpc_url}: was it reset? Deploy again with "
+            "`agentmesh chain deploy`"
         )
     deployment = await _deploy_fresh(w3, rpc_url, musd)
     deployment.save(path)
     return deployment
+
+
+async def is_anvil(w3: AsyncWeb3[Any], rpc_url: str = "the chain") -> bool:
+    """True when the node is an anvil."""
+    return "anvil" in str(await guard_rpc(w3.client_version, rpc_url)).lower()
+
+
+async def automines(w3: AsyncWeb3[Any], rpc_url: str = "the chain") -> bool:
+    """True on an anvil that mines each transaction as it arrives (no block time)."""
+    request = w3.provider.make_request(RPCEndpoint("anvil_getAutomine"), [])
+    try:
+        reply = await guard_rpc(request, rpc_url)
+    except Web3RPCError:
+        return False
+    return bool(reply.get("result"))
+
+
+async def tx_policy_for(
+    w3: AsyncWeb3[Any], config: Config, *, anvil: bool, rpc_url: str
+) -> TxPolicy:
+    """The transaction policy ``[chain]`` asks for on this chain (see ``ChainConfig``)."""
+    settings = config.chain
+    confirmations = settings.confirmations
+    if confirmations is None:
+        confirmations = 1 if anvil and await automines(w3, rpc_url) else 2
+    return TxPolicy(
+        confirmations=confirmations,
+        max_fee_per_gas=int(settings.max_fee_gwei * GWEI),
+        replace_after_s=settings.replace_after_s,
+        timeout_s=settings.confirmations_timeout,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -193,23 +193,25 @@ async def open_chain(
     With ``allow_embedded=False`` (CLI commands whose effects must outlast them) a
     missing chain is an error instead of a throw-away anvil.
     """
-    timeout = config.chain.confirmations_timeout
+    settings = config.chain
     musd = config.devnet.dev_account_musd
     anvil: AnvilProcess | None = None
-    record = None if config.chain.rpc_url else running_devnet(home)
-    if config.chain.rpc_url:
-        url, source = config.chain.rpc_url, "configured"
+    record = None if settings.rpc_url else running_devnet(home)
+    urls: tuple[str, ...]
+    if settings.rpc_url:
+        urls, source = settings.rpc_urls, "configured"
     elif record is not None:
-        url, source = record.rpc_url, "devnet"
+        urls, source = (record.rpc_url,), "devnet"
     elif allow_embedded:
         anvil = start_anvil(config.devnet)
-        url, source = anvil.rpc_url, "embedded"
+        urls, source = (anvil.rpc_url,), "embedded"
     else:
         raise DevnetError(
             "no chain to use: start one with `agentmesh devnet up` or set chain.rpc_url "
             "in config.toml"
         )
-    w3 = connect(url, timeout)
+    url = urls[0]
+    w3 = connect(urls, settings.request_timeout_s, retry_first_s=settings.endpoint_retry_s)
     try:
         if source == "configured":
             chain_id = int(await guard_rpc(w3.eth.chain_id, url))
@@ -219,7 +221,22 @@ async def open_chain(
             deployment = await ensure_deployment(w3, url, DevnetPaths.of(home).deployment, musd)
         else:
             deployment = await _deploy_fresh(w3, url, musd)
-        yield Chain(w3, url, deployment, source, anvil)
+        anvil_node = await is_anvil(w3, url)
+        policy = await tx_policy_for(w3, config, anvil=anvil_node, rpc_url=url)
+        set_tx_policy(w3, policy)
+        devnet = anvil_node and deployment.deployer == dev_deployer(w3).address
+        if not devnet:
+            # Said once, where an agent or command starts: no money appears by itself.
+            log.info(
+                "chain %d at %s: no devnet faucet or dev accounts here; %d confirmation(s), "
+                "fees up to %s gwei, a stuck transaction replaced after %.0fs",
+                deployment.chain_id,
+                url,
+                policy.confirmations,
+                f"{settings.max_fee_gwei:g}",
+                policy.replace_after_s,
+            )
+        yield Chain(w3, url, deployment, source, anvil, policy, devnet)
     finally:
         await w3.provider.disconnect()  # close the HTTP session with the connection
         if anvil is not None:

@@ -25,9 +25,9 @@ log = logging.getLogger("agentmesh.faucet")
 
 
 async def top_up(chain: Chain, wallet: Wallet) -> None:
-    """On an anvil devnet, give ``wallet`` gas and mUSD if it runs low (elsewhere: no-op)."""
-    client = str(await chain.w3.client_version).lower()
-    if "anvil" not in client:
+    """On an anvil devnet, give ``wallet`` gas and mUSD if it runs low (elsewhere: no-op,
+    said once when the chain is opened)."""
+    if not chain.devnet:
         return
     faucet = dev_deployer(chain.w3)
     token = TokenClient(faucet, chain.token_address)

@@ -10,7 +10,6 @@ stops answering becomes :class:`~agentmesh.errors.ChainUnavailableError`.
 from __future__ import annotations
 
 import asyncio
-import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -18,10 +17,10 @@ from typing import Any, TypeVar
 import aiohttp
 from eth_account.messages import encode_defunct, encode_typed_data
 from eth_account.signers.local import LocalAccount
-from eth_typing import ChecksumAddress, Hash32
+from eth_typing import ChecksumAddress
 from web3 import AsyncWeb3
 from web3.contract.async_contract import AsyncContractFunction
-from web3.exceptions import ContractLogicError, TimeExhausted, Web3RPCError
+from web3.exceptions import ContractLogicError, Web3RPCError
 from web3.types import TxParams, TxReceipt, Wei
 
 from agentmesh.contracts import Artifact
@@ -33,14 +32,13 @@ from agentmesh.errors import (
     TransactionError,
 )
 from agentmesh.wallets.reverts import decode_revert
+from agentmesh.wallets.sending import Attempt, Pending, suggest_fees, tx_policy
 from agentmesh.wallets.units import ETH_DECIMALS, format_amount
 
 T = TypeVar("T")
 
 INTRINSIC_GAS = 21_000  # the least any transaction costs
 GAS_MARGIN = 1.25  # estimates miss the 63/64 rule on nested calls; pad them
-FEE_TTL_S = 1.0
-RECEIPT_POLL_S = 0.02
 
 
 class NonceManager:
@@ -126,14 +124,11 @@ class Wallet:
         w3: AsyncWeb3[Any],
         *,
         name: str | None = None,
-        receipt_timeout: float = 30.0,
     ) -> None:
         self.account = account
         self.w3 = w3
         self.name = name
-        self.receipt_timeout = receipt_timeout
         self._chain_id: int | None = None
-        self._fees: tuple[float, int, int] | None = None
 
     def __repr__(self) -> str:  # never show the key
         return f"Wallet(name={self.name!r}, address={self.address})"
@@ -194,19 +189,20 @@ class Wallet:
         )
 
     async def _fee_fields(self) -> tuple[int, int]:
-        now = time.monotonic()
-        if self._fees is None or now - self._fees[0] > FEE_TTL_S:
-            price = int(await guard_rpc(self.w3.eth.gas_price, self._rpc_url))
-            tip = min(price, 10**9)
-            self._fees = (now, price * 2, tip)
-        return self._fees[1], self._fees[2]
+        """(maxFeePerGas, maxPriorityFeePerGas) from the node's estimate, within the cap."""
+        policy = tx_policy(self.w3)
+        return await guard_rpc(suggest_fees(self.w3, policy.max_fee_per_gas), self._rpc_url)
 
     # ------------------------------------------------------------------ sending
 
     async def send(self, tx: TxParams, *, sent: Callable[[bytes], None] | None = None) -> TxReceipt:
-        """Fill in, sign, submit and wait for ``tx``; raise on revert. ``sent(tx hash)``
-        runs once the node has the transaction, before the wait: a caller that must never
-        send twice records the hash there, and asks the chain about it after a failure."""
+        """Fill in, sign, submit and wait for ``tx`` to be confirmed; raise on revert.
+
+        ``sent(tx hash)`` runs once the node has the transaction, before the wait, and
+        again with the hash of each replacement (see :mod:`agentmesh.wallets.sending`):
+        a caller that must never send twice records the hash there, and asks the chain
+        about it after a failure.
+        """
         full: dict[str, Any] = dict(tx)
         full.setdefault("from", self.address)
         full.setdefault("value", 0)
@@ -241,22 +237,25 @@ class Wallet:
             manager.advance()
         if sent is not None:
             sent(bytes(tx_hash))
-        return await self.wait(tx_hash, full)
+        attempt = Attempt(
+            bytes(tx_hash),
+            bytes(signed.raw_transaction),
+            (int(full["maxFeePerGas"]), int(full["maxPriorityFeePerGas"])),
+        )
+        return await self._settle(Pending(self, full, [attempt], sent, tx_policy(self.w3)))
 
     async def wait(self, tx_hash: bytes, tx: dict[str, Any] | None = None) -> TxReceipt:
-        """Wait for ``tx_hash``'s receipt; a failed receipt raises the decoded revert."""
-        try:
-            receipt: TxReceipt = await guard_rpc(
-                self.w3.eth.wait_for_transaction_receipt(
-                    Hash32(tx_hash), timeout=self.receipt_timeout, poll_latency=RECEIPT_POLL_S
-                ),
-                self._rpc_url,
-            )
-        except TimeExhausted as exc:
-            raise TransactionError(
-                f"no receipt for 0x{bytes(tx_hash).hex()} after {self.receipt_timeout:.0f}s"
-            ) from exc
+        """Wait for ``tx_hash`` (sent by anyone) to be mined and confirmed; a failed
+        receipt raises the decoded revert (``tx``: its fields, to replay the call)."""
+        fields = {"nonce": "?", **(tx or {})}
+        return await self._settle(
+            Pending(self, fields, [Attempt(bytes(tx_hash), b"", (0, 0))], None, tx_policy(self.w3))
+        )
+
+    async def _settle(self, pending: Pending) -> TxReceipt:
+        receipt = await pending.settle()
         if receipt["status"] != 1:
+            tx = pending.tx if "from" in pending.tx else None
             raise await self._replay_revert(tx, receipt)
         return receipt
 
