@@ -19,7 +19,10 @@ STAMP_TOOLS := $(TOOLS)/.installed-$(ANVIL_VERSION)-$(SOLC_VERSION)-$(OZ_VERSION
 STAMP_MODEL := $(VENV)/.model-installed
 # cuda where nvcc and an NVIDIA GPU with its driver are present, else cpu (.ci/llama-backend)
 LLAMA_BACKEND := $(shell .ci/llama-backend)
-STAMP_LLAMA := $(VENV)/.llama-$(LLAMA_BACKEND)
+# Pinned: llama-cpp-python 0.3.36 (the newest, 2026-12) crashes with SIGSEGV in
+# llama_decode during a chat completion with the default model; 0.3.16 is tested here.
+LLAMA_VERSION := 0.3.16
+STAMP_LLAMA := $(VENV)/.llama-$(LLAMA_BACKEND)-$(LLAMA_VERSION)
 # More CMake flags for a CUDA build, e.g. LLAMA_CMAKE_ARGS=-DCMAKE_CUDA_ARCHITECTURES=90
 LLAMA_CMAKE_ARGS ?=
 # Each step prints one line with its time; its output shows only if it fails (.ci/step).
@@ -44,11 +47,11 @@ $(STAMP_LLAMA): | $(VENV)/bin/python
 	@if [ "$(LLAMA_BACKEND)" = cuda ]; then \
 	  $(STEP) "llama-cpp-python with CUDA (compiles, minutes)" \
 	    env CMAKE_ARGS="$(strip -DGGML_CUDA=on $(LLAMA_CMAKE_ARGS))" \
-	    $(PIP) install --quiet --no-cache-dir --force-reinstall --no-deps 'llama-cpp-python>=0.3.16' \
+	    $(PIP) install --quiet --no-cache-dir --force-reinstall --no-deps 'llama-cpp-python==$(LLAMA_VERSION)' \
 	  || { echo "  (AGENTMESH_LLAMA_BACKEND=cpu make setup builds for the CPU instead)"; exit 1; }; \
 	else \
 	  $(STEP) "llama-cpp-python for the CPU (no CUDA GPU found)" \
-	    $(PIP) install --quiet 'llama-cpp-python>=0.3.16'; \
+	    $(PIP) install --quiet --force-reinstall --no-deps 'llama-cpp-python==$(LLAMA_VERSION)'; \
 	fi
 	@rm -f $(VENV)/.llama-*; touch $@
 

@@ -17,6 +17,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from agentmesh.agents.context import TaskContext
+from agentmesh.agents.task_runner import CHAIN_DOWN
 from agentmesh.errors import AgentMeshError, SignatureError
 from agentmesh.mesh.routes import ErrorReply, HandlerContext
 from agentmesh.message import MAX_WIRE_INT, Message
@@ -48,6 +49,9 @@ if TYPE_CHECKING:
 PARTY_FIELD = {Role.PROVIDER: "requester", Role.REQUESTER: "winner"}
 # The answer to a call whose first run an error stopped before any offer.
 NOT_EVALUATED = "internal error: the call could not be evaluated"
+# What a peer is told when a step needs the chain and this agent cannot reach it (the
+# local error names the endpoint: that stays in the local log).
+CHAIN_UNAVAILABLE = "chain unavailable: this agent cannot reach its chain now; retry shortly"
 
 
 class NegotiationHandlers:
@@ -140,7 +144,7 @@ class NegotiationHandlers:
         finally:
             self.runner.release(tid, lock, ended=ended)
         if failed:
-            return Decline(reason=NOT_EVALUATED)
+            return self.not_evaluated(tid)
         reason = str((values.get("decision") or {}).get("reason", ""))
         if values.get("phase") in NEGOTIATION.offering:
             try:
@@ -149,6 +153,14 @@ class NegotiationHandlers:
                 count = total = 0  # the snapshot is informative; the chain is the truth
             return self.proposal(values, reason, count, total)
         return Decline(reason=(reason or "no reason given")[:200])
+
+    def not_evaluated(self, tid: str) -> Decline:
+        """The answer to a call whose evaluation an error stopped (said as such when the
+        error was the chain not answering: the requester may ask again shortly)."""
+        row = self.ctx.records.task(tid)
+        if row is not None and row.detail.startswith(CHAIN_DOWN):
+            return Decline(reason=CHAIN_UNAVAILABLE)
+        return Decline(reason=NOT_EVALUATED)
 
     def start(self, tid: str, call: CallForProposals, sender: str) -> None:
         """Record a new sale (a call evaluated again after a failed first try is active
@@ -226,7 +238,10 @@ class NegotiationHandlers:
             isinstance(message, Award) and phase == Phase.AWARDED
         ):
             return Ack(state=str(phase))
-        return ErrorReply(code="refused", detail=str(update.get("error") or phase)[:200])
+        error = str(update.get("error") or "")
+        if CHAIN_DOWN in error:
+            return ErrorReply(code="chain_unavailable", detail=CHAIN_UNAVAILABLE)
+        return ErrorReply(code="refused", detail=(error or str(phase))[:200])
 
     def stranger(self, snapshot: Any, party: str, sender: str) -> ErrorReply | None:
         """Refusal if the task does not exist here or ``sender`` is not its ``party``."""

@@ -22,6 +22,7 @@ from agentmesh.agents.context import TaskContext
 from agentmesh.agents.dispute_watch import DISPUTE_CHECK_S, DisputeWatch
 from agentmesh.agents.records import ApprovalStatus
 from agentmesh.canonical import canonical_json
+from agentmesh.errors import ChainUnavailableError
 from agentmesh.protocols.negotiation import (
     NEGOTIATION,
     ApprovalDecision,
@@ -38,6 +39,11 @@ log = logging.getLogger("agentmesh.agent")
 
 STALLED_RETRY_S = 5.0  # first retry of a task stopped by an error; doubles each time
 STALLED_RETRY_MAX_S = 300.0  # ... up to this: never given up while money may be held
+# A task stopped because the chain did not answer is retried sooner, and never more
+# than this far apart: it goes on within seconds of the endpoint coming back.
+CHAIN_RETRY_S = 0.5
+CHAIN_RETRY_MAX_S = 5.0
+CHAIN_DOWN = "ChainUnavailableError"  # how such a stop is recorded (the error's type)
 PhaseWaiter = tuple[Callable[[str], bool], "asyncio.Future[Any]"]
 
 
@@ -62,6 +68,7 @@ class TaskRunner:
         self._stalled_next: dict[str, float] = {}  # task -> loop time of its next retry
         self.disputes = DisputeWatch(ctx, self.holding)
         self._disputes_next = 0.0  # loop time of the next look at disputed purchases
+        self._chain_down = False  # the timer loop's last look at the chain failed
 
     def config(self, tid: str) -> dict[str, Any]:
         return {"configurable": {"thread_id": tid}}
@@ -231,6 +238,14 @@ class TaskRunner:
                 if loop_now >= self._disputes_next:
                     self._disputes_next = loop_now + DISPUTE_CHECK_S
                     await self.disputes.tick()
+                if self._chain_down:
+                    self._chain_down = False
+                    log.warning("the chain answers again: timers run, stalled tasks resume")
+            except ChainUnavailableError as exc:
+                # Said once per outage; the mesh side keeps answering meanwhile.
+                if not self._chain_down:
+                    self._chain_down = True
+                    log.warning("%s: timers wait until it is back", exc.user_message)
             except Exception:
                 log.exception("timer loop error (continuing)")
 
@@ -252,8 +267,12 @@ class TaskRunner:
             if now < due:
                 continue
             self._stalled_retries[tid] += 1
-            delay = STALLED_RETRY_S * 2 ** min(self._stalled_retries[tid], 10)
-            self._stalled_next[tid] = now + min(STALLED_RETRY_MAX_S, delay)
+            tries = min(self._stalled_retries[tid], 10)
+            if row.detail.startswith(CHAIN_DOWN):
+                delay = min(CHAIN_RETRY_MAX_S, CHAIN_RETRY_S * 2**tries)
+            else:
+                delay = min(STALLED_RETRY_MAX_S, STALLED_RETRY_S * 2**tries)
+            self._stalled_next[tid] = now + delay
             lock = await self.begin(tid)
             self.ctx.records.update_task(tid, status=TaskStatus.ACTIVE)
             self.run_locked(tid, lock, self.graph(tid), None)

@@ -57,8 +57,11 @@ def _url(app_state: AppState, given: str | None) -> str:
     return url
 
 
-def _fmt_gwei(wei: int) -> str:
-    return f"{wei / 10**9:.3f} gwei"
+def _gwei(wei: int) -> str:
+    """Wei in gwei, to the wei (a quiet chain's base fee falls far below one gwei)."""
+    from decimal import Decimal
+
+    return f"{Decimal(wei) / 10**9:f}"
 
 
 @app.command()
@@ -124,8 +127,9 @@ def deploy(
         table.add_row(name, address, info["code"].get(name, ""))
     console.print(table)
     console.print(
-        f"paid {info['paid_eth']} ETH for {info['transactions']} transactions "
-        f"(estimated at most {info['estimated_eth']} ETH)\nrecord {info['record']}\n"
+        f"paid {info['paid_eth']} ETH in fees (the suite's {info['transactions']} "
+        f"transactions were estimated at most {info['estimated_eth']} ETH)\n"
+        f"record {info['record']}\n"
         f"next: agentmesh chain use {url}"
     )
 
@@ -177,9 +181,10 @@ async def _deploy(
         policy = await tx_policy_for(w3, config, anvil=await is_anvil(w3, url), rpc_url=url)
         set_tx_policy(w3, policy)
         payer = Wallet(account, w3, name=wallet_name)
+        pool_wei = pool[0] if pool is not None else 0
         with console.status("estimating the cost..."):
             cost = await estimate_suite(payer, url)
-            before = await check_funds(payer, cost)
+            before = await check_funds(payer, cost, also=pool_wei)
         with console.status(
             f"deploying from {payer.address} ({policy.confirmations} confirmation(s) each)..."
         ):
@@ -188,7 +193,7 @@ async def _deploy(
             code = await verify_code(w3, deployment, url)
         require_matching(code, url)
         deployment.save(path)
-        paid = before - await payer.eth_balance()
+        paid = before - await payer.eth_balance() - pool_wei  # fees only
         return {
             "chain_id": chain_id,
             "rpc_url": url,
@@ -246,7 +251,7 @@ async def _status(app_state: AppState, url: str) -> dict[str, Any]:
 
     from agentmesh.wallets.chain import connect, is_anvil, tx_policy_for
     from agentmesh.wallets.chain_deploy import verify_code
-    from agentmesh.wallets.sending import GWEI, next_base_fee, suggested_tip
+    from agentmesh.wallets.sending import next_base_fee, suggested_tip
     from agentmesh.wallets.wallet import guard_rpc
 
     config = app_state.config
@@ -267,8 +272,10 @@ async def _status(app_state: AppState, url: str) -> dict[str, Any]:
             "client": str(await guard_rpc(w3.client_version, url)),
             "head": int(head["number"]),
             "head_age_s": max(0, int(time.time()) - int(head["timestamp"])),
-            "base_fee_gwei": f"{base / GWEI:.3f}",
-            "tip_gwei": f"{tip / GWEI:.3f}",
+            "base_fee_wei": base,
+            "tip_wei": tip,
+            "base_fee_gwei": _gwei(base),
+            "tip_gwei": _gwei(tip),
             "max_fee_gwei": f"{config.chain.max_fee_gwei:g}",
             "confirmations": policy.confirmations,
             "replace_after_s": f"{policy.replace_after_s:g}",

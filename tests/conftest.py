@@ -22,6 +22,7 @@ from agentmesh.wallets.clients import TokenClient
 from agentmesh.wallets.deployer import dev_deployer
 from agentmesh.wallets.wallet import Wallet, reset_nonces
 from tests.helpers import ONE_MUSD, TEST_SCRYPT_N, WalletFactory
+from tests.live_support import LiveChain, make_live_chain
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +49,22 @@ async def _isolated_chain(request: pytest.FixtureRequest) -> AsyncIterator[None]
     yield
     await chain.w3.provider.make_request("evm_revert", [snapshot["result"]])  # type: ignore[arg-type]
     reset_nonces(chain.w3)
+
+
+@pytest.fixture(scope="session")
+async def live(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LiveChain]:
+    """An interval-mining anvil with the suite deployed by `agentmesh chain deploy` from
+    a keystore wallet (see tests/live_support.py)."""
+    chain = await make_live_chain(tmp_path_factory.mktemp("live"))
+    yield chain
+    chain.anvil.stop()
+
+
+@pytest.fixture(scope="session")
+async def live_chain(live: LiveChain) -> AsyncIterator[Chain]:
+    chain = live.chain()
+    yield chain
+    await chain.w3.provider.disconnect()
 
 
 @pytest.fixture

@@ -33,9 +33,9 @@ from agentmesh.errors import (
 )
 from agentmesh.tools import find_anvil, find_tools_dir
 from agentmesh.wallets.chain import connect, open_chain
-from agentmesh.wallets.sending import TxPolicy, set_tx_policy
 from agentmesh.wallets.clients import TokenClient
 from agentmesh.wallets.deployer import deploy_suite, dev_deployer
+from agentmesh.wallets.sending import TxPolicy, set_tx_policy
 from agentmesh.wallets.wallet import Wallet
 from tests.helpers import eventually, free_port, poll_blocking, process_gone, wait_gone
 

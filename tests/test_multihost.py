@@ -1,4 +1,7 @@
-"""Three agents on three "hosts": network namespaces joined by veth links to a bridge.
+"""Agents on separate "hosts": network namespaces joined by veth links to a bridge.
+
+The first test runs three mesh agents; the second a chain host (anvil with a block
+time, the suite deployed by ``agentmesh chain deploy``) and two agent hosts that trade.
 
 Topology (every name carries this process's pid, so parallel runs cannot clash)::
 
@@ -36,7 +39,9 @@ import pytest
 
 from agentmesh.config import MeshConfig
 from agentmesh.store import Store
-from tests.helpers import poll_blocking
+from agentmesh.tools import find_anvil
+from agentmesh.wallets.keystore import Keystore
+from tests.helpers import PASSWORD, TEST_SCRYPT_N, poll_blocking
 
 REPO = Path(__file__).resolve().parents[1]
 HEARTBEAT_S = 0.3
@@ -151,6 +156,7 @@ class Mesh:
     """The namespaces, links and agent processes of one test; ``close`` undoes all."""
 
     tmp: Path
+    names: tuple[str, ...] = AGENTS  # the hosts, besides the hub
     tag: str = field(default_factory=lambda: str(os.getpid()))
     namespaces: list[str] = field(default_factory=list)
     agents: dict[str, Agent] = field(default_factory=dict)
@@ -171,7 +177,7 @@ class Mesh:
         self.add_namespace(self.hub)
         ip("-n", self.hub, "link", "add", "br0", "type", "bridge")
         ip("-n", self.hub, "link", "set", "br0", "up")
-        for index, name in enumerate(AGENTS, start=1):
+        for index, name in enumerate(self.names, start=1):
             ns = self.ns(name)
             self.add_namespace(ns)
             port = f"p{name}"
@@ -184,7 +190,7 @@ class Mesh:
             ip("-n", ns, "link", "set", "veth0", "up")
 
     def host(self, name: str) -> str:
-        return f"{SUBNET}.{AGENTS.index(name) + 1}"
+        return f"{SUBNET}.{self.names.index(name) + 1}"
 
     def start_agent(self, name: str, bootstrap: str | None = None) -> Agent:
         home = self.tmp / name
@@ -405,3 +411,183 @@ def test_three_hosts_discover_talk_and_notice_a_cut_link(mesh: Mesh) -> None:
         for x in agents
     }
     assert recorded == {name: sorted(texts) for name, texts in expected.items()}
+
+
+# --------------------------------------------------------------------------- a chain host
+
+CHAIN_PORT = 8545
+BLOCK_S = 1
+PRICE = 50_000  # echo_provider.py's 0.05 mUSD
+FEE_BPS = 100  # the suite's protocol fee on a release (1%)
+
+# Runs on the chain host: ETH from anvil's unlocked first account to argv[2], the way a
+# testnet faucet funds an operator (the only use of a dev account in this test).
+FAUCET = r"""
+import sys, time
+from agentmesh.chain.rpc import rpc_call
+
+url, to = sys.argv[1], sys.argv[2]
+(sender, *_) = rpc_call(url, "eth_accounts")
+tx = rpc_call(url, "eth_sendTransaction", [{"from": sender, "to": to, "value": hex(100 * 10**18)}])
+while not rpc_call(url, "eth_getTransactionReceipt", [tx]):
+    time.sleep(0.05)
+"""
+
+# Runs on the chain host: mUSD balances of argv[3:] at the token argv[2], as JSON.
+BALANCES = r"""
+import json, sys
+from eth_abi import encode
+from agentmesh.chain.rpc import rpc_call
+
+url, token, holders = sys.argv[1], sys.argv[2], sys.argv[3:]
+out = []
+for holder in holders:
+    data = "0x70a08231" + encode(["address"], [holder]).hex()
+    out.append(int(rpc_call(url, "eth_call", [{"to": token, "data": data}, "latest"]), 16))
+print(json.dumps(out))
+"""
+
+# Runs on an agent host: one purchase by the keystore wallet "buyer", its outcome as JSON.
+BUYER = r"""
+import asyncio, json, sys
+from agentmesh import Agent
+
+async def main() -> None:
+    async with Agent("buyer", wallet="buyer", home=sys.argv[1], throwaway_devnet=False) as buyer:
+        await buyer.wait_for_providers("echo", timeout=60)
+        outcome = await buyer.buy("echo", text="across three hosts", budget="0.5")
+        print(json.dumps({"settled": outcome.settled, "result": outcome.result,
+                          "provider": outcome.provider, "price": outcome.price,
+                          "job_id": outcome.job_id, "txs": outcome.txs}))
+
+asyncio.run(main())
+"""
+
+
+def in_ns(
+    ns: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        ["ip", "netns", "exec", ns, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+        env={**os.environ, "AGENTMESH_PASSWORD": PASSWORD, **(env or {})},
+        check=False,
+    )
+    assert done.returncode == 0, f"{args} in {ns} failed:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def cli_in(ns: str, home: Path, *args: str, timeout: float = 120) -> str:
+    command = (sys.executable, "-m", "agentmesh.cli.app", "--home", str(home), *args)
+    return in_ns(ns, *command, timeout=timeout).stdout
+
+
+def agent_home(root: Path, name: str, mesh_host: str) -> Path:
+    home = root / name
+    home.mkdir()
+    (home / "config.toml").write_text(
+        f'[wallet]\nscrypt_n = {TEST_SCRYPT_N}\n[mesh]\nhost = "{mesh_host}"\n'
+        f"heartbeat_s = {HEARTBEAT_S}\n[agent]\nproposal_window_s = 20\n"
+    )
+    Keystore(home, scrypt_n=TEST_SCRYPT_N).create(name, PASSWORD)
+    return home
+
+
+@pytest.mark.slow
+def test_a_chain_host_and_two_agent_hosts_trade_on_a_chain_with_block_times(
+    netns_ok: None, tmp_path: Path
+) -> None:
+    """The chain on its own host (anvil mining a block a second, the suite deployed by
+    `agentmesh chain deploy` from a keystore wallet), a seller and a buyer on two more;
+    the agents find each other through the on-chain registry and trade across the bridge."""
+    mesh = Mesh(tmp_path, names=("chain", "seller", "buyer"))
+    anvil: subprocess.Popen[bytes] | None = None
+    seller: subprocess.Popen[bytes] | None = None
+    try:
+        mesh.build()
+        chain_ns = mesh.ns("chain")
+        url = f"http://{mesh.host('chain')}:{CHAIN_PORT}"
+        with (tmp_path / "anvil.log").open("wb") as log:
+            anvil = subprocess.Popen(
+                ["ip", "netns", "exec", chain_ns, str(find_anvil()), "--host", mesh.host("chain"),
+                 "--port", str(CHAIN_PORT), "--block-time", str(BLOCK_S)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        probe = "import sys; from agentmesh.chain.rpc import is_up; sys.exit(0 if is_up(sys.argv[1]) else 1)"  # noqa: E501
+        assert poll_blocking(
+            lambda: subprocess.run(
+                ["ip", "netns", "exec", chain_ns, sys.executable, "-c", probe, url],
+                capture_output=True, check=False,
+            ).returncode == 0,
+            timeout=READY_TIMEOUT_S,
+        ), (tmp_path / "anvil.log").read_text()  # fmt: skip
+
+        # The operator, on the chain host: funded from outside, deploys, funds the agents.
+        ops = agent_home(tmp_path, "ops", mesh.host("chain"))
+        ops_address = Keystore(ops, scrypt_n=TEST_SCRYPT_N).entry("ops").address
+        in_ns(chain_ns, sys.executable, "-c", FAUCET, url, ops_address)
+        report = json.loads(cli_in(chain_ns, ops, "chain", "deploy", "--rpc-url", url,
+                                   "--wallet", "ops", "--json"))  # fmt: skip
+        assert set(report["code"].values()) == {"matches"}
+        cli_in(chain_ns, ops, "chain", "use", url)
+        homes = {name: agent_home(tmp_path, name, mesh.host(name)) for name in ("seller", "buyer")}
+        addresses = {
+            name: Keystore(home, scrypt_n=TEST_SCRYPT_N).entry(name).address
+            for name, home in homes.items()
+        }
+        for name, home in homes.items():
+            (home / "deployments").mkdir()
+            shutil.copy(report["record"], home / "deployments" / "31337.json")
+            # Run on the agent's host: it reaches the chain host, and the code matches.
+            cli_in(mesh.ns(name), home, "chain", "use", url)
+            cli_in(chain_ns, ops, "wallet", "send", "ops", addresses[name], "1", "--token", "eth")
+        cli_in(chain_ns, ops, "chain", "mint", addresses["buyer"], "1", "--wallet", "ops")
+        token, escrow = report["contracts"]["MeshUSD"], report["contracts"]["TaskEscrow"]
+        holders = [addresses["seller"], addresses["buyer"], escrow,
+                   report["contracts"]["Consensus"]]  # fmt: skip
+        before = json.loads(in_ns(chain_ns, sys.executable, "-c", BALANCES, url, token,
+                                  *holders).stdout)  # fmt: skip
+
+        ready = tmp_path / "seller.ready"
+        with (tmp_path / "seller.log").open("wb") as log:
+            seller = subprocess.Popen(
+                ["ip", "netns", "exec", mesh.ns("seller"), sys.executable, "-m",
+                 "agentmesh.cli.app", "--home", str(homes["seller"]), "run",
+                 str(REPO / "tests" / "agents" / "echo_provider.py"), "--wallet", "seller",
+                 "--port", str(PORT), "--ready-file", str(ready)],
+                cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, "AGENTMESH_PASSWORD": PASSWORD},
+            )  # fmt: skip
+        assert poll_blocking(lambda: ready.exists() or seller.poll() is not None, timeout=60)
+        assert ready.exists(), (tmp_path / "seller.log").read_text()
+        started = json.loads(ready.read_text())
+        assert started["endpoint"] == f"tcp://{mesh.host('seller')}:{PORT}"  # its own host
+
+        bought = in_ns(mesh.ns("buyer"), sys.executable, "-c", BUYER, str(homes["buyer"]),
+                       timeout=240)  # fmt: skip
+        outcome = json.loads(bought.stdout.strip().splitlines()[-1])
+        assert outcome["settled"] and outcome["result"] == "ACROSS THREE HOSTS"
+        assert outcome["provider"] == addresses["seller"] and outcome["price"] == PRICE
+        after = json.loads(in_ns(chain_ns, sys.executable, "-c", BALANCES, url, token,
+                                 *holders).stdout)  # fmt: skip
+        fee = PRICE * FEE_BPS // 10_000
+        # Seller, buyer, escrow, reward pool: every unit accounted for.
+        assert [a - b for a, b in zip(after, before, strict=True)] == [PRICE - fee, -PRICE, 0, fee]
+        log = (tmp_path / "seller.log").read_text()
+        assert "no devnet faucet or dev accounts here" in log
+    finally:
+        for process in (seller, anvil):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        mesh.close()
+        leftover = ip("netns", "list", check=False).stdout
+        assert f"-{mesh.tag}" not in leftover, f"namespaces left behind:\n{leftover}"

@@ -16,10 +16,11 @@ import rlp  # type: ignore[import-untyped]  # eth-account's RLP
 from eth_typing import ChecksumAddress
 from eth_utils.crypto import keccak
 from web3 import AsyncWeb3
+from web3.exceptions import ContractLogicError, Web3RPCError
 from web3.types import TxParams, TxReceipt
 
 from agentmesh.chain.deployment import Deployment, Exchange
-from agentmesh.contracts import load_artifact
+from agentmesh.contracts import Artifact, load_artifact
 from agentmesh.errors import DevnetError, InsufficientFundsError, TransactionError
 from agentmesh.wallets.deployer import deploy_suite
 from agentmesh.wallets.exchange import (
@@ -32,7 +33,7 @@ from agentmesh.wallets.units import ETH_DECIMALS, MUSD_DECIMALS, format_amount
 from agentmesh.wallets.wallet import GAS_MARGIN, Wallet, guard_rpc
 
 PUSH1, PUSH32 = 0x60, 0x7F
-SETUP_CALL_GAS = 120_000  # a setup call to a contract not deployed yet cannot be estimated
+SETUP_CALL_GAS = 150_000  # what a setup call (setSlasher, ...) is counted at
 
 
 def create_address(sender: str, nonce: int) -> ChecksumAddress:
@@ -43,22 +44,45 @@ def create_address(sender: str, nonce: int) -> ChecksumAddress:
 
 class _CostProbe(Wallet):
     """A wallet that estimates what it is asked to send instead of sending it: running
-    the real deployment code through it prices exactly what that code would send."""
+    the real deployment code through it prices exactly what that code would send.
+
+    Each contract it "deploys" gets its runtime code at its future address in a state
+    override, so later estimates (a constructor reading an earlier contract, a setup
+    call) run against it.
+    """
 
     def __init__(self, wallet: Wallet, nonce: int) -> None:
         super().__init__(wallet.account, wallet.w3, name=wallet.name)
         self.nonce = nonce
         self.gas = 0
         self.transactions = 0
+        self.overrides: dict[str, dict[str, str]] = {}
+        self._runtime: str | None = None
+
+    async def deploy(self, artifact: Artifact, *args: Any) -> tuple[ChecksumAddress, TxReceipt]:
+        self._runtime = artifact.deployed_bytecode
+        return await super().deploy(artifact, *args)
 
     async def send(self, tx: TxParams, *, sent: Any = None) -> TxReceipt:
         probe: dict[str, Any] = {"from": self.address, "value": 0, **tx}
-        address = None
-        if "to" not in probe:
-            address = create_address(self.address, self.nonce)
-            gas = int(await guard_rpc(self.w3.eth.estimate_gas(probe), self.rpc_url))  # type: ignore[arg-type]
-        else:
-            gas = SETUP_CALL_GAS  # its target exists only once the deployment runs
+        address = create_address(self.address, self.nonce) if "to" not in probe else None
+        # The sender's nonce as it will be then: a creation lands where it will for real.
+        self.overrides[self.address] = {"nonce": hex(self.nonce)}
+        estimate = self.w3.eth.estimate_gas(probe, "latest", self.overrides)  # type: ignore[arg-type]
+        try:
+            gas = int(await guard_rpc(estimate, self.rpc_url))
+        except (ContractLogicError, Web3RPCError):
+            if address is not None:
+                raise  # a creation must estimate: its cost is most of the total
+            # A setup call on a contract that exists here only as code, without the
+            # storage its constructor writes (its owner): priced at a generous fixed cost.
+            gas = SETUP_CALL_GAS
+        if address is not None and self._runtime:
+            runtime = self._runtime
+            self.overrides[address] = {
+                "code": runtime if runtime.startswith("0x") else "0x" + runtime
+            }
+        self._runtime = None
         self.nonce += 1
         self.gas += int(gas * GAS_MARGIN)
         self.transactions += 1
@@ -97,16 +121,18 @@ async def estimate_suite(wallet: Wallet, rpc_url: str) -> Cost:
     return Cost(probe.gas, probe.transactions, max_fee)
 
 
-async def check_funds(wallet: Wallet, cost: Cost) -> int:
-    """The wallet's balance; ``InsufficientFundsError`` when it cannot pay ``cost``."""
+async def check_funds(wallet: Wallet, cost: Cost, *, also: int = 0) -> int:
+    """The wallet's balance; ``InsufficientFundsError`` when it cannot pay ``cost`` plus
+    ``also`` wei it will send (ETH for a pool)."""
     balance = await wallet.eth_balance()
-    if balance < cost.wei:
+    if balance < cost.wei + also:
+        extra = f", plus {format_amount(also, ETH_DECIMALS, 'ETH')} for the pool" if also else ""
         raise InsufficientFundsError(
             f"{wallet.name or wallet.address} holds "
             f"{format_amount(balance, ETH_DECIMALS, 'ETH')}; deploying the suite may cost up "
             f"to {format_amount(cost.wei, ETH_DECIMALS, 'ETH')} ({cost.transactions} "
             f"transactions, {cost.gas:,} gas at up to {cost.max_fee_per_gas / 10**9:.3f} gwei)"
-            f": send it ETH first"
+            f"{extra}: send it ETH first"
         )
     return balance
 

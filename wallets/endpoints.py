@@ -19,6 +19,8 @@ from eth_typing import URI
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.types import RPCEndpoint
 
+from agentmesh.errors import ChainUnavailableError
+
 log = logging.getLogger("agentmesh.chain")
 
 KEEPALIVE_S = 15.0  # idle pooled connections close after this
@@ -45,6 +47,8 @@ class ChainProvider(AsyncHTTPProvider):
     With several ``urls``, a request that cannot reach the endpoint in use goes to the
     next, in order, and the one that answers is used from then on; the first is tried
     again after ``retry_first_s``. An error *answer* of a node is not a failover reason.
+    When no endpoint answers, the request raises ``ChainUnavailableError``: every chain
+    call in agentmesh fails the same, named way during an outage.
     """
 
     def __init__(
@@ -105,8 +109,11 @@ class ChainProvider(AsyncHTTPProvider):
             if index != self._current:
                 self._switch(index)
             return reply
-        assert failure is not None
-        raise failure
+        tried = ", ".join(self.urls)
+        raise ChainUnavailableError(
+            f"chain unavailable: no answer from {tried} ({type(failure).__name__}); is the "
+            "node running? (`agentmesh chain status`, `agentmesh devnet status`)"
+        ) from failure
 
     def _switch(self, index: int) -> None:
         if index == 0:

@@ -40,7 +40,12 @@ from web3 import AsyncWeb3
 from web3.exceptions import TransactionNotFound, Web3RPCError
 from web3.types import RPCEndpoint, TxReceipt
 
-from agentmesh.errors import ChainUnavailableError, FeeCapError, TransactionError
+from agentmesh.errors import (
+    AgentMeshError,
+    ChainUnavailableError,
+    FeeCapError,
+    TransactionError,
+)
 
 if TYPE_CHECKING:
     from agentmesh.wallets.wallet import Wallet
@@ -149,6 +154,8 @@ class Pending:
     attempts: list[Attempt]
     sent: Callable[[bytes], None] | None = None
     policy: TxPolicy = field(default_factory=TxPolicy)
+    _seen_in: TxReceipt | None = field(default=None, init=False)  # seen mined, here
+    _last_sent: float = field(default=0.0, init=False)  # when it was last broadcast
 
     @property
     def w3(self) -> AsyncWeb3[Any]:
@@ -235,60 +242,66 @@ class Pending:
 
     async def settle(self) -> TxReceipt:
         """Wait until one attempt is mined and confirmed; see the module doc."""
-        policy = self.policy
-        started = last_sent = time.monotonic()
-        seen_in: TxReceipt | None = None  # the receipt, once it was seen mined
+        started = self._last_sent = time.monotonic()
         outage: str | None = None
         delay = POLL_FIRST_S
         while True:
             try:
-                receipt = await self._receipt()
+                done = await self._look()
                 if outage is not None:
                     log.info("%s answers again: still waiting for the transaction", outage)
                     outage = None
-                if receipt is not None:
-                    if receipt["status"] != 1:
-                        return receipt  # the caller decodes the revert
-                    seen_in = receipt
-                    done = await self._confirmed(receipt)
-                    if done is not None:
-                        return done
-                elif seen_in is not None:
+                if done is not None:
+                    return done
+            except (ChainUnavailableError, TimeoutError, OSError, aiohttp.ClientError) as exc:
+                if outage is None:
+                    outage = self.wallet.rpc_url
                     log.warning(
-                        "0x%s was mined in block %d, which the chain no longer has "
-                        "(a reorganization): sending it again, same nonce",
-                        bytes(seen_in["transactionHash"]).hex(),
-                        int(seen_in["blockNumber"]),
+                        "lost %s (%s); waiting for it: the transaction is sent",
+                        outage,
+                        type(exc).__name__,
                     )
-                    seen_in = None
-                    if self.attempts[-1].raw:
-                        await self._broadcast(self.attempts[-1].raw)
-                    last_sent = time.monotonic()
-                elif (
-                    self.attempts[-1].raw  # only what this process signed can be sent again
-                    and time.monotonic() - last_sent >= policy.replace_after_s
-                ):
-                    await self._replace()
-                    last_sent = time.monotonic()
-            except ChainUnavailableError as exc:
-                if outage is None:
-                    outage = self.wallet.rpc_url
-                    log.warning("%s; waiting for it, the transaction is sent", exc.user_message)
-            except (TimeoutError, OSError, aiohttp.ClientError) as exc:  # transport
-                if outage is None:
-                    outage = self.wallet.rpc_url
-                    log.warning("lost %s (%s); waiting for it", outage, type(exc).__name__)
-            if time.monotonic() - started > policy.timeout_s:
-                first = self.attempts[0].tx_hash.hex()
-                if outage is not None:
-                    raise ChainUnavailableError(
-                        f"lost connection to {outage} for good while waiting for 0x{first} "
-                        f"(nonce {self.tx['nonce']}, waited {policy.timeout_s:.0f}s); it was "
-                        "sent and may still be mined"
-                    )
-                raise TransactionError(
-                    f"0x{first} (nonce {self.tx['nonce']}) is not mined and confirmed "
-                    f"yet after {policy.timeout_s:.0f}s; it may still be mined"
-                )
+            if time.monotonic() - started > self.policy.timeout_s:
+                raise self._timed_out(outage)
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, POLL_MAX_S)
+
+    async def _look(self) -> TxReceipt | None:
+        """One look at the chain: the receipt once final (or failed), else None after
+        doing what is due (sending again after a reorganization, replacing)."""
+        receipt = await self._receipt()
+        if receipt is not None:
+            if receipt["status"] != 1:
+                return receipt  # the caller decodes the revert
+            self._seen_in = receipt
+            return await self._confirmed(receipt)
+        last = self.attempts[-1]
+        if self._seen_in is not None:
+            log.warning(
+                "0x%s was mined in block %d, which the chain no longer has (a "
+                "reorganization): sending it again, same nonce",
+                bytes(self._seen_in["transactionHash"]).hex(),
+                int(self._seen_in["blockNumber"]),
+            )
+            self._seen_in = None
+            if last.raw:
+                await self._broadcast(last.raw)
+            self._last_sent = time.monotonic()
+        elif last.raw and time.monotonic() - self._last_sent >= self.policy.replace_after_s:
+            # Only what this process signed can be sent again.
+            await self._replace()
+            self._last_sent = time.monotonic()
+        return None
+
+    def _timed_out(self, outage: str | None) -> AgentMeshError:
+        first = self.attempts[0].tx_hash.hex()
+        if outage is not None:
+            return ChainUnavailableError(
+                f"lost connection to {outage} for good while waiting for 0x{first} "
+                f"(nonce {self.tx['nonce']}, waited {self.policy.timeout_s:.0f}s); it was "
+                "sent and may still be mined"
+            )
+        return TransactionError(
+            f"0x{first} (nonce {self.tx['nonce']}) is not mined and confirmed "
+            f"yet after {self.policy.timeout_s:.0f}s; it may still be mined"
+        )
