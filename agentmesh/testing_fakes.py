@@ -299,6 +299,9 @@ class InMemoryEscrow:
         )
         return job_id, [self.ledger._receipt(self.caller, "open", job_id)]
 
+    async def pending_transactions(self) -> int:
+        return 0  # the in-memory ledger settles every call at once
+
     async def find_opened_job(
         self, client: str, provider: str, terms_hash: bytes, from_block: int
     ) -> int | None:

@@ -29,7 +29,7 @@ from agentmesh.agents.decisions import PriceDecision, apply_rules, pricing_promp
 from agentmesh.agents.pricing import PRICING_MAX_TOKENS
 from agentmesh.agents.service import ServiceContext
 from agentmesh.canonical import sha256_hex
-from agentmesh.errors import AgentMeshError, ModelError
+from agentmesh.errors import AgentMeshError, ChainUnavailableError, ModelError
 from agentmesh.mesh.card import AgentCard
 from agentmesh.message import Message
 from agentmesh.protocols.negotiation import (
@@ -226,6 +226,8 @@ async def verify_accept(state: ProviderState, runtime: Ctx) -> Update:
         return {"phase": Phase.REFUSED, "error": "funded on an unknown escrow contract"}
     try:
         job = await ctx.escrow.get_job(state["job_id"])
+    except ChainUnavailableError:
+        raise  # not a verdict on the job: the step stalls and runs again once it answers
     except AgentMeshError as exc:
         return {"phase": Phase.REFUSED, "error": exc.user_message}
     problem = funded_job_problem(job, agreed_terms(state, ctx), await ctx.clock.now())

@@ -35,7 +35,12 @@ from agentmesh.agents.context import TaskContext, tx_hex
 from agentmesh.agents.provider_graph import merge, phase_text, routes, waiting
 from agentmesh.agents.ranking import Weights, rank
 from agentmesh.canonical import sha256_hex
-from agentmesh.errors import AgentMeshError, PeerUnreachable
+from agentmesh.errors import (
+    AgentMeshError,
+    ChainUnavailableError,
+    PeerUnreachable,
+    TransactionError,
+)
 from agentmesh.mesh.card import AgentCard
 from agentmesh.message import Message
 from agentmesh.protocols.negotiation import (
@@ -355,6 +360,12 @@ async def fund(state: RequesterState, runtime: Ctx) -> Update:
         found = await found_job(ctx, state, terms)
         if found is not None:
             return found
+        if await ctx.escrow.pending_transactions():
+            # An open an earlier run sent may still be waiting in the pool (its wait
+            # ended in an outage): opening again now could fund the task twice.
+            raise TransactionError(
+                "a transaction this wallet sent before is not mined yet: funding waits for it"
+            )
     deadline = await ctx.clock.now() + state["deadline_s"]
     try:
         job_id, receipts = await ctx.escrow.open(
@@ -366,6 +377,8 @@ async def fund(state: RequesterState, runtime: Ctx) -> Update:
             arbiter=ctx.arbiter,
             terms_hash=terms,
         )
+    except ChainUnavailableError:
+        raise  # stalls; the retry looks for the job first, once the chain answers
     except AgentMeshError as exc:
         # The transaction may be mined although its receipt never came back (a
         # timeout): a job we opened must not be left behind unaccounted.

@@ -186,6 +186,8 @@ class TaskRunner:
             self.timers.pop(tid, None)
         self.ctx.records.update_task(tid, **changes)
         final = {**values, "phase": changes["state"]}
+        if error:  # a handler waiting for this step answers with why it stopped
+            final["error"] = error
         self._phase_changed(tid, final)
         for _, future in self.phase_waiters.pop(tid, []):
             if not future.done():

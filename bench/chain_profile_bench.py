@@ -48,7 +48,7 @@ from agentmesh.wallets.clients import TokenClient  # noqa: E402
 from agentmesh.wallets.sending import set_tx_policy  # noqa: E402
 from agentmesh.wallets.wallet import Wallet  # noqa: E402
 
-console = Console()
+console = Console(width=170)  # the whole table, also in a pipe
 SEQUENTIAL_TXS = 5  # open, accept, submit, release, feedback: each waits for the one before
 PRICE = "0.001 mUSD"
 
@@ -139,7 +139,7 @@ async def profile(block_time: float, purchases: int, calls: int, root: Path) -> 
             "purchase_s": statistics.median(latencies),
             "floor_s": SEQUENTIAL_TXS * (policy.confirmations - 0.5) * block_time,
             "gas": statistics.median(gas),
-            "fee_gwei_eth": statistics.median(fees) / 10**18,
+            "fee_gwei": statistics.median(fees) / 10**9,
             "channel_open_s": open_s,
             "calls_per_s": calls_per_s,
         }
@@ -179,7 +179,7 @@ async def main() -> None:
             f"{row['floor_s']:.2f} s",
             f"{row['purchase_s'] / base['purchase_s']:.1f}x",
             f"{row['gas']:,}",
-            f"{row['fee_gwei_eth']:.6f} ETH",
+            f"{row['fee_gwei']:,.0f} gwei",
             f"{row['channel_open_s']:.2f} s",
             f"{row['calls_per_s']:.0f}",
             f"{row['calls_per_s'] / base['calls_per_s']:.2f}x",

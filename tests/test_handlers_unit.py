@@ -18,13 +18,14 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from agentmesh.agents.checkpoints import checkpoint_serde
 from agentmesh.agents.context import TaskContext
-from agentmesh.agents.negotiation_handlers import NegotiationHandlers
+from agentmesh.agents.negotiation_handlers import CHAIN_UNAVAILABLE, NegotiationHandlers
 from agentmesh.agents.provider_graph import build_provider_graph
 from agentmesh.agents.requester_graph import build_requester_graph
 from agentmesh.agents.service import Service, ServiceContext
-from agentmesh.agents.task_runner import TaskRunner
+from agentmesh.agents.task_runner import CHAIN_DOWN, TaskRunner
 from agentmesh.agents.testing import unit_context
 from agentmesh.canonical import canonical_json, sha256_hex
+from agentmesh.errors import ChainUnavailableError
 from agentmesh.mesh.card import AgentCard, ServicePrice
 from agentmesh.mesh.routes import ErrorReply, HandlerContext
 from agentmesh.message import Message
@@ -405,3 +406,32 @@ async def test_redeliver_from_a_stranger(seller: Seller) -> None:
 async def test_redeliver_for_an_unknown_conversation(seller: Seller) -> None:
     reply = await seller.from_buyer(Redeliver(), conversation="99" * 16)
     assert reply == ErrorReply(code="unknown_task", detail="no such task here")
+
+
+async def test_funded_while_the_chain_is_down_is_refused_as_chain_unavailable_then_taken(
+    seller: Seller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await seller.awarded()
+    job_id = await seller.open_job()
+    escrow = seller.ctx.escrow
+    answers = escrow.get_job
+
+    async def down(job: int) -> Any:
+        raise ChainUnavailableError("chain unavailable: no answer from http://10.0.0.9:8545")
+
+    monkeypatch.setattr(escrow, "get_job", down)
+    funded = Funded(job_id=job_id, escrow=seller.ledger.escrow_address)
+    reply = await seller.from_buyer(funded)
+    # Said as such, without the provider's endpoint; the job is not refused for it.
+    assert reply == ErrorReply(code="chain_unavailable", detail=CHAIN_UNAVAILABLE)
+    await seller.idle()
+    row = seller.ctx.records.task(TID)
+    assert row is not None and row.status == "stalled" and row.detail.startswith(CHAIN_DOWN)
+    assert seller.ledger.jobs[job_id].status == JobStatus.OPEN
+    # The chain answers again: the stalled step runs again and takes the job.
+    monkeypatch.setattr(escrow, "get_job", answers)
+    seller.runner.retry_now(TID)
+    await seller.runner._retry_stalled()
+    await seller.idle()
+    # Accepted, worked and its result submitted.
+    assert seller.ledger.jobs[job_id].status == JobStatus.SUBMITTED

@@ -10,6 +10,7 @@ cap, get no faucet. Here:
 - the devnet's market fault tests, a channel session and a DeFi intent, unchanged: the
   ``chain`` and ``deployer`` fixtures below hand them the live chain and its operator;
 - an RPC outage in the middle of a purchase (anvil stopped, restarted with its state);
+- a transaction stuck under a fee spike, replaced with the same nonce and more fee;
 - a reorganization that drops the block holding a funding transaction.
 
 Every test that moves money ends with a conservation check.
@@ -36,6 +37,7 @@ from agentmesh.errors import InsufficientFundsError
 from agentmesh.wallets.chain import Chain
 from agentmesh.wallets.clients import EscrowClient, JobStatus, TokenClient
 from agentmesh.wallets.keystore import Keystore
+from agentmesh.wallets.sending import TxPolicy, set_tx_policy
 from agentmesh.wallets.wallet import Wallet
 from tests.helpers import (
     PASSWORD,
@@ -328,6 +330,42 @@ async def test_a_reorg_dropping_the_funding_block_is_noticed_and_the_buyer_pays_
             assert int(await escrow.contract.functions.jobCount().call()) == 1  # opened once
             assert seller.work == ["reorg"]
             assert await ledger.conserved() == [net(PRICE), -PRICE, 0, fee_of(PRICE)]
+    finally:
+        await chain.w3.provider.disconnect()
+        anvil.stop()
+
+
+async def test_a_transaction_stuck_under_a_fee_spike_is_replaced_with_the_same_nonce(
+    live: LiveChain, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="agentmesh")
+    anvil = copy_of(live)
+    chain = live.chain(anvil.rpc_url)
+    policy = TxPolicy(confirmations=1, max_fee_per_gas=10**13, replace_after_s=2.0, timeout_s=60)
+    set_tx_policy(chain.w3, policy)
+    try:
+        ops = Wallet(live.ops_account, chain.w3, name=OPS)
+        sender = Wallet(Account.create(), chain.w3, name="sender")
+        await ops.send({"to": sender.address, "value": 10**18})
+        sink = Account.create().address
+        rpc(chain, "evm_setIntervalMining", 0)  # no block while the spike is set up
+        hashes: list[bytes] = []
+        sending = asyncio.create_task(sender.send({"to": sink, "value": 1}, sent=hashes.append))
+        assert await eventually(lambda: hashes, timeout=10)  # in the pool, priced for calm
+        first = await chain.w3.eth.get_transaction(hashes[0])  # type: ignore[arg-type]
+        # The next block's base fee jumps 20-fold: the transaction no longer fits, and
+        # empty blocks bring the fee down only 12.5% each (some 20 s here).
+        rpc(chain, "anvil_setNextBlockBaseFeePerGas", hex(20 * int(first["maxFeePerGas"])))
+        rpc(chain, "evm_setIntervalMining", 1)
+        receipt = await asyncio.wait_for(sending, 60)
+        assert len(hashes) >= 2, "never replaced"
+        mined = await chain.w3.eth.get_transaction(receipt["transactionHash"])
+        assert bytes(receipt["transactionHash"]) in hashes[1:]  # a replacement was mined
+        assert mined["nonce"] == first["nonce"]
+        assert mined["maxFeePerGas"] > 20 * first["maxFeePerGas"] > first["maxFeePerGas"]
+        assert "replaced by 0x" in caplog.text
+        assert await chain.w3.eth.get_balance(sink) == 1  # sent once
+        assert await chain.w3.eth.get_transaction_count(sender.address) == 1
     finally:
         await chain.w3.provider.disconnect()
         anvil.stop()

@@ -325,6 +325,13 @@ class EscrowClient(_Client):
         the client."""
         return await self.wallet.transact(self.contract.functions.expireDispute(job_id))
 
+    async def pending_transactions(self) -> int:
+        """Transactions of this client's wallet the node holds but has not mined."""
+        w3, address = self.wallet.w3, self.wallet.address
+        pending = await guard_rpc(w3.eth.get_transaction_count(address, "pending"))
+        mined = await guard_rpc(w3.eth.get_transaction_count(address, "latest"))
+        return max(0, int(pending) - int(mined))
+
     async def find_opened_job(
         self, client: str, provider: str, terms_hash: bytes, from_block: int
     ) -> int | None:
