@@ -19,10 +19,13 @@ STAMP_TOOLS := $(TOOLS)/.installed-$(ANVIL_VERSION)-$(SOLC_VERSION)-$(OZ_VERSION
 STAMP_MODEL := $(VENV)/.model-installed
 # cuda where nvcc and an NVIDIA GPU with its driver are present, else cpu (.ci/llama-backend)
 LLAMA_BACKEND := $(shell .ci/llama-backend)
-# Pinned: llama-cpp-python 0.3.36 (the newest, 2026-12) crashes with SIGSEGV in
-# llama_decode during a chat completion with the default model; 0.3.16 is tested here.
-LLAMA_VERSION := 0.3.16
-STAMP_LLAMA := $(VENV)/.llama-$(LLAMA_BACKEND)-$(LLAMA_VERSION)
+# llama-cpp-python, pinned. llama.cpp's default CPU build (-march=native) crashes with
+# SIGSEGV in llama_decode on Xeon hosts with AMX/AVX-512 (this kind of VM): the CPU build
+# is a portable AVX2 one, kept as a wheel in LLAMA_WHEELS (.ci/llama-cpu).
+LLAMA_VERSION := 0.3.36
+LLAMA_CPU_CMAKE ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+LLAMA_WHEELS := $(HOME)/.cache/agentmesh/llama-cpp-python-$(LLAMA_VERSION)-$(shell printf '%s' "$(LLAMA_CPU_CMAKE)" | sha256sum | cut -c1-12)
+STAMP_LLAMA := $(VENV)/.llama-$(LLAMA_BACKEND)-$(LLAMA_VERSION)-$(notdir $(LLAMA_WHEELS))
 # More CMake flags for a CUDA build, e.g. LLAMA_CMAKE_ARGS=-DCMAKE_CUDA_ARCHITECTURES=90
 LLAMA_CMAKE_ARGS ?=
 # Each step prints one line with its time; its output shows only if it fails (.ci/step).
@@ -37,8 +40,8 @@ $(VENV)/bin/python:
 	@$(STEP) "python virtual environment" $(PYTHON) -m venv $(VENV)
 	@$(STEP) "pip upgrade" $(PIP) install --quiet --upgrade pip
 
-# llama-cpp-python compiles on first install (~5 min on 2 cores; pip caches the CPU
-# wheel). A CUDA build is compiled fresh: pip's cache would hand back the CPU wheel.
+# llama-cpp-python compiles on first install (~5 min on 2 cores; the CPU wheel is kept
+# in LLAMA_WHEELS). A CUDA build is compiled fresh: a cached wheel would be a CPU one.
 $(STAMP_LLAMA): | $(VENV)/bin/python
 	@if [ "$(LLAMA_BACKEND)" = invalid ]; then \
 	  echo "  ✗ AGENTMESH_LLAMA_BACKEND=$$AGENTMESH_LLAMA_BACKEND: give cpu or cuda (or unset it)"; \
@@ -51,7 +54,7 @@ $(STAMP_LLAMA): | $(VENV)/bin/python
 	  || { echo "  (AGENTMESH_LLAMA_BACKEND=cpu make setup builds for the CPU instead)"; exit 1; }; \
 	else \
 	  $(STEP) "llama-cpp-python for the CPU (no CUDA GPU found)" \
-	    $(PIP) install --quiet --force-reinstall --no-deps 'llama-cpp-python==$(LLAMA_VERSION)'; \
+	    .ci/llama-cpu $(PIP) $(LLAMA_VERSION) "$(LLAMA_WHEELS)" "$(LLAMA_CPU_CMAKE)"; \
 	fi
 	@rm -f $(VENV)/.llama-*; touch $@
 

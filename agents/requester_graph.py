@@ -38,6 +38,7 @@ from agentmesh.canonical import sha256_hex
 from agentmesh.errors import (
     AgentMeshError,
     ChainUnavailableError,
+    FeeCapError,
     PeerUnreachable,
     TransactionError,
 )
@@ -384,6 +385,10 @@ async def fund(state: RequesterState, runtime: Ctx) -> Update:
         # timeout): a job we opened must not be left behind unaccounted.
         found = await found_job(ctx, state, terms)
         if found is None:
+            if isinstance(exc, FeeCapError) or await ctx.escrow.pending_transactions():
+                # A fee spike, or the open still waiting in the pool: neither is a no.
+                # The step stalls and looks again (the job first) later.
+                raise
             return {"phase": Phase.FAILED, "error": f"could not fund the job: {exc.user_message}"}
         log.warning("opening job %s reported %s, but it is open", found["job_id"], exc)
         return found

@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 
 from agentmesh.chain.deployment import Deployment
+from agentmesh.chain.rpc import rpc_call
 from agentmesh.cli.context import AppState, JsonOption, console, password, print_json, run, state
 from agentmesh.config import CONFIG_FILE_NAME, check_config_text
 from agentmesh.errors import AgentMeshValueError, DevnetError
@@ -188,7 +189,7 @@ async def _deploy(
         with console.status(
             f"deploying from {payer.address} ({policy.confirmations} confirmation(s) each)..."
         ):
-            deployment = await deploy_to_chain(payer, url, router=router, pool=pool)
+            deployment = await deploy_to_chain(payer, url, router=router, pool=pool, record=path)
         with console.status("checking the code on chain..."):
             code = await verify_code(w3, deployment, url)
         require_matching(code, url)
@@ -311,6 +312,16 @@ def use(
         if not url.startswith(("http://", "https://")):
             raise AgentMeshValueError(f"{url!r} is not an http:// or https:// URL")
     info = run(_status(app_state, rpc_urls[0]))
+    for url in rpc_urls[1:]:
+        # A fallback of another chain (or a fork) would answer with other state.
+        other = int(
+            rpc_call(url, "eth_chainId", timeout=app_state.config.chain.request_timeout_s), 16
+        )
+        if other != info["chain_id"]:
+            raise DevnetError(
+                f"{url} is chain {other}, not chain {info['chain_id']} like {rpc_urls[0]}: "
+                "every endpoint given must serve the same chain"
+            )
     if info["record"] is None:
         raise DevnetError(
             f"no deployment record for chain {info['chain_id']} in {info['record_path']}: "

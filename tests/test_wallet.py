@@ -42,6 +42,7 @@ from agentmesh.wallets.sending import (
     next_base_fee,
     set_tx_policy,
     suggested_tip,
+    tx_policy,
 )
 from agentmesh.wallets.units import (
     ETH_DECIMALS,
@@ -1203,3 +1204,25 @@ async def test_connect_keeps_one_connection_for_many_requests() -> None:
     assert numbers == [42] * 20
     assert len(peers) == 20
     assert len(set(peers)) == 1  # one TCP connection (one client port) for all twenty
+
+
+async def test_a_stuck_transaction_above_the_fee_cap_goes_again_unchanged(
+    chain: Chain, make_wallet: WalletFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the base fee at or above the cap, a higher-fee replacement could not get in
+    either: the same signed transaction is sent again (the node may have dropped it)."""
+    wallet = _wallet_on(chain, await make_wallet(eth=1, musd=0), _Eth(chain.w3.eth))
+    set_tx_policy(wallet.w3, TxPolicy(max_fee_per_gas=1))  # below any base fee
+    last = Attempt(os.urandom(32), b"", (GWEI, GWEI))
+    pending = Pending(wallet, {"nonce": 0, "gas": 21_000, "value": 0}, [last])
+    pending.policy = tx_policy(wallet.w3)
+
+    assert await pending._replacement_fees(last) is None
+    assert "sent again as it is" in caplog.text and "at or above this agent's cap" in caplog.text
+    # A balance that cannot pay a higher maximum: also sent again as it is.
+    set_tx_policy(wallet.w3, TxPolicy(max_fee_per_gas=10**30))
+    pending.policy = tx_policy(wallet.w3)
+    poor = Pending(wallet, {"nonce": 0, "gas": 21_000, "value": ETHER}, [last])
+    poor.policy = pending.policy
+    assert await poor._replacement_fees(last) is None
+    assert "the balance cannot cover a higher maximum fee" in caplog.text

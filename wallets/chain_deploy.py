@@ -10,6 +10,7 @@ Each contract's code on chain is then compared with the artifact it came from.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import rlp  # type: ignore[import-untyped]  # eth-account's RLP
@@ -143,17 +144,24 @@ async def deploy_to_chain(
     *,
     router: str | None = None,
     pool: tuple[int, int] | None = None,
+    record: Path | None = None,
 ) -> Deployment:
     """Deploy the suite from ``wallet`` (which pays, and owns MeshUSD); with ``router``,
     record that existing Uniswap V2 Router02 (its factory and WETH) and deploy the TWAP
     oracle of its factory. ``pool``: (wei, mUSD units) to open the WETH/mUSD pool with,
-    minted and wrapped by ``wallet``."""
+    minted and wrapped by ``wallet``. ``record``: where the deployment record is saved,
+    as soon as the suite is deployed and again with the exchange."""
     deployment = await deploy_suite(wallet.w3, rpc_url, wallet)
+    if record is not None:
+        deployment.save(record)  # paid for: never lost to a later failure
     if router is None:
         return deployment
     exchange = await existing_exchange(wallet, router, deployment.address("MeshUSD"), pool)
     exchange = await deploy_oracle(wallet.w3, wallet, exchange)
-    return deployment.model_copy(update={"exchange": exchange})
+    deployment = deployment.model_copy(update={"exchange": exchange})
+    if record is not None:
+        deployment.save(record)
+    return deployment
 
 
 async def existing_exchange(

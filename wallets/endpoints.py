@@ -19,7 +19,8 @@ from eth_typing import URI
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.types import RPCEndpoint
 
-from agentmesh.errors import ChainUnavailableError
+from agentmesh.errors import ChainUnavailableError, DevnetError
+from agentmesh.wallets.sending import public_url
 
 log = logging.getLogger("agentmesh.chain")
 
@@ -101,6 +102,16 @@ class ChainProvider(AsyncHTTPProvider):
         for index in self._order():
             try:
                 reply = await self._post(self.urls[index], request_data)
+            except aiohttp.ClientResponseError as exc:
+                if exc.status < 500 and exc.status != 429:
+                    # The endpoint answers, and refuses us (a wrong key, a bad path):
+                    # no outage to wait out, and no reason to think the next one differs.
+                    raise DevnetError(
+                        f"chain endpoint {public_url(self.urls[index])} refused the request: "
+                        f"HTTP {exc.status} {exc.message}; check the URL (and its API key)"
+                    ) from None
+                failure = exc
+                continue
             except TRANSPORT_ERRORS as exc:
                 failure = exc
                 if index == 0 and self._current:
@@ -109,7 +120,7 @@ class ChainProvider(AsyncHTTPProvider):
             if index != self._current:
                 self._switch(index)
             return reply
-        tried = ", ".join(self.urls)
+        tried = ", ".join(public_url(url) for url in self.urls)
         raise ChainUnavailableError(
             f"chain unavailable: no answer from {tried} ({type(failure).__name__}); is the "
             "node running? (`agentmesh chain status`, `agentmesh devnet status`)"
@@ -117,12 +128,12 @@ class ChainProvider(AsyncHTTPProvider):
 
     def _switch(self, index: int) -> None:
         if index == 0:
-            log.info("chain endpoint %s answers again: using it", self.urls[0])
+            log.info("chain endpoint %s answers again: using it", public_url(self.urls[0]))
         else:
             log.warning(
                 "chain endpoint %s does not answer: using %s",
-                self.urls[self._current],
-                self.urls[index],
+                public_url(self.urls[self._current]),
+                public_url(self.urls[index]),
             )
         if self._current == 0:
             self._left_first_at = time.monotonic()

@@ -33,6 +33,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from eth_typing import Hash32
@@ -126,6 +127,27 @@ async def suggest_fees(w3: AsyncWeb3[Any], cap: int) -> tuple[int, int]:
     return min(cap, 2 * base + tip), tip
 
 
+def already_taken(exc: Web3RPCError) -> bool:
+    """Whether a node's refusal of a raw transaction means it has it already (or mined
+    its nonce): the transaction is out there, which is what sending it was for."""
+    text = str(exc).lower()
+    return any(
+        phrase in text
+        for phrase in ("already known", "known transaction", "already imported", "nonce too low")
+    ) or ("already" in text and "pool" in text)
+
+
+def public_url(url: str) -> str:
+    """``url`` without what may be secret in it (user, password, path, query: RPC
+    providers put API keys there): safe in logs and in errors a peer may see."""
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.hostname:
+        return "the chain"
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}"
+
+
 def bumped(old: tuple[int, int], fresh: tuple[int, int], cap: int) -> tuple[int, int] | None:
     """Fees for a replacement: the fresh estimate, or 12.5% over the old ones if that is
     more, within ``cap``; None when the cap leaves no room for a valid replacement."""
@@ -156,6 +178,7 @@ class Pending:
     policy: TxPolicy = field(default_factory=TxPolicy)
     _seen_in: TxReceipt | None = field(default=None, init=False)  # seen mined, here
     _last_sent: float = field(default=0.0, init=False)  # when it was last broadcast
+    _started: float = field(default=0.0, init=False)  # when the timeout's count began
 
     @property
     def w3(self) -> AsyncWeb3[Any]:
@@ -173,19 +196,21 @@ class Pending:
             return receipt
         return None
 
-    async def _broadcast(self, raw: bytes) -> None:
-        """Send ``raw`` again; a node that has it, or mined its nonce, is no error."""
+    async def _broadcast(self, raw: bytes) -> bool:
+        """Send ``raw``; True if the node took it (or has it, or mined its nonce), False
+        if it refused it (the attempt is then not one that can be mined)."""
         try:
             await self.w3.eth.send_raw_transaction(raw)
         except Web3RPCError as exc:
-            text = str(exc).lower()
-            if not any(
-                known in text for known in ("already", "nonce too low", "underpriced", "known")
-            ):
-                raise TransactionError(f"sending again was refused by the node: {exc}") from None
+            if already_taken(exc):
+                return True
+            log.warning("the node refused to take a transaction again: %s", exc)
+            return False
+        return True
 
     async def _replace(self) -> None:
-        """Send a stuck transaction again: with more fee where the cap allows."""
+        """Send a stuck transaction again: with more fee where the cap and the balance
+        allow, else as it is (the node may have dropped it)."""
         last = self.attempts[-1]
         nonce = int(self.tx["nonce"])
         mined_nonce = int(await self.w3.eth.get_transaction_count(self.wallet.address, "latest"))
@@ -195,24 +220,16 @@ class Pending:
                 "(is this key used elsewhere?); 0x"
                 f"{last.tx_hash.hex()} will never be mined"
             )
-        try:
-            fresh = await suggest_fees(self.w3, self.policy.max_fee_per_gas)
-        except FeeCapError:
-            fresh = last.fees
-        fees = bumped(last.fees, fresh, self.policy.max_fee_per_gas)
+        fees = await self._replacement_fees(last)
         if fees is None:
-            log.warning(
-                "0x%s not mined after %.0fs and the fee cap leaves no room to raise its fee: "
-                "sent again as it is",
-                last.tx_hash.hex(),
-                self.policy.replace_after_s,
-            )
             await self._broadcast(last.raw)
             return
         tx = {**self.tx, "maxFeePerGas": fees[0], "maxPriorityFeePerGas": fees[1]}
         signed = self.wallet.account.sign_transaction(tx)
         attempt = Attempt(bytes(signed.hash), bytes(signed.raw_transaction), fees)
-        self.attempts.append(attempt)
+        if not await self._broadcast(attempt.raw):
+            return  # refused: the earlier attempts are still the ones that count
+        self.attempts.append(attempt)  # only one the node took is looked for
         log.warning(
             "0x%s not mined after %.0fs: replaced by 0x%s (nonce %d, max fee %.3f -> %.3f gwei)",
             last.tx_hash.hex(),
@@ -222,9 +239,33 @@ class Pending:
             last.fees[0] / GWEI,
             fees[0] / GWEI,
         )
-        await self._broadcast(attempt.raw)
         if self.sent is not None:
             self.sent(attempt.tx_hash)
+
+    async def _replacement_fees(self, last: Attempt) -> tuple[int, int] | None:
+        """Fees for a replacement of ``last``, or None when it must go again as it is:
+        the base fee is above the cap (a bump could not get in either), the cap leaves
+        no room, or the balance could not pay the higher maximum."""
+        cap = self.policy.max_fee_per_gas
+        why = ""
+        try:
+            fees = bumped(last.fees, await suggest_fees(self.w3, cap), cap)
+        except FeeCapError as exc:
+            fees, why = None, exc.user_message
+        if fees is None:
+            why = why or "the fee cap leaves no room to raise its fee"
+        else:
+            cost = int(self.tx.get("value", 0)) + int(self.tx["gas"]) * fees[0]
+            if await self.wallet.eth_balance() < cost:
+                fees, why = None, "the balance cannot cover a higher maximum fee"
+        if fees is None:
+            log.warning(
+                "0x%s not mined after %.0fs: sent again as it is (%s)",
+                last.tx_hash.hex(),
+                self.policy.replace_after_s,
+                why,
+            )
+        return fees
 
     async def _confirmed(self, receipt: TxReceipt) -> TxReceipt | None:
         """``receipt`` once it has its confirmations and is still where it was seen;
@@ -241,8 +282,9 @@ class Pending:
         return None
 
     async def settle(self) -> TxReceipt:
-        """Wait until one attempt is mined and confirmed; see the module doc."""
-        started = self._last_sent = time.monotonic()
+        """Wait until one attempt is mined and confirmed; see the module doc. The
+        timeout counts from the send, and again from the block it is first seen in."""
+        self._started = self._last_sent = time.monotonic()
         outage: str | None = None
         delay = POLL_FIRST_S
         while True:
@@ -255,24 +297,28 @@ class Pending:
                     return done
             except (ChainUnavailableError, TimeoutError, OSError, aiohttp.ClientError) as exc:
                 if outage is None:
-                    outage = self.wallet.rpc_url
+                    outage = public_url(self.wallet.rpc_url)
                     log.warning(
                         "lost %s (%s); waiting for it: the transaction is sent",
                         outage,
                         type(exc).__name__,
                     )
-            if time.monotonic() - started > self.policy.timeout_s:
+            except Web3RPCError as exc:
+                # A node busy indexing, a rate limit: the transaction is sent all the same.
+                log.warning("the node did not answer about the transaction: %s", exc)
+            if time.monotonic() - self._started > self.policy.timeout_s:
                 raise self._timed_out(outage)
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, POLL_MAX_S)
 
     async def _look(self) -> TxReceipt | None:
-        """One look at the chain: the receipt once final (or failed), else None after
-        doing what is due (sending again after a reorganization, replacing)."""
+        """One look at the chain: the receipt once confirmed (a failed one too: the
+        caller decodes its revert), else None after doing what is due (sending again
+        after a reorganization, replacing)."""
         receipt = await self._receipt()
         if receipt is not None:
-            if receipt["status"] != 1:
-                return receipt  # the caller decodes the revert
+            if self._seen_in is None:
+                self._started = time.monotonic()  # from here, the confirmations' wait
             self._seen_in = receipt
             return await self._confirmed(receipt)
         last = self.attempts[-1]
@@ -284,13 +330,18 @@ class Pending:
                 int(self._seen_in["blockNumber"]),
             )
             self._seen_in = None
-            if last.raw:
-                await self._broadcast(last.raw)
-            self._last_sent = time.monotonic()
+            try:
+                if last.raw:
+                    await self._broadcast(last.raw)
+            finally:
+                self._last_sent = time.monotonic()
         elif last.raw and time.monotonic() - self._last_sent >= self.policy.replace_after_s:
             # Only what this process signed can be sent again.
-            await self._replace()
-            self._last_sent = time.monotonic()
+            try:
+                await self._replace()
+            finally:
+                # Even when the node did not answer: no retry on every poll.
+                self._last_sent = time.monotonic()
         return None
 
     def _timed_out(self, outage: str | None) -> AgentMeshError:

@@ -32,7 +32,14 @@ from agentmesh.errors import (
     TransactionError,
 )
 from agentmesh.wallets.reverts import decode_revert
-from agentmesh.wallets.sending import Attempt, Pending, suggest_fees, tx_policy
+from agentmesh.wallets.sending import (
+    Attempt,
+    Pending,
+    already_taken,
+    public_url,
+    suggest_fees,
+    tx_policy,
+)
 from agentmesh.wallets.units import ETH_DECIMALS, format_amount
 
 T = TypeVar("T")
@@ -85,8 +92,8 @@ async def guard_rpc(awaitable: Awaitable[T], rpc_url: str = "the chain") -> T:
         return await awaitable
     except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
         raise ChainUnavailableError(
-            f"lost connection to {rpc_url}: {exc.__class__.__name__}; is the devnet running? "
-            "(`agentmesh devnet status`)"
+            f"lost connection to {public_url(rpc_url)}: {exc.__class__.__name__}; is the "
+            "devnet running? (`agentmesh devnet status`)"
         ) from exc
 
 
@@ -222,27 +229,42 @@ class Wallet:
             full["nonce"] = await manager.next(self._pending_nonce)
             signed = self.account.sign_transaction(full)
             try:
-                tx_hash = await guard_rpc(
+                await guard_rpc(
                     self.w3.eth.send_raw_transaction(signed.raw_transaction), self._rpc_url
                 )
             except Web3RPCError as exc:
-                manager.reset()  # the chain's view of our nonce wins from here on
-                await self._check_funds(full)
-                raise TransactionError(
-                    f"transaction rejected by the node: {_rpc_message(exc)}"
-                ) from None
+                # A node that has it already (a request a fallback endpoint answered
+                # after the first took it) means it is sent; anything else, refused.
+                if not already_taken(exc) or "nonce too low" in str(exc).lower():
+                    manager.reset()  # the chain's view of our nonce wins from here on
+                    await self._check_funds(full)
+                    raise TransactionError(
+                        f"transaction rejected by the node: {_rpc_message(exc)}"
+                    ) from None
             except BaseException:
                 manager.reset()
                 raise
             manager.advance()
+        return await self._after_send(signed, full, sent)
+
+    async def _after_send(
+        self, signed: Any, full: dict[str, Any], sent: Callable[[bytes], None] | None
+    ) -> TxReceipt:
+        """Report the hash, then wait for the transaction; a wait that ends without it
+        mined makes the next send ask the chain for the nonce (so a retry reuses it if
+        this one is gone: then at most one of the two can ever be mined)."""
+        tx_hash = bytes(signed.hash)
         if sent is not None:
-            sent(bytes(tx_hash))
-        attempt = Attempt(
-            bytes(tx_hash),
-            bytes(signed.raw_transaction),
-            (int(full["maxFeePerGas"]), int(full["maxPriorityFeePerGas"])),
-        )
-        return await self._settle(Pending(self, full, [attempt], sent, tx_policy(self.w3)))
+            sent(tx_hash)
+        fees = (int(full["maxFeePerGas"]), int(full["maxPriorityFeePerGas"]))
+        attempt = Attempt(tx_hash, bytes(signed.raw_transaction), fees)
+        try:
+            return await self._settle(Pending(self, full, [attempt], sent, tx_policy(self.w3)))
+        except ContractRevertError:
+            raise  # mined: the nonce is used
+        except AgentMeshError:
+            _manager(self.w3, self.address).reset()
+            raise
 
     async def wait(self, tx_hash: bytes, tx: dict[str, Any] | None = None) -> TxReceipt:
         """Wait for ``tx_hash`` (sent by anyone) to be mined and confirmed; a failed
