@@ -462,14 +462,17 @@ class LocalModel:
         text = await self._run(self._chat_sync, list(messages), max_tokens, temperature, grammar)
         if not isinstance(schema, Mapping):
             try:
-                return schema.model_validate_json(text)
-            except ValidationError as exc:
+                # Lenient on raw control characters inside strings: some llama.cpp
+                # builds let the grammar emit them; the content is still what was meant.
+                return schema.model_validate(json.loads(text, strict=False))
+            except ValueError as exc:
+                why = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
                 raise ModelOutputError(
                     f"model output is not a valid {name} (was max_tokens={max_tokens} "
-                    f"enough?): {exc.errors()[0]['msg']}: {text[:200]!r}"
+                    f"enough?): {why}: {text[:200]!r}"
                 ) from None
         try:
-            value = json.loads(text)
+            value = json.loads(text, strict=False)
         except ValueError as exc:
             raise ModelOutputError(
                 f"model output for {name} is not valid JSON (was max_tokens={max_tokens} "
